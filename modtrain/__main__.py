@@ -1,0 +1,5 @@
+import sys
+
+from modtrain.cli import main
+
+sys.exit(main())

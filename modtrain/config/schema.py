@@ -1,0 +1,169 @@
+"""Typed configuration: one dataclass per section, validated after loading."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from modtrain.errors import ModtrainError
+
+
+@dataclass
+class MoDConfig:
+    """Mixture-of-Depths routing (Raposo et al. 2024)."""
+
+    enabled: bool = False
+    # Fraction of the sequence each routed block processes: k = ceil(capacity * S).
+    capacity: float = 0.125
+    # 0-based indices of routed layers; None means every other block, starting at block 1.
+    routed_layers: list[int] | None = None
+    # Causal-routing aid (A): BCE of router logits against top-k membership.
+    router_bce_coef: float = 0.01
+    # Causal-routing aid (B): a stop-gradient MLP that predicts top-k membership.
+    predictor: bool = True
+    predictor_hidden: int = 64
+    predictor_loss_coef: float = 1.0
+    # Which decision sampling uses: "predictor" or "router" (sigmoid(r) > 0.5).
+    inference_routing: str = "predictor"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0  # 0: taken from the data store
+    num_layers: int = 4
+    hidden_size: int = 128
+    num_heads: int = 4
+    ffn_hidden_size: int = 0  # 0: SwiGLU default, 8/3 * hidden rounded up to a multiple of 32
+    max_seq_length: int = 64
+    rope_base: float = 10000.0
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    mod: MoDConfig = field(default_factory=MoDConfig)
+
+    @property
+    def ffn_size(self) -> int:
+        if self.ffn_hidden_size:
+            return self.ffn_hidden_size
+        return int(math.ceil(self.hidden_size * 8 / 3 / 32) * 32)
+
+    @property
+    def routed_layer_ids(self) -> list[int]:
+        if not self.mod.enabled:
+            return []
+        if self.mod.routed_layers is None:
+            return list(range(1, self.num_layers, 2))
+        return sorted(self.mod.routed_layers)
+
+
+@dataclass
+class DataConfig:
+    store: str = "data/shakespeare_char.zarr"
+    tokenizer: str = "data/shakespeare_char.model"
+    seq_length: int = 64
+    val_fraction: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    global_batch_size: int = 12
+    micro_batch_size: int = 12
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_batches: int = 20
+    log_interval: int = 10
+    save_interval: int = 1000
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    zero_stage: int = 1
+    # Optional DeepSpeed JSON (e.g. launch/ds_zero2.json) merged over the derived config.
+    deepspeed_config: str | None = None
+
+
+@dataclass
+class ParallelConfig:
+    tensor: int = 1
+    pipeline: int = 1
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    seed: int = 1337
+    resume: str = "none"  # none | auto
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def validate(self) -> None:
+        """Check cross-field constraints; raise ModtrainError naming the key and the fix."""
+        m, t, d = self.model, self.train, self.data
+        if not 0.0 < m.mod.capacity <= 1.0:
+            raise ModtrainError(
+                f"model.mod.capacity={m.mod.capacity} is outside (0, 1]; "
+                "set it to the fraction of tokens a routed block processes, e.g. 0.125"
+            )
+        if m.hidden_size % m.num_heads:
+            raise ModtrainError(
+                f"model.hidden_size={m.hidden_size} is not divisible by "
+                f"model.num_heads={m.num_heads}; choose a head count that divides it"
+            )
+        if (m.hidden_size // m.num_heads) % 2:
+            raise ModtrainError("model head dimension must be even for RoPE; change model.num_heads")
+        if d.seq_length > m.max_seq_length:
+            raise ModtrainError(
+                f"data.seq_length={d.seq_length} is larger than the model's "
+                f"model.max_seq_length={m.max_seq_length}; lower data.seq_length or raise "
+                "model.max_seq_length"
+            )
+        if d.seq_length < 2:
+            raise ModtrainError(f"data.seq_length={d.seq_length} must be at least 2")
+        if not 0.0 < d.val_fraction < 1.0:
+            raise ModtrainError(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
+        for i in m.routed_layer_ids:
+            if not 0 <= i < m.num_layers:
+                raise ModtrainError(
+                    f"model.mod.routed_layers contains {i}, but the model has "
+                    f"{m.num_layers} layers (0..{m.num_layers - 1})"
+                )
+        if m.mod.inference_routing not in ("predictor", "router"):
+            raise ModtrainError(
+                f"model.mod.inference_routing={m.mod.inference_routing!r}; use 'predictor' or "
+                "'router'"
+            )
+        if m.mod.inference_routing == "predictor" and m.mod.enabled and not m.mod.predictor:
+            raise ModtrainError(
+                "model.mod.inference_routing='predictor' needs model.mod.predictor=true; "
+                "enable the predictor or route sampling with 'router'"
+            )
+        if t.precision not in ("fp32", "bf16", "fp16"):
+            raise ModtrainError(f"train.precision={t.precision!r}; use fp32, bf16 or fp16")
+        if t.zero_stage not in (0, 1, 2, 3):
+            raise ModtrainError(f"train.zero_stage={t.zero_stage}; use 0, 1, 2 or 3")
+        if t.global_batch_size % t.micro_batch_size:
+            raise ModtrainError(
+                f"train.global_batch_size={t.global_batch_size} is not a multiple of "
+                f"train.micro_batch_size={t.micro_batch_size}"
+            )
+        for name in ("steps", "global_batch_size", "micro_batch_size", "log_interval",
+                     "eval_interval", "save_interval"):
+            if getattr(t, name) <= 0:
+                raise ModtrainError(f"train.{name} must be positive")
+        if self.run.resume not in ("none", "auto"):
+            raise ModtrainError(f"run.resume={self.run.resume!r}; use 'none' or 'auto'")
+        if self.parallel.tensor < 1 or self.parallel.pipeline < 1:
+            raise ModtrainError("parallel.tensor and parallel.pipeline must be >= 1")

@@ -1,0 +1,1 @@
+"""Conversion of training checkpoints to exports, and sampling from them."""

@@ -1,0 +1,59 @@
+"""Core attention for megatron-core's SelfAttention built on torch SDPA.
+
+megatron-core's local DotProductAttention needs a CUDA memory buffer; SDPA runs on CPU
+and dispatches to flash / memory-efficient kernels on GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+
+
+class SDPACoreAttention(MegatronModule):
+    """Causal attention over [s, b, heads, head_dim] tensors, output [s, b, heads*head_dim]."""
+
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ) -> None:
+        super().__init__(config=config)
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.softmax_scale = softmax_scale
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type=None,
+        attention_bias=None,
+        packed_seq_params=None,
+    ) -> torch.Tensor:
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("SDPACoreAttention supports plain causal attention only")
+        seq, batch, heads, head_dim = query.shape
+        if key.shape[2] != heads:  # grouped-query attention: repeat key/value heads
+            repeat = heads // key.shape[2]
+            key = key.repeat_interleave(repeat, dim=2)
+            value = value.repeat_interleave(repeat, dim=2)
+        # Causal over the given order: in a routed block the tokens are the selected ones in
+        # their original order, so causality by index is causality by original position.
+        out = F.scaled_dot_product_attention(
+            query.permute(1, 2, 0, 3),
+            key.permute(1, 2, 0, 3),
+            value.permute(1, 2, 0, 3),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=True,
+            scale=self.softmax_scale,
+        )
+        return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * head_dim)

@@ -1,0 +1,90 @@
+"""Dense and Mixture-of-Depths blocks around a megatron-core TransformerLayer.
+
+Both compute the layer's *delta* f(x) = attn + mlp from megatron's own submodules
+(pre-norm attention, pre-norm SwiGLU MLP), so that a routed block can scale the delta,
+never the residual: x + r * f(x~) for selected tokens, x unchanged for the rest.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.transformer_layer import TransformerLayer
+from torch import nn
+
+from modtrain.config.schema import MoDConfig
+from modtrain.model.rope import gather_positions
+from modtrain.model.router import MoDRouter, membership, tokens_per_row, topk_indices
+
+BlockStats = dict[str, torch.Tensor]
+
+
+def block_delta(layer: TransformerLayer, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """f(x): the sum of the attention and MLP outputs of a pre-norm block. x is [S, B, H]."""
+    p = layer.config.hidden_dropout if layer.training else 0.0
+    attn, _ = layer.self_attention(layer.input_layernorm(x), attention_mask=None,
+                                   rotary_pos_emb=freqs)
+    attn = F.dropout(attn, p=p, training=layer.training)
+    mlp, _ = layer.mlp(layer.pre_mlp_layernorm(x + attn))
+    return attn + F.dropout(mlp, p=p, training=layer.training)
+
+
+class DenseBlock(nn.Module):
+    routed = False
+
+    def __init__(self, layer: TransformerLayer) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(
+        self, x: torch.Tensor, freqs: torch.Tensor, routing: str = "topk"
+    ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
+        return x + block_delta(self.layer, x, freqs), None, {}
+
+
+class RoutedBlock(nn.Module):
+    """A MoD block: only the routed tokens enter attention (as queries and keys) and MLP."""
+
+    routed = True
+
+    def __init__(
+        self, layer: TransformerLayer, config: MoDConfig, hidden_size: int, init_std: float
+    ) -> None:
+        super().__init__()
+        self.layer = layer
+        self.config = config
+        self.router = MoDRouter(hidden_size, config, init_std)
+
+    def _route(
+        self, x: torch.Tensor, logits: torch.Tensor, index: torch.Tensor, freqs: torch.Tensor
+    ) -> torch.Tensor:
+        """x + r * f(x~) at `index` ([k, B], sorted); other tokens copied bit for bit."""
+        hidden = x.shape[-1]
+        gather_index = index.unsqueeze(-1).expand(-1, -1, hidden)
+        x_sel = x.gather(0, gather_index)
+        r_sel = logits.gather(0, index).unsqueeze(-1).to(x.dtype)
+        delta = block_delta(self.layer, x_sel, gather_positions(freqs, index))
+        return x.scatter(0, gather_index, x_sel + r_sel * delta)
+
+    def forward(
+        self, x: torch.Tensor, freqs: torch.Tensor, routing: str = "topk"
+    ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
+        """routing="topk" (training, non-causal) or "causal" (sampling: per-token decision)."""
+        seq_length = x.shape[0]
+        logits = self.router.logits(x)
+        if routing == "topk":
+            index = topk_indices(logits, tokens_per_row(self.config.capacity, seq_length))
+            aux_loss, stats = self.router.aux_losses(x, logits, membership(index, seq_length))
+            return self._route(x, logits, index, freqs), aux_loss, stats
+        if routing != "causal":
+            raise ValueError(f"unknown routing mode {routing!r}")
+        # Causal routing: each row routes its own number of tokens, so rows run one by one.
+        mask = self.router.causal_mask(x, logits)
+        rows = []
+        for b in range(x.shape[1]):
+            index = mask[:, b].nonzero()
+            row = x[:, b : b + 1]
+            rows.append(row if index.numel() == 0 else
+                        self._route(row, logits[:, b : b + 1], index, freqs))
+        stats = {"routed_frac": mask.float().mean()}
+        return torch.cat(rows, dim=1), None, stats

@@ -1,0 +1,107 @@
+"""Decoder-only GPT with optional Mixture-of-Depths blocks, built from megatron-core parts.
+
+Tensors inside the model are sequence-first ([S, B, H]) as megatron-core expects. The
+model holds no parallelism logic of its own: tensor parallelism lives in megatron-core's
+layers, data parallelism and ZeRO in DeepSpeed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.transformer.spec_utils import build_module
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+from torch import nn
+
+from modtrain.config.schema import ModelConfig
+from modtrain.model.blocks import DenseBlock, RoutedBlock
+from modtrain.model.layer_spec import decoder_layer_spec, transformer_config
+from modtrain.model.rope import rope_frequencies
+
+
+@dataclass
+class GPTOutput:
+    loss: torch.Tensor | None  # language-model loss + routing aux losses (what is optimised)
+    lm_loss: torch.Tensor | None
+    logits: torch.Tensor | None  # [B, S, V] (vocab-parallel shard under TP); None with labels
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # per-layer routing metrics
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig, precision: str = "fp32") -> None:
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set before building the model")
+        self.config = config
+        tc = transformer_config(config, precision)
+        self.transformer_config = tc
+        self.embedding = tensor_parallel.VocabParallelEmbedding(
+            num_embeddings=config.vocab_size,
+            embedding_dim=config.hidden_size,
+            init_method=tc.init_method,
+            config=tc,
+        )
+        routed = set(config.routed_layer_ids)
+        spec = decoder_layer_spec()
+        blocks = []
+        for i in range(config.num_layers):
+            layer = build_module(spec, config=tc, layer_number=i + 1)
+            if i in routed:
+                blocks.append(RoutedBlock(layer, config.mod, config.hidden_size, config.init_std))
+            else:
+                blocks.append(DenseBlock(layer))
+        self.blocks = nn.ModuleList(blocks)
+        self.final_norm = WrappedTorchNorm(config=tc, hidden_size=config.hidden_size,
+                                           eps=config.norm_eps)
+        self.output_layer = tensor_parallel.ColumnParallelLinear(
+            config.hidden_size,
+            config.vocab_size,
+            config=tc,
+            init_method=tc.init_method,
+            bias=False,
+            gather_output=False,
+            skip_weight_param_allocation=config.tie_embeddings,
+        )
+        head_dim = config.hidden_size // config.num_heads
+        # A plain attribute, not a buffer: casting the module to bf16 must not round angles.
+        self._rope = rope_frequencies(config.max_seq_length, head_dim, config.rope_base)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        routing: str = "topk",
+        positions_offset: int = 0,
+    ) -> GPTOutput:
+        """tokens, labels: [B, S]. routing: "topk" (training) or "causal" (sampling)."""
+        seq_length = tokens.shape[1]
+        if positions_offset + seq_length > self.config.max_seq_length:
+            raise ValueError(
+                f"sequence of {seq_length} tokens exceeds model.max_seq_length="
+                f"{self.config.max_seq_length}"
+            )
+        if self._rope.device != tokens.device:
+            self._rope = self._rope.to(tokens.device)
+        freqs = self._rope[positions_offset : positions_offset + seq_length]
+        x = self.embedding(tokens).transpose(0, 1).contiguous()  # [S, B, H]
+        aux_total = None
+        stats: dict[str, torch.Tensor] = {}
+        for i, block in enumerate(self.blocks):
+            x, aux, block_stats = block(x, freqs, routing)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+            for name, value in block_stats.items():
+                stats[f"{name}/layer{i}"] = value
+        x = self.final_norm(x)
+        weight = self.embedding.weight if self.config.tie_embeddings else None
+        logits, _ = self.output_layer(x, weight=weight)  # [S, B, V/tp]
+        if labels is None:
+            return GPTOutput(None, None, logits.transpose(0, 1), stats)
+        per_token = tensor_parallel.vocab_parallel_cross_entropy(
+            logits.float(), labels.transpose(0, 1).contiguous()
+        )
+        lm_loss = per_token.mean()
+        loss = lm_loss if aux_total is None else lm_loss + aux_total
+        return GPTOutput(loss, lm_loss, None, stats)

@@ -1,0 +1,88 @@
+"""megatron-core TransformerConfig and layer spec for modtrain's decoder blocks.
+
+RMSNorm, RoPE (applied by megatron's SelfAttention), SwiGLU MLP, no biases. The MLP slot
+is a parameter so that MoE / MoDE can swap it later.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import (
+    TransformerLayer,
+    TransformerLayerSubmodules,
+)
+
+from modtrain.config.schema import ModelConfig
+from modtrain.model.attention import SDPACoreAttention
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def transformer_config(model: ModelConfig, precision: str = "fp32") -> TransformerConfig:
+    """Translate modtrain's model section into megatron-core's TransformerConfig."""
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_heads,
+        ffn_hidden_size=model.ffn_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        hidden_dropout=model.dropout,
+        attention_dropout=model.dropout,
+        init_method_std=model.init_std,
+        params_dtype=_DTYPES[precision],
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        # Weights are created on CPU and split across TP ranks from one full tensor, so any
+        # TP size starts from the same model as TP=1 under the same seed.
+        use_cpu_initialization=True,
+        perform_initialization=True,
+        apply_rope_fusion=False,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+    )
+
+
+def mlp_spec() -> ModuleSpec:
+    return ModuleSpec(
+        module=MLP,
+        submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
+    )
+
+
+def decoder_layer_spec(mlp: ModuleSpec | None = None) -> ModuleSpec:
+    """A pre-norm decoder layer; `mlp` replaces the dense SwiGLU MLP (e.g. with an MoE)."""
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=WrappedTorchNorm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.causal},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=ColumnParallelLinear,
+                    core_attention=SDPACoreAttention,
+                    linear_proj=RowParallelLinear,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=WrappedTorchNorm,
+            mlp=mlp or mlp_spec(),
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )

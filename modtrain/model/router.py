@@ -1,0 +1,85 @@
+"""The Mixture-of-Depths router: expert-choice top-k over the sequence, per batch row.
+
+r = w^T x is a scalar per token. In training each row keeps its k = ceil(capacity * S)
+highest-scoring tokens. Top-k is not causal, so two aids learn a causal per-token
+decision for sampling: (A) BCE on the router logits with top-k membership as targets,
+route when sigmoid(r) > 0.5; (B) a small MLP on the router's (detached) inputs, trained
+with BCE against the same targets, which never touches the language-model loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modtrain.config.schema import MoDConfig
+
+
+def tokens_per_row(capacity: float, seq_length: int) -> int:
+    """k = ceil(capacity * S), fixed a priori so shapes and compute are static."""
+    return max(1, min(seq_length, math.ceil(capacity * seq_length - 1e-9)))
+
+
+def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [k, B] of each row's k largest logits ([S, B]), sorted into sequence order."""
+    idx = torch.topk(logits, k, dim=0, sorted=False).indices
+    return torch.sort(idx, dim=0).values
+
+
+def membership(index: torch.Tensor, seq_length: int) -> torch.Tensor:
+    """Boolean [S, B] mask with True where the token was selected."""
+    mask = torch.zeros(seq_length, index.shape[1], dtype=torch.bool, device=index.device)
+    return mask.scatter(0, index, True)
+
+
+class MoDRouter(nn.Module):
+    def __init__(self, hidden_size: int, config: MoDConfig, init_std: float) -> None:
+        super().__init__()
+        self.config = config
+        self.proj = nn.Linear(hidden_size, 1, bias=False)
+        nn.init.normal_(self.proj.weight, std=init_std)
+        self.predictor: nn.Module | None = None
+        if config.predictor:
+            self.predictor = nn.Sequential(
+                nn.Linear(hidden_size, config.predictor_hidden),
+                nn.SiLU(),
+                nn.Linear(config.predictor_hidden, 1),
+            )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Router scores r = w^T x as [S, B] (x is [S, B, H])."""
+        return self.proj(x).squeeze(-1)
+
+    def predictor_logits(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.predictor is not None
+        # Stop-gradient: the predictor learns from the router, never the other way round.
+        return self.predictor(x.detach()).squeeze(-1)
+
+    def causal_mask(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Per-token routing decision usable autoregressively: [S, B] bool."""
+        if self.config.inference_routing == "predictor" and self.predictor is not None:
+            return self.predictor_logits(x) > 0
+        return logits > 0
+
+    def aux_losses(
+        self, x: torch.Tensor, logits: torch.Tensor, selected: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Causal-routing losses and their agreement with top-k; `selected` is [S, B] bool."""
+        target = selected.to(logits.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        stats = {
+            "router_bce": bce.detach(),
+            "router_acc": ((logits > 0) == selected).float().mean(),
+            "routed_frac": target.float().mean(),
+        }
+        loss = self.config.router_bce_coef * bce
+        if self.predictor is not None:
+            pred = self.predictor_logits(x)
+            pred_loss = F.binary_cross_entropy_with_logits(pred.float(), target.float())
+            stats["predictor_bce"] = pred_loss.detach()
+            stats["predictor_acc"] = ((pred > 0) == selected).float().mean()
+            loss = loss + self.config.predictor_loss_coef * pred_loss
+        return loss, stats

@@ -1,0 +1,90 @@
+"""Process-group setup shared by every entry point: one process or many, CPU or GPU.
+
+A single process still gets a (world size 1) process group, because megatron-core's
+parallel layers read their tensor-parallel group from `parallel_state`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+from modtrain.errors import ModtrainError
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def select_accelerator() -> str:
+    """Pick DeepSpeed's accelerator before deepspeed is imported: cuda if present, else cpu."""
+    if "DS_ACCELERATOR" not in os.environ:
+        os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return os.environ["DS_ACCELERATOR"]
+
+
+@dataclass(frozen=True)
+class Topology:
+    rank: int
+    world_size: int
+    local_rank: int
+    tensor: int
+    pipeline: int
+    data: int
+    device: torch.device
+
+
+def init_distributed(tensor: int = 1, pipeline: int = 1) -> Topology:
+    """Initialise torch.distributed (via DeepSpeed) and megatron-core's parallel state."""
+    if "WORLD_SIZE" not in os.environ:
+        # Launched without a launcher: a one-process group on loopback.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    accelerator = select_accelerator()
+    import deepspeed
+    from megatron.core import parallel_state
+
+    world_size = int(os.environ["WORLD_SIZE"])
+    if world_size % (tensor * pipeline):
+        raise ModtrainError(
+            f"world size {world_size} is not divisible by parallel.tensor x parallel.pipeline "
+            f"= {tensor} x {pipeline}; launch a multiple of {tensor * pipeline} processes"
+        )
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if accelerator == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline
+        )
+    return Topology(
+        rank=torch.distributed.get_rank(),
+        world_size=world_size,
+        local_rank=local_rank,
+        tensor=tensor,
+        pipeline=pipeline,
+        data=world_size // (tensor * pipeline),
+        device=device,
+    )
+
+
+def destroy_distributed() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,1 @@
+"""Training: DeepSpeed engine, optimizer and schedule, metrics, checkpoints."""

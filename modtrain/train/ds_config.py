@@ -1,0 +1,68 @@
+"""The DeepSpeed config, derived from modtrain's config (the one source of batch sizes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from modtrain.config.schema import Config
+from modtrain.errors import ModtrainError
+
+BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def deepspeed_config(config: Config, data_parallel_size: int) -> dict[str, Any]:
+    t = config.train
+    per_step = t.micro_batch_size * data_parallel_size
+    if t.global_batch_size % per_step:
+        raise ModtrainError(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by "
+            f"train.micro_batch_size x data-parallel size = {t.micro_batch_size} x "
+            f"{data_parallel_size}; change the batch sizes or the number of processes"
+        )
+    derived: dict[str, Any] = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.global_batch_size // per_step,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage},
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {"enabled": t.precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 1 << 30,  # modtrain logs; silence DeepSpeed's own step lines
+        "wall_clock_breakdown": False,
+        # The optimizer is built by modtrain (parameter groups); ZeRO shards it.
+        "zero_allow_untested_optimizer": True,
+    }
+    if t.deepspeed_config is None:
+        return derived
+    path = Path(t.deepspeed_config)
+    if not path.is_file():
+        raise ModtrainError(f"train.deepspeed_config={path} does not exist; see launch/*.json")
+    try:
+        user = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModtrainError(f"{path} is not valid JSON: {e}") from None
+    for key in BATCH_KEYS:
+        if key in user and user[key] != derived[key]:
+            raise ModtrainError(
+                f"{path} sets {key}={user[key]} but the modtrain config gives {derived[key]}; "
+                "remove batch sizes from the JSON and set train.global_batch_size / "
+                "train.micro_batch_size instead"
+            )
+    if "optimizer" in user:
+        raise ModtrainError(
+            f"{path} defines an optimizer; modtrain builds AdamW from train.* settings, "
+            "remove the 'optimizer' section"
+        )
+    return _merge(derived, user)

@@ -1,0 +1,194 @@
+"""The training loop: DeepSpeed engine around the megatron-core GPT, one process or many."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modtrain.config import Config, config_to_dict, save_config
+from modtrain.data.dataset import BatchLoader, TrainSequences, ValidationSequences, train_val_split
+from modtrain.data.store import TokenStore
+from modtrain.data.tokenizer import Tokenizer
+from modtrain.errors import ModtrainError
+from modtrain.model import GPT
+from modtrain.parallel import MegatronMPU, init_distributed
+from modtrain.train import checkpoint
+from modtrain.train.ds_config import deepspeed_config
+from modtrain.train.metrics import MetricsWriter, Progress
+from modtrain.train.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    val_loss: float
+    tokens_per_s: float
+    run_dir: Path
+
+
+def check_inputs(config: Config) -> TokenStore:
+    """Everything that can be wrong with the user's files, checked before any work starts."""
+    store = TokenStore(config.data.store)
+    tokenizer = Tokenizer(config.data.tokenizer)
+    if store.tokenizer_sha256 != tokenizer.sha256:
+        raise ModtrainError(
+            f"store {store.path} was tokenized with a different tokenizer than "
+            f"{tokenizer.path} (sha256 {store.tokenizer_sha256[:12]} vs {tokenizer.sha256[:12]}); "
+            "re-run 'modtrain data prepare' with this tokenizer or point data.tokenizer at the "
+            "one used"
+        )
+    if config.model.vocab_size == 0:
+        config.model.vocab_size = store.vocab_size
+    elif config.model.vocab_size < store.vocab_size:
+        raise ModtrainError(
+            f"model.vocab_size={config.model.vocab_size} is smaller than the store's vocabulary "
+            f"({store.vocab_size}); set model.vocab_size=0 to take it from the store"
+        )
+    return store
+
+
+def _to_device(batch: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.from_numpy(batch).to(device)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+def _dp_mean(values: dict[str, float], group) -> dict[str, float]:
+    if not values:
+        return {}
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t, group=group)
+    t /= torch.distributed.get_world_size(group)
+    return dict(zip(keys, t.tolist()))
+
+
+@torch.no_grad()
+def evaluate(engine, val: ValidationSequences, micro_batch: int, dp_rank: int, dp_size: int,
+             group) -> float:
+    """Mean LM loss over the validation windows, split across data-parallel ranks."""
+    engine.eval()
+    mine = list(range(dp_rank, len(val), dp_size))
+    total = torch.zeros(2, dtype=torch.float64)
+    for i in range(0, len(mine), micro_batch):
+        batch = np.stack([val[j] for j in mine[i : i + micro_batch]])
+        x, y = _to_device(batch, engine.device)
+        out = engine(x, y)
+        total[0] += out.lm_loss.double().cpu() * len(batch)
+        total[1] += len(batch)
+    torch.distributed.all_reduce(total, group=group)
+    engine.train()
+    return float(total[0] / total[1])
+
+
+def train(config: Config) -> TrainResult:
+    store = check_inputs(config)
+    if config.parallel.pipeline > 1:
+        raise ModtrainError(
+            "parallel.pipeline > 1 needs the pipeline engine, which this version does not "
+            "have yet; use parallel.pipeline=1"
+        )
+    topo = init_distributed(config.parallel.tensor, config.parallel.pipeline)
+    import deepspeed
+    from megatron.core import parallel_state as ps
+
+    is_main = topo.rank == 0
+    run_dir = Path(config.run.dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+
+    torch.manual_seed(config.run.seed)
+    model = GPT(config.model)
+    optimizer = build_optimizer(model, config.train)
+    scheduler = build_scheduler(optimizer, config.train)
+    ds_config = deepspeed_config(config, topo.data)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+        mpu=MegatronMPU(),
+    )
+
+    dp_rank, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_group()
+    t = config.train
+    train_split, val_split = train_val_split(store.num_tokens, config.data.val_fraction)
+    sequences = TrainSequences(store, train_split, config.data.seq_length, config.run.seed)
+    loader = BatchLoader(sequences, t.global_batch_size, t.micro_batch_size, dp_rank, topo.data)
+    val = ValidationSequences(store, val_split, config.data.seq_length,
+                              t.eval_batches * t.global_batch_size)
+
+    start_step = 0
+    if config.run.resume == "auto":
+        state = checkpoint.load(engine, ckpt_dir)
+        if state is not None:
+            start_step = int(state["step"])
+            loader.load_state_dict(state["data"])
+
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=is_main)
+    progress = Progress(t.steps, enabled=is_main)
+    if start_step:
+        progress.message(f"resumed from step {start_step}")
+    tokens_per_step = t.global_batch_size * config.data.seq_length
+    val_loss = float("nan")
+    last: dict[str, float] = {}
+    window_tokens, window_start = 0, time.perf_counter()
+
+    def save(step: int) -> None:
+        state = {"step": step, "data": loader.state_dict(), "config": config_to_dict(config)}
+        tag = checkpoint.save(engine, ckpt_dir, step, state)
+        progress.message(f"saved checkpoint {ckpt_dir / tag}")
+
+    for step in range(start_step + 1, t.steps + 1):
+        sums: dict[str, float] = {}
+        micro_batches = loader.next_step()
+        for batch in micro_batches:
+            x, y = _to_device(batch, engine.device)
+            out = engine(x, y)
+            engine.backward(out.loss)
+            engine.step()
+            sums["loss"] = sums.get("loss", 0.0) + out.lm_loss.item()
+            sums["total_loss"] = sums.get("total_loss", 0.0) + out.loss.item()
+            for k, v in out.stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        window_tokens += tokens_per_step
+        if step % t.log_interval == 0 or step == t.steps:
+            now = time.perf_counter()
+            tokens_per_s = window_tokens / (now - window_start)
+            window_tokens, window_start = 0, now
+            means = _dp_mean({k: v / len(micro_batches) for k, v in sums.items()}, dp_group)
+            grad_norm = engine.get_global_grad_norm()
+            record: dict[str, Any] = {
+                "step": step,
+                "loss": means.pop("loss"),
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "tokens_per_s": tokens_per_s,
+                "tokens": step * tokens_per_step,
+                **means,
+            }
+            metrics.write(record)
+            progress.update(step, record["loss"], record["lr"], tokens_per_s)
+            last = record
+        if step % t.eval_interval == 0 or step == t.steps:
+            val_loss = evaluate(engine, val, t.micro_batch_size, dp_rank, topo.data, dp_group)
+            metrics.write({"step": step, "val_loss": val_loss})
+            progress.message(f"step {step}: val loss {val_loss:.4f}")
+        if step % t.save_interval == 0 or step == t.steps:
+            save(step)
+        if step % t.eval_interval == 0 or step % t.save_interval == 0:
+            # Evaluation and saving are not training throughput.
+            window_tokens, window_start = 0, time.perf_counter()
+    progress.close()
+    metrics.close()
+    return TrainResult(
+        steps=t.steps,
+        final_loss=float(last.get("loss", float("nan"))),
+        val_loss=val_loss,
+        tokens_per_s=float(last.get("tokens_per_s", float("nan"))),
+        run_dir=run_dir,
+    )
