@@ -46,7 +46,7 @@ def _train(args: argparse.Namespace) -> None:
     if args.resume is not None:
         overrides.append(f"run.resume={args.resume}")
     config = load_config(args.config, overrides)
-    from modtrain.train.trainer import check_inputs
+    from modtrain.train.inputs import check_inputs
 
     check_inputs(config)  # bad files are reported before DeepSpeed and megatron start
     from modtrain.parallel import destroy_distributed
@@ -75,7 +75,8 @@ def _convert(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     from modtrain.parallel import destroy_distributed, init_distributed
 
-    init_distributed()  # megatron-core layers read their (size 1) tensor-parallel group
+    # megatron-core layers read their (size 1) tensor-parallel group.
+    init_distributed(deepspeed_comm=False)
     from modtrain.inference.generate import generate_text
 
     texts = generate_text(
@@ -119,9 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", help="dotted overrides: model.mod.capacity=0.25")
     tr.add_argument("--resume", choices=["auto", "none"], default=None,
                     help="auto: continue from the latest checkpoint in the run directory")
-    # The deepspeed launcher appends --local_rank; the rank is read from LOCAL_RANK.
-    tr.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                    help=argparse.SUPPRESS)
     tr.set_defaults(func=_train)
 
     c = sub.add_parser("convert", help="training checkpoint -> safetensors export")
@@ -143,8 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _drop_local_rank(argv: list[str]) -> list[str]:
+    """The deepspeed launcher inserts --local_rank=N first; the rank comes from LOCAL_RANK."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--local_rank", "--local-rank"):
+            skip = True
+        elif not arg.startswith(("--local_rank=", "--local-rank=")):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_drop_local_rank(sys.argv[1:] if argv is None else argv))
     # megatron-core warns about optional CUDA extensions it cannot use on CPU.
     warnings.filterwarnings("ignore", module=r"megatron\..*")
     try:

@@ -109,7 +109,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ModtrainError(f"config file {path} does not exist; pass a YAML file from configs/")
+            raise ModtrainError(
+                f"config file {path} does not exist; pass a YAML file from configs/"
+            )
         loaded = yaml.safe_load(path.read_text())
         if loaded is None:
             loaded = {}

@@ -123,7 +123,9 @@ class Config:
                 f"model.num_heads={m.num_heads}; choose a head count that divides it"
             )
         if (m.hidden_size // m.num_heads) % 2:
-            raise ModtrainError("model head dimension must be even for RoPE; change model.num_heads")
+            raise ModtrainError(
+                "model head dimension must be even for RoPE; change model.num_heads"
+            )
         if d.seq_length > m.max_seq_length:
             raise ModtrainError(
                 f"data.seq_length={d.seq_length} is larger than the model's "

@@ -95,5 +95,9 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Te
     meta = json.loads(cfg_path.read_text())
     if meta.get("format") != EXPORT_FORMAT:
         raise ModtrainError(f"{cfg_path} is not a modtrain export config")
-    model_config = config_from_dict({"model": meta["modtrain"]["model"]}).model
+    model = meta["modtrain"]["model"]
+    # Validate the model section alone: the data section of training is not exported.
+    model_config = config_from_dict(
+        {"model": model, "data": {"seq_length": model["max_seq_length"]}}
+    ).model
     return model_config, load_file(str(export_dir / "model.safetensors"))

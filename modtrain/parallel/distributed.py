@@ -39,8 +39,12 @@ class Topology:
     device: torch.device
 
 
-def init_distributed(tensor: int = 1, pipeline: int = 1) -> Topology:
-    """Initialise torch.distributed (via DeepSpeed) and megatron-core's parallel state."""
+def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = True) -> Topology:
+    """Initialise torch.distributed and megatron-core's parallel state.
+
+    Training goes through DeepSpeed's communication layer (its engine requires it);
+    inference (`deepspeed_comm=False`) uses torch.distributed alone.
+    """
     if "WORLD_SIZE" not in os.environ:
         # Launched without a launcher: a one-process group on loopback.
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
@@ -65,7 +69,10 @@ def init_distributed(tensor: int = 1, pipeline: int = 1) -> Topology:
         device = torch.device("cpu")
         backend = "gloo"
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        if deepspeed_comm:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        else:
+            torch.distributed.init_process_group(backend)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline

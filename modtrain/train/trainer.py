@@ -12,13 +12,12 @@ import torch
 
 from modtrain.config import Config, config_to_dict, save_config
 from modtrain.data.dataset import BatchLoader, TrainSequences, ValidationSequences, train_val_split
-from modtrain.data.store import TokenStore
-from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
 from modtrain.model import GPT
 from modtrain.parallel import MegatronMPU, init_distributed
 from modtrain.train import checkpoint
 from modtrain.train.ds_config import deepspeed_config
+from modtrain.train.inputs import check_inputs
 from modtrain.train.metrics import MetricsWriter, Progress
 from modtrain.train.optim import build_optimizer, build_scheduler
 
@@ -30,27 +29,6 @@ class TrainResult:
     val_loss: float
     tokens_per_s: float
     run_dir: Path
-
-
-def check_inputs(config: Config) -> TokenStore:
-    """Everything that can be wrong with the user's files, checked before any work starts."""
-    store = TokenStore(config.data.store)
-    tokenizer = Tokenizer(config.data.tokenizer)
-    if store.tokenizer_sha256 != tokenizer.sha256:
-        raise ModtrainError(
-            f"store {store.path} was tokenized with a different tokenizer than "
-            f"{tokenizer.path} (sha256 {store.tokenizer_sha256[:12]} vs {tokenizer.sha256[:12]}); "
-            "re-run 'modtrain data prepare' with this tokenizer or point data.tokenizer at the "
-            "one used"
-        )
-    if config.model.vocab_size == 0:
-        config.model.vocab_size = store.vocab_size
-    elif config.model.vocab_size < store.vocab_size:
-        raise ModtrainError(
-            f"model.vocab_size={config.model.vocab_size} is smaller than the store's vocabulary "
-            f"({store.vocab_size}); set model.vocab_size=0 to take it from the store"
-        )
-    return store
 
 
 def _to_device(batch: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,6 +122,7 @@ def train(config: Config) -> TrainResult:
         progress.message(f"saved checkpoint {ckpt_dir / tag}")
 
     for step in range(start_step + 1, t.steps + 1):
+        lr = engine.get_lr()[0]  # the rate this step's update uses
         sums: dict[str, float] = {}
         micro_batches = loader.next_step()
         for batch in micro_batches:
@@ -165,7 +144,7 @@ def train(config: Config) -> TrainResult:
             record: dict[str, Any] = {
                 "step": step,
                 "loss": means.pop("loss"),
-                "lr": scheduler.get_last_lr()[0],
+                "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "tokens_per_s": tokens_per_s,
                 "tokens": step * tokens_per_step,

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+
+from modtrain.config import config_from_dict, config_to_dict, load_config, save_config
+from modtrain.errors import ModtrainError
+
+
+def test_dotted_overrides_are_typed():
+    c = load_config(None, ["model.mod.capacity=0.25", "train.lr=3e-4", "model.mod.enabled=true",
+                           "model.mod.routed_layers=[0,2]"])
+    assert c.model.mod.capacity == 0.25 and c.train.lr == pytest.approx(3e-4)
+    assert c.model.routed_layer_ids == [0, 2]
+
+
+def test_default_routing_is_every_other_block():
+    c = load_config(None, ["model.mod.enabled=true", "model.num_layers=6"])
+    assert c.model.routed_layer_ids == [1, 3, 5]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.mod.capacty=0.5", "did you mean 'model.mod.capacity'"),
+    ("trian.lr=1", "did you mean 'train.lr'"),
+    ("model.mod.capacity=0", "outside (0, 1]"),
+    ("model.mod.capacity=1.5", "outside (0, 1]"),
+    ("data.seq_length=128", "larger than the model's model.max_seq_length=64"),
+    ("train.lr=fast", "expects float"),
+    ("model.num_layers=2.5", "expects int"),
+    ("train.global_batch_size=10", "not a multiple of train.micro_batch_size"),
+])
+def test_bad_values_name_the_key_and_the_fix(override, message):
+    with pytest.raises(ModtrainError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  hiden_size: 64\n")
+    with pytest.raises(ModtrainError, match="'model.hiden_size'; did you mean 'model.hidden_size'"):
+        load_config(path)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    c = load_config("configs/shakespeare_mod.yaml", ["train.steps=7"])
+    save_config(c, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == c
+    assert config_from_dict(config_to_dict(c)) == c
+
+
+def test_shipped_configs_share_dimensions():
+    dense = load_config("configs/shakespeare_dense.yaml")
+    mod = load_config("configs/shakespeare_mod.yaml")
+    assert not dense.model.mod.enabled and mod.model.mod.enabled
+    for key in ("num_layers", "num_heads", "hidden_size", "max_seq_length"):
+        assert getattr(dense.model, key) == getattr(mod.model, key)
+    assert (dense.model.num_layers, dense.model.num_heads, dense.model.hidden_size) == (4, 4, 128)
+    assert dense.train == mod.train and dense.data == mod.data

@@ -1,0 +1,56 @@
+"""Shared fixtures: a one-process gloo group for megatron-core layers, tiny corpora."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from modtrain.resources import TINYSHAKESPEARE as SHAKESPEARE
+
+# Test traffic stays on loopback; DeepSpeed would otherwise discover a routable address.
+os.environ["MASTER_ADDR"] = "127.0.0.1"
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def dist():
+    """A world-size-1 process group with megatron-core's parallel state (TP=1, PP=1)."""
+    from modtrain.parallel import init_distributed
+
+    return init_distributed()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """The first 100k characters of tinyshakespeare: enough for tiny runs."""
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare_head.txt"
+    path.write_text(SHAKESPEARE.read_text()[:100_000])
+    return path
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer(tmp_path_factory, corpus) -> Path:
+    from modtrain.data.tokenizer import train_tokenizer
+
+    return train_tokenizer([corpus], tmp_path_factory.mktemp("tok") / "char", "char")
+
+
+@pytest.fixture(scope="session")
+def char_store(tmp_path_factory, char_tokenizer, corpus) -> Path:
+    from modtrain.data.prepare import prepare_store
+
+    return prepare_store(char_tokenizer, [corpus], tmp_path_factory.mktemp("store") / "s.zarr")
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(MASTER_ADDR="127.0.0.1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+PYTHON = sys.executable
