@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from modtrain.config import Config, config_to_dict, save_config
-from modtrain.data.dataset import BatchLoader, TrainSequences, ValidationSequences, train_val_split
+from modtrain.data.dataset import ValidationSequences
+from modtrain.data.loading import build_training_data
 from modtrain.errors import ModtrainError
 from modtrain.model import GPT
 from modtrain.parallel import MegatronMPU, init_distributed
@@ -94,11 +95,7 @@ def train(config: Config) -> TrainResult:
 
     dp_rank, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_group()
     t = config.train
-    train_split, val_split = train_val_split(store.num_tokens, config.data.val_fraction)
-    sequences = TrainSequences(store, train_split, config.data.seq_length, config.run.seed)
-    loader = BatchLoader(sequences, t.global_batch_size, t.micro_batch_size, dp_rank, topo.data)
-    val = ValidationSequences(store, val_split, config.data.seq_length,
-                              t.eval_batches * t.global_batch_size)
+    loader, val = build_training_data(config, store, dp_rank, topo.data)
 
     start_step = 0
     if config.run.resume == "auto":

@@ -61,6 +61,6 @@ def test_zero1_two_ranks_match_one_process(tmp_path, char_store, char_tokenizer)
     a, b = _losses(tmp_path / "single"), _losses(tmp_path / "double")
     assert len(a) == len(b) == 6
     diffs = [abs(x - y) for x, y in zip(a, b)]
-    print(f"ZeRO-1 2 ranks vs 1 process: max |loss diff| over {len(diffs)} steps = {max(diffs):.2e}")
+    print(f"ZeRO-1, 2 ranks vs 1: max |loss diff| over {len(diffs)} steps = {max(diffs):.2e}")
     assert max(diffs) < LOSS_TOLERANCE, f"per-step loss differences {diffs}"
     assert (tmp_path / "double" / "checkpoints" / "latest").is_file()

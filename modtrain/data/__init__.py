@@ -1,0 +1,1 @@
+"""Tokenizers, zarr token stores and the sequences training reads from them."""

@@ -1,0 +1,119 @@
+"""SentencePiece tokenizers: training and a thin loading wrapper with a content hash.
+
+Text goes through unchanged (identity normalisation, no dummy prefix, newline as a
+symbol of its own), so decode(encode(text)) == text for any text the model covers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import sentencepiece as spm
+
+from modtrain.errors import ModtrainError
+
+MODEL_TYPES = ("char", "bpe", "unigram")
+UNK_ID, EOS_ID = 0, 1
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _lines(paths: Iterable[Path]) -> Iterator[str]:
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if line:
+                    yield line
+
+
+def train_tokenizer(
+    inputs: list[str | Path],
+    out: str | Path,
+    model_type: str = "bpe",
+    vocab_size: int = 8000,
+    max_sentences: int = 2_000_000,
+    seed: int = 0,
+) -> Path:
+    """Train a SentencePiece model on text files; returns the path of `<out>.model`."""
+    if model_type not in MODEL_TYPES:
+        raise ModtrainError(f"tokenizer type {model_type!r} is unknown; use one of {MODEL_TYPES}")
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if not p.is_file():
+            raise ModtrainError(f"corpus file {p} does not exist; pass existing text files")
+        if p.stat().st_size == 0 or not any(True for _ in _lines([p])):
+            raise ModtrainError(f"corpus file {p} is empty; pass a file with text in it")
+    out = Path(str(out).removesuffix(".model"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_prefix = out.with_name(out.name + ".tmp")
+    spm.set_random_generator_seed(seed)  # sentence sampling; same corpus -> same model
+    try:
+        _train_spm(paths, tmp_prefix, model_type, vocab_size, max_sentences)
+    except RuntimeError as e:  # SentencePiece reports bad settings as RuntimeError
+        reason = str(e).split("]")[-1].strip() or str(e)
+        raise ModtrainError(f"SentencePiece training failed: {reason}") from None
+    final = out.with_name(out.name + ".model")
+    Path(str(tmp_prefix) + ".model").replace(final)
+    Path(str(tmp_prefix) + ".vocab").replace(out.with_name(out.name + ".vocab"))
+    return final
+
+
+def _train_spm(
+    paths: list[Path], prefix: Path, model_type: str, vocab_size: int, max_sentences: int
+) -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(paths),
+        model_prefix=str(prefix),
+        model_type=model_type,
+        vocab_size=vocab_size,
+        # A character model's vocabulary is the character set, whatever vocab_size says.
+        hard_vocab_limit=model_type != "char",
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        split_by_whitespace=model_type != "char",
+        allow_whitespace_only_pieces=True,
+        user_defined_symbols=["\n"],
+        byte_fallback=model_type != "char",
+        unk_id=UNK_ID,
+        eos_id=EOS_ID,
+        bos_id=-1,
+        pad_id=-1,
+        input_sentence_size=max_sentences,
+        shuffle_input_sentence=True,
+        minloglevel=2,
+    )
+
+
+class Tokenizer:
+    """A loaded SentencePiece model with the identity needed to match it to data stores."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise ModtrainError(
+                f"tokenizer {path} does not exist; train one with 'modtrain tokenizer train'"
+            )
+        self.path = path
+        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        self.sha256 = file_sha256(path)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.vocab_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self.sp.eos_id()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.decode(ids)
