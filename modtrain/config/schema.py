@@ -63,6 +63,12 @@ class DataConfig:
     tokenizer: str = "data/shakespeare_char.model"
     seq_length: int = 64
     val_fraction: float = 0.1
+    # Blend several stores (same tokenizer); when set, `store` is not used.
+    stores: list[str] = field(default_factory=list)
+    # Sampling weight of each of `stores`; empty: in proportion to their sizes.
+    weights: list[float] = field(default_factory=list)
+    # Directory for the cached sample index; "": beside each store (STORE.zarr.index/).
+    index_cache: str = ""
 
 
 @dataclass
@@ -73,6 +79,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
+    decay_steps: int = 0  # cosine decay ends here (0: at train.steps); lets a run stop early
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -82,6 +89,10 @@ class TrainConfig:
     eval_batches: int = 20
     log_interval: int = 10
     save_interval: int = 1000
+    keep_last: int = 3  # complete checkpoints kept (0: all)
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: off)
+    # Consecutive steps with a non-finite loss (each skipped) before training stops.
+    max_nonfinite_steps: int = 5
     precision: str = "fp32"  # fp32 | bf16 | fp16
     zero_stage: int = 1
     # Optional DeepSpeed JSON (e.g. launch/ds_zero2.json) merged over the derived config.
@@ -165,6 +176,11 @@ class Config:
                      "eval_interval", "save_interval"):
             if getattr(t, name) <= 0:
                 raise ModtrainError(f"train.{name} must be positive")
+        if t.keep_last < 0 or t.keep_every < 0 or t.max_nonfinite_steps < 1:
+            raise ModtrainError(
+                "train.keep_last and train.keep_every must be >= 0 and "
+                "train.max_nonfinite_steps >= 1"
+            )
         if self.run.resume not in ("none", "auto"):
             raise ModtrainError(f"run.resume={self.run.resume!r}; use 'none' or 'auto'")
         if self.parallel.tensor < 1 or self.parallel.pipeline < 1:

@@ -20,6 +20,18 @@ from modtrain.model.blocks import DenseBlock, RoutedBlock
 from modtrain.model.layer_spec import decoder_layer_spec, transformer_config
 from modtrain.model.rope import rope_frequencies
 
+_EXTRA_STATE = "_extra_state"
+
+
+def _drop_empty_extra_state(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if k.endswith(_EXTRA_STATE) and state_dict[k] is None]:
+        del state_dict[key]
+
+
+def _fill_extra_state(module, state_dict, prefix, *args) -> None:
+    for key in module._extra_state_keys:
+        state_dict.setdefault(prefix + key, None)
+
 
 @dataclass
 class GPTOutput:
@@ -64,6 +76,12 @@ class GPT(nn.Module):
             gather_output=False,
             skip_weight_param_allocation=config.tie_embeddings,
         )
+        # megatron-core's parallel linears add `_extra_state` entries that are always None
+        # here (no fp8); they would leak None into checkpoints, which DeepSpeed's universal
+        # checkpoint converter cannot read. Leave them out, and accept their absence.
+        self._extra_state_keys = [k for k in self.state_dict() if k.endswith(_EXTRA_STATE)]
+        self.register_state_dict_post_hook(_drop_empty_extra_state)
+        self.register_load_state_dict_pre_hook(_fill_extra_state)
         head_dim = config.hidden_size // config.num_heads
         # A plain attribute, not a buffer: casting the module to bf16 must not round angles.
         self._rope = rope_frequencies(config.max_seq_length, head_dim, config.rope_base)

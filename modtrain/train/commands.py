@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -17,9 +18,16 @@ def _train(args: argparse.Namespace) -> None:
 
     check_inputs(config)  # bad files are reported before DeepSpeed and megatron start
     from modtrain.parallel import destroy_distributed
+    from modtrain.train.signals import EXIT_REQUEUE, RequeueRequested
     from modtrain.train.trainer import train
 
-    result = train(config)
+    try:
+        result = train(config)
+    except RequeueRequested as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"modtrain: {stop}", file=sys.stderr)
+        destroy_distributed()
+        sys.exit(EXIT_REQUEUE)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"done: {result.steps} steps, train loss {result.final_loss:.4f}, "

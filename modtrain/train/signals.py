@@ -1,0 +1,48 @@
+"""Preemption: a signal on any rank becomes a save at one agreed step and a requeue exit.
+
+SLURM sends SIGTERM at preemption (and SIGUSR1 before the time limit with
+`--signal=USR1@SECONDS`). The handler only records the signal; the training loop
+all-reduces the flag once per step, so every rank saves at the same step, then exits
+with EXIT_REQUEUE, which slurm/train.sbatch turns into `scontrol requeue`.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+# sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry".
+EXIT_REQUEUE = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class RequeueRequested(Exception):
+    """Raised after the checkpoint of a signal-triggered stop is complete."""
+
+    def __init__(self, step: int, tag: str) -> None:
+        super().__init__(f"stopped by signal at step {step}; saved {tag}; exit {EXIT_REQUEUE}")
+        self.step = step
+        self.tag = tag
+
+
+class StopFlag:
+    """Installs handlers for STOP_SIGNALS that set `requested`; `restore` puts the old ones back."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def install(self) -> StopFlag:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

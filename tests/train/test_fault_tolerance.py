@@ -1,0 +1,93 @@
+"""Preemption signals and non-finite losses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import psutil
+import pytest
+import torch
+
+from modtrain.config import load_config
+from modtrain.errors import ModtrainError
+from modtrain.model import GPT
+from modtrain.train import checkpoint
+from modtrain.train.signals import EXIT_REQUEUE
+from modtrain.train.trainer import train
+from tests.conftest import cli_env
+from tests.train.helpers import deepspeed_command, step_losses, tiny_config
+from tests.train.test_checkpoint import _wait_for_step
+
+
+@pytest.mark.slow
+def test_signal_on_one_rank_saves_on_all_and_exits_for_requeue(
+    tmp_path, char_store, char_tokenizer
+):
+    cfg = tiny_config(tmp_path, char_store, char_tokenizer, "pre", micro=4, steps=10_000)
+    launcher = subprocess.Popen(deepspeed_command(cfg), env=cli_env(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_step(tmp_path / "pre", 3, launcher)
+    ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+             if "modtrain" in " ".join(p.cmdline()) and "LOCAL_RANK" in p.environ()]
+    rank1 = [p for p in ranks if p.environ()["LOCAL_RANK"] == "1"]
+    assert len(ranks) == 2 and len(rank1) == 1
+    rank1[0].send_signal(signal.SIGUSR1)  # only rank 1 is signalled
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == EXIT_REQUEUE, stderr[-3000:]
+    root = tmp_path / "pre" / "checkpoints"
+    tag = checkpoint.latest_tag(root)
+    saved_step = checkpoint.read_state(root, tag)["step"]
+    assert saved_step == max(step_losses(tmp_path / "pre")) < 10_000
+    # Both ranks wrote their part of the same step.
+    assert {p.name for p in (root / tag).glob("rng_rank_*.pt")} == {
+        "rng_rank_00000.pt", "rng_rank_00001.pt"}
+    assert len(list((root / tag).glob("*optim_states.pt"))) == 2
+    assert "stopped by signal" in stderr
+
+
+def _poisoned_forward(monkeypatch, bad_calls: set[int]):
+    """Make the loss of the given forward calls (1-based) NaN, as a diverging run would."""
+    original = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad_calls:
+                out.loss = out.loss * float("nan")
+                out.lm_loss = out.lm_loss * float("nan")
+        return out
+
+    monkeypatch.setattr(GPT, "forward", forward)
+
+
+def _module_weights(root, tag):
+    state = torch.load(root / tag / "mp_rank_00_model_states.pt", weights_only=False)
+    return state["module"]
+
+
+def test_nonfinite_loss_skips_the_step_then_stops(
+    tmp_path, dist, char_store, char_tokenizer, monkeypatch
+):
+    cfg_path = tiny_config(tmp_path, char_store, char_tokenizer, "nan", steps=12,
+                           extra=", save_interval: 5, max_nonfinite_steps: 3")
+    config = load_config(cfg_path)
+    # Step 3 is bad once (skipped, training goes on); steps 6, 7, 8 are bad in a row.
+    _poisoned_forward(monkeypatch, {3, 6, 7, 8})
+    with pytest.raises(ModtrainError, match=r"non-finite loss on 3 consecutive steps \(6-8\)"):
+        train(config)
+    records = [json.loads(line) for line in
+               (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r for r in records if "loss" in r or "skipped" in r}
+    assert by_step[3]["skipped"] and by_step[3]["loss"] is None
+    assert not by_step[4].get("skipped") and by_step[4]["loss"] is not None
+    root = tmp_path / "nan" / "checkpoints"
+    assert checkpoint.latest_tag(root) == "step_00000008"
+    # Skipped steps changed nothing: the stop checkpoint holds the weights of step 5.
+    at_8, at_5 = _module_weights(root, "step_00000008"), _module_weights(root, "step_00000005")
+    assert at_8.keys() == at_5.keys()
+    assert all(torch.equal(at_8[k], at_5[k]) for k in at_5)
+    assert all(torch.isfinite(v).all() for v in at_8.values())
