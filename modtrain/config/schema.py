@@ -30,6 +30,9 @@ class MoDConfig:
 @dataclass
 class ModelConfig:
     vocab_size: int = 0  # 0: taken from the data store
+    # Embedding rows are padded to a multiple of this (must be divisible by parallel.tensor);
+    # padded ids are masked out of the softmax, so padding never changes the loss.
+    vocab_multiple: int = 1
     num_layers: int = 4
     hidden_size: int = 128
     num_heads: int = 4
@@ -47,6 +50,10 @@ class ModelConfig:
         if self.ffn_hidden_size:
             return self.ffn_hidden_size
         return int(math.ceil(self.hidden_size * 8 / 3 / 32) * 32)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def routed_layer_ids(self) -> list[int]:
@@ -185,3 +192,16 @@ class Config:
             raise ModtrainError(f"run.resume={self.run.resume!r}; use 'none' or 'auto'")
         if self.parallel.tensor < 1 or self.parallel.pipeline < 1:
             raise ModtrainError("parallel.tensor and parallel.pipeline must be >= 1")
+        if m.vocab_multiple < 1 or m.vocab_multiple % self.parallel.tensor:
+            raise ModtrainError(
+                f"model.vocab_multiple={m.vocab_multiple} is not a multiple of "
+                f"parallel.tensor={self.parallel.tensor}; set model.vocab_multiple="
+                f"{self.parallel.tensor * 64} (the vocabulary is split across tensor ranks)"
+            )
+        tp = self.parallel.tensor
+        for name, value in (("model.num_heads", m.num_heads), ("model.ffn_size", m.ffn_size)):
+            if value % tp:
+                raise ModtrainError(
+                    f"{name}={value} is not divisible by parallel.tensor={tp}; choose sizes "
+                    "that split evenly across tensor-parallel ranks"
+                )

@@ -54,6 +54,7 @@ class RoutedBlock(nn.Module):
         self.layer = layer
         self.config = config
         self.router = MoDRouter(hidden_size, config, init_std)
+        self.last_index: torch.Tensor | None = None
 
     def _route(
         self, x: torch.Tensor, logits: torch.Tensor, index: torch.Tensor, freqs: torch.Tensor
@@ -74,6 +75,7 @@ class RoutedBlock(nn.Module):
         logits = self.router.logits(x)
         if routing == "topk":
             index = topk_indices(logits, tokens_per_row(self.config.capacity, seq_length))
+            self.last_index = index.detach()  # for routing maps and layout-equality checks
             aux_loss, stats = self.router.aux_losses(x, logits, membership(index, seq_length))
             return self._route(x, logits, index, freqs), aux_loss, stats
         if routing != "causal":

@@ -17,6 +17,7 @@ from torch import nn
 
 from modtrain.config.schema import ModelConfig
 from modtrain.model.blocks import DenseBlock, RoutedBlock
+from modtrain.model.init import initialize_parameters
 from modtrain.model.layer_spec import decoder_layer_spec, transformer_config
 from modtrain.model.rope import rope_frequencies
 
@@ -42,7 +43,7 @@ class GPTOutput:
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig, precision: str = "fp32") -> None:
+    def __init__(self, config: ModelConfig, precision: str = "fp32", seed: int = 0) -> None:
         super().__init__()
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
@@ -50,7 +51,7 @@ class GPT(nn.Module):
         tc = transformer_config(config, precision)
         self.transformer_config = tc
         self.embedding = tensor_parallel.VocabParallelEmbedding(
-            num_embeddings=config.vocab_size,
+            num_embeddings=config.padded_vocab_size,
             embedding_dim=config.hidden_size,
             init_method=tc.init_method,
             config=tc,
@@ -69,7 +70,7 @@ class GPT(nn.Module):
                                            eps=config.norm_eps)
         self.output_layer = tensor_parallel.ColumnParallelLinear(
             config.hidden_size,
-            config.vocab_size,
+            config.padded_vocab_size,
             config=tc,
             init_method=tc.init_method,
             bias=False,
@@ -82,9 +83,24 @@ class GPT(nn.Module):
         self._extra_state_keys = [k for k in self.state_dict() if k.endswith(_EXTRA_STATE)]
         self.register_state_dict_post_hook(_drop_empty_extra_state)
         self.register_load_state_dict_pre_hook(_fill_extra_state)
+        from megatron.core import parallel_state
+
+        initialize_parameters(
+            self, config, seed, parallel_state.get_tensor_model_parallel_rank(),
+            parallel_state.get_tensor_model_parallel_world_size(),
+        )
         head_dim = config.hidden_size // config.num_heads
         # A plain attribute, not a buffer: casting the module to bf16 must not round angles.
         self._rope = rope_frequencies(config.max_seq_length, head_dim, config.rope_base)
+
+    def _mask_padding(self, logits: torch.Tensor) -> torch.Tensor:
+        """-inf for padded vocabulary ids in this rank's vocabulary shard."""
+        if self.config.padded_vocab_size == self.config.vocab_size:
+            return logits
+        shard = logits.shape[-1]
+        start = self.embedding.vocab_start_index
+        ids = torch.arange(start, start + shard, device=logits.device)
+        return logits.masked_fill(ids >= self.config.vocab_size, float("-inf"))
 
     def forward(
         self,
@@ -115,6 +131,7 @@ class GPT(nn.Module):
         x = self.final_norm(x)
         weight = self.embedding.weight if self.config.tie_embeddings else None
         logits, _ = self.output_layer(x, weight=weight)  # [S, B, V/tp]
+        logits = self._mask_padding(logits)
         if labels is None:
             return GPTOutput(None, None, logits.transpose(0, 1), stats)
         per_token = tensor_parallel.vocab_parallel_cross_entropy(

@@ -45,10 +45,10 @@ def transformer_config(model: ModelConfig, precision: str = "fp32") -> Transform
         params_dtype=_DTYPES[precision],
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        # Weights are created on CPU and split across TP ranks from one full tensor, so any
-        # TP size starts from the same model as TP=1 under the same seed.
+        # Parameters are allocated on CPU; their values come from modtrain.model.init, which
+        # draws layout-independent weights (any TP size starts from the same model).
         use_cpu_initialization=True,
-        perform_initialization=True,
+        perform_initialization=False,
         apply_rope_fusion=False,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,

@@ -102,13 +102,17 @@ def train(config: Config) -> TrainResult:
         ds_config["checkpoint"] = {"load_universal": True}
 
     torch.manual_seed(config.run.seed)
-    model = GPT(config.model)
+    model = GPT(config.model, seed=config.run.seed)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
         mpu=MegatronMPU(),
     )
+    if t.zero_stage == 3 and config.model.tie_embeddings:
+        # ZeRO-3 gathers a parameter only inside its own module's forward; the tied output
+        # projection reads the embedding weight from another module.
+        deepspeed.zero.register_external_parameter(model.output_layer, model.embedding.weight)
 
     dp_rank, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_group()
     loader, val = build_training_data(config, store, dp_rank, topo.data)

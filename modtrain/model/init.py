@@ -1,0 +1,49 @@
+"""Initial weights that do not depend on the parallel layout.
+
+Every parameter is drawn in full (TP=1 shape) from a generator seeded by the run seed and
+the parameter's name, then split like megatron-core splits it. Any tensor-parallel size
+(and, by name, any pipeline split) therefore starts from the same model.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+from torch import nn
+
+from modtrain.config.schema import ModelConfig
+from modtrain.parallel.tensor_layout import full_shape, partition_dim, shard
+
+_SCALED = ("linear_proj.weight", "linear_fc2.weight")  # residual-branch outputs
+_PREDICTOR = ".router.predictor."
+
+
+def _full_init(name: str, shape: torch.Size, config: ModelConfig, gen: torch.Generator):
+    if "norm" in name:  # RMSNorm gains
+        return torch.ones(shape)
+    if _PREDICTOR in name:  # a small MLP: PyTorch's default (Kaiming-uniform) scale
+        bound = 1.0 / math.sqrt(shape[1] if len(shape) == 2 else shape[0])
+        return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+    std = config.init_std
+    if name.endswith(_SCALED):  # GPT-2 / megatron: scale by depth
+        std = std / math.sqrt(2.0 * config.num_layers)
+    return torch.randn(shape, generator=gen) * std
+
+
+@torch.no_grad()
+def initialize_parameters(
+    model: nn.Module, config: ModelConfig, seed: int, tp_rank: int = 0, tp_size: int = 1
+) -> None:
+    for name, param in model.named_parameters():
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        full = _full_init(name, full_shape(param.shape, name, tp_size), config, gen)
+        param.copy_(shard(full, name, tp_rank, tp_size).to(param.dtype))
+        dim = partition_dim(name)
+        if dim is not None and not hasattr(param, "tensor_model_parallel"):
+            # megatron sets these only when it initialises; DeepSpeed's gradient norm reads
+            # them to count each split parameter on every rank and replicated ones once.
+            param.tensor_model_parallel = True
+            param.partition_dim = dim
+            param.partition_stride = 1
