@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO 1, 2 and 3 on 2 gloo ranks reproduces the 1-process run at the same global batch."""
+"""DeepSpeed ZeRO 1, 2 and 3 on 2 gloo ranks reproduce the 1-process run (same global batch)."""
 
 from __future__ import annotations
 
