@@ -198,6 +198,11 @@ class Config:
                 f"parallel.tensor={self.parallel.tensor}; set model.vocab_multiple="
                 f"{self.parallel.tensor * 64} (the vocabulary is split across tensor ranks)"
             )
+        if self.parallel.pipeline > 1 and t.zero_stage > 1:
+            raise ModtrainError(
+                f"train.zero_stage={t.zero_stage} does not work with DeepSpeed's pipeline engine "
+                "(parallel.pipeline > 1); use train.zero_stage=1 (or 0)"
+            )
         tp = self.parallel.tensor
         for name, value in (("model.num_heads", m.num_heads), ("model.ffn_size", m.ffn_size)):
             if value % tp:

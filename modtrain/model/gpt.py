@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from torch import nn
@@ -32,6 +32,23 @@ def _drop_empty_extra_state(module, state_dict, prefix, local_metadata) -> None:
 def _fill_extra_state(module, state_dict, prefix, *args) -> None:
     for key in module._extra_state_keys:
         state_dict.setdefault(prefix + key, None)
+
+
+def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, vocab_start: int) -> torch.Tensor:
+    """-inf for padded vocabulary ids in this rank's vocabulary shard ([..., V/tp] logits)."""
+    shard = logits.shape[-1]
+    if vocab_start + shard <= vocab_size:
+        return logits
+    ids = torch.arange(vocab_start, vocab_start + shard, device=logits.device)
+    return logits.masked_fill(ids >= vocab_size, float("-inf"))
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy; logits [S, B, V/tp] (vocabulary-parallel), labels [B, S]."""
+    per_token = tensor_parallel.vocab_parallel_cross_entropy(
+        logits.float(), labels.transpose(0, 1).contiguous()
+    )
+    return per_token.mean()
 
 
 @dataclass
@@ -83,8 +100,6 @@ class GPT(nn.Module):
         self._extra_state_keys = [k for k in self.state_dict() if k.endswith(_EXTRA_STATE)]
         self.register_state_dict_post_hook(_drop_empty_extra_state)
         self.register_load_state_dict_pre_hook(_fill_extra_state)
-        from megatron.core import parallel_state
-
         initialize_parameters(
             self, config, seed, parallel_state.get_tensor_model_parallel_rank(),
             parallel_state.get_tensor_model_parallel_world_size(),
@@ -92,15 +107,6 @@ class GPT(nn.Module):
         head_dim = config.hidden_size // config.num_heads
         # A plain attribute, not a buffer: casting the module to bf16 must not round angles.
         self._rope = rope_frequencies(config.max_seq_length, head_dim, config.rope_base)
-
-    def _mask_padding(self, logits: torch.Tensor) -> torch.Tensor:
-        """-inf for padded vocabulary ids in this rank's vocabulary shard."""
-        if self.config.padded_vocab_size == self.config.vocab_size:
-            return logits
-        shard = logits.shape[-1]
-        start = self.embedding.vocab_start_index
-        ids = torch.arange(start, start + shard, device=logits.device)
-        return logits.masked_fill(ids >= self.config.vocab_size, float("-inf"))
 
     def forward(
         self,
@@ -131,12 +137,9 @@ class GPT(nn.Module):
         x = self.final_norm(x)
         weight = self.embedding.weight if self.config.tie_embeddings else None
         logits, _ = self.output_layer(x, weight=weight)  # [S, B, V/tp]
-        logits = self._mask_padding(logits)
+        logits = mask_padded_vocab(logits, self.config.vocab_size, self.embedding.vocab_start_index)
         if labels is None:
             return GPTOutput(None, None, logits.transpose(0, 1), stats)
-        per_token = tensor_parallel.vocab_parallel_cross_entropy(
-            logits.float(), labels.transpose(0, 1).contiguous()
-        )
-        lm_loss = per_token.mean()
-        loss = lm_loss if aux_total is None else lm_loss + aux_total
-        return GPTOutput(loss, lm_loss, None, stats)
+        lm = lm_loss(logits, labels)
+        loss = lm if aux_total is None else lm + aux_total
+        return GPTOutput(loss, lm, None, stats)

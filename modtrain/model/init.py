@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -34,9 +35,17 @@ def _full_init(name: str, shape: torch.Size, config: ModelConfig, gen: torch.Gen
 
 @torch.no_grad()
 def initialize_parameters(
-    model: nn.Module, config: ModelConfig, seed: int, tp_rank: int = 0, tp_size: int = 1
+    model: nn.Module,
+    config: ModelConfig,
+    seed: int,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+    rename: Callable[[str], str] | None = None,
 ) -> None:
-    for name, param in model.named_parameters():
+    """Draw every parameter from (seed, canonical GPT name); `rename` maps other module
+    trees (pipeline stages) onto GPT's names."""
+    for module_name, param in model.named_parameters():
+        name = rename(module_name) if rename else module_name
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         full = _full_init(name, full_shape(param.shape, name, tp_size), config, gen)
         param.copy_(shard(full, name, tp_rank, tp_size).to(param.dtype))

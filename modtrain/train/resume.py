@@ -45,6 +45,12 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int]) -> ResumePlan | No
             f"{checkpoint_dir / tag} was written with train.zero_stage={saved['zero_stage']}; "
             f"resume with train.zero_stage={saved['zero_stage']}"
         )
+    if saved["data"] != layout["data"] and layout["pipeline"] > 1:
+        raise ModtrainError(
+            f"{checkpoint_dir / tag} was written with {saved['data']} data-parallel ranks; "
+            "resuming a pipeline-parallel run needs the same number, launch "
+            f"{saved['data'] * layout['tensor'] * layout['pipeline']} processes"
+        )
     same = saved == layout
     # ZeRO partitions optimizer state by data-parallel rank: another data-parallel size
     # loads through DeepSpeed's universal checkpoint, which is partition-free.

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from modtrain.config import Config, config_to_dict, save_config
@@ -16,7 +15,7 @@ from modtrain.data.dataset import ValidationSequences
 from modtrain.data.loading import build_training_data
 from modtrain.errors import ModtrainError
 from modtrain.model import GPT
-from modtrain.parallel import MegatronMPU, init_distributed
+from modtrain.parallel import MegatronMPU, Topology, init_distributed
 from modtrain.train import checkpoint
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.inputs import check_inputs
@@ -24,6 +23,9 @@ from modtrain.train.metrics import MetricsWriter, Progress
 from modtrain.train.optim import build_optimizer, build_scheduler, lr_at
 from modtrain.train.resume import current_layout, plan_resume
 from modtrain.train.signals import RequeueRequested, StopFlag
+from modtrain.train.steps import EngineStep, PipelineStep
+
+ROUTING_STATS = ("routed_frac", "router_bce", "router_acc", "predictor_bce", "predictor_acc")
 
 
 @dataclass
@@ -33,11 +35,6 @@ class TrainResult:
     val_loss: float
     tokens_per_s: float
     run_dir: Path
-
-
-def _to_device(batch: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = torch.from_numpy(batch).to(device)
-    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
 def _dp_mean(values: dict[str, float], group) -> dict[str, float]:
@@ -56,34 +53,54 @@ def _finite_or_none(record: dict[str, Any]) -> dict[str, Any]:
             for k, v in record.items()}
 
 
-@torch.no_grad()
-def evaluate(engine, val: ValidationSequences, micro_batch: int, dp_rank: int, dp_size: int,
+def evaluate(stepper, val: ValidationSequences, micro_batch: int, dp_rank: int, dp_size: int,
              group) -> float:
     """Mean LM loss over the validation windows, split across data-parallel ranks."""
-    engine.eval()
-    mine = list(range(dp_rank, len(val), dp_size))
-    total = torch.zeros(2, dtype=torch.float64)
-    for i in range(0, len(mine), micro_batch):
-        batch = np.stack([val[j] for j in mine[i : i + micro_batch]])
-        x, y = _to_device(batch, engine.device)
-        out = engine(x, y)
-        total[0] += out.lm_loss.double().cpu() * len(batch)
-        total[1] += len(batch)
-    torch.distributed.all_reduce(total, group=group)
-    engine.train()
-    return float(total[0] / total[1])
+    total, count = stepper.evaluate(val, list(range(dp_rank, len(val), dp_size)), micro_batch)
+    sums = torch.tensor([total, count], dtype=torch.float64)
+    torch.distributed.all_reduce(sums, group=group)
+    return float(sums[0] / sums[1])
+
+
+def build_engine(config: Config, topo: Topology, ds_config: dict, progress: Progress):
+    """The DeepSpeed engine for this layout, its base optimizer, and the step runner."""
+    import deepspeed
+
+    t = config.train
+    if topo.pipeline > 1:
+        from modtrain.model.pipeline import AuxLossInjector, BlockLayer
+        from modtrain.parallel.pipeline import build_pipeline, format_stage_costs
+
+        model, table = build_pipeline(config, topo)
+        progress.message("pipeline stages (balanced by forward FLOPs):\n"
+                         + format_stage_costs(table))
+        mpu = None  # the pipeline module carries its own topology
+    else:
+        model = GPT(config.model, seed=config.run.seed)
+        mpu = MegatronMPU()
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu,
+    )
+    if topo.pipeline > 1:
+        AuxLossInjector.scale = 1.0 / engine.gradient_accumulation_steps()
+        blocks = [m for m in model.modules() if isinstance(m, BlockLayer)]
+        keys = [f"{name}/layer{i}" for i in config.model.routed_layer_ids
+                for name in ROUTING_STATS
+                if config.model.mod.predictor or not name.startswith("predictor")]
+        return engine, optimizer, PipelineStep(engine, optimizer, blocks, keys)
+    if t.zero_stage == 3 and config.model.tie_embeddings:
+        # ZeRO-3 gathers a parameter only inside its own module's forward; the tied output
+        # projection reads the embedding weight from another module.
+        deepspeed.zero.register_external_parameter(model.output_layer, model.embedding.weight)
+    return engine, optimizer, EngineStep(engine, optimizer)
 
 
 def train(config: Config) -> TrainResult:
     """Train to config.train.steps. Raises RequeueRequested after a signal-triggered save."""
     store = check_inputs(config)
-    if config.parallel.pipeline > 1:
-        raise ModtrainError(
-            "parallel.pipeline > 1 needs the pipeline engine, which this version does not "
-            "have yet; use parallel.pipeline=1"
-        )
     topo = init_distributed(config.parallel.tensor, config.parallel.pipeline)
-    import deepspeed
     from megatron.core import parallel_state as ps
 
     t = config.train
@@ -101,23 +118,13 @@ def train(config: Config) -> TrainResult:
     if plan is not None and plan.universal:
         ds_config["checkpoint"] = {"load_universal": True}
 
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=is_main)
+    progress = Progress(t.steps, enabled=is_main)
     torch.manual_seed(config.run.seed)
-    model = GPT(config.model, seed=config.run.seed)
-    optimizer = build_optimizer(model, t)
-    scheduler = build_scheduler(optimizer, t)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
-        mpu=MegatronMPU(),
-    )
-    if t.zero_stage == 3 and config.model.tie_embeddings:
-        # ZeRO-3 gathers a parameter only inside its own module's forward; the tied output
-        # projection reads the embedding weight from another module.
-        deepspeed.zero.register_external_parameter(model.output_layer, model.embedding.weight)
+    engine, optimizer, stepper = build_engine(config, topo, ds_config, progress)
 
     dp_rank, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_group()
     loader, val = build_training_data(config, store, dp_rank, topo.data)
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=is_main)
-    progress = Progress(t.steps, enabled=is_main)
 
     start_step = 0
     if plan is not None:
@@ -147,26 +154,9 @@ def train(config: Config) -> TrainResult:
     try:
         for step in range(start_step + 1, t.steps + 1):
             lr = engine.get_lr()[0]  # the rate this step's update uses
-            sums: dict[str, float] = {}
-            finite = True
             micro_batches = loader.next_step()
-            for i, batch in enumerate(micro_batches):
-                x, y = _to_device(batch, engine.device)
-                out = engine(x, y)
-                finite = finite and bool(torch.isfinite(out.loss.detach()).item())
-                if i == len(micro_batches) - 1:
-                    # One all-reduce per step: any rank's bad loss or stop signal is everyone's.
-                    flags = torch.tensor([float(not finite), float(stop.requested)])
-                    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-                    skip, stop_now = bool(flags[0]), bool(flags[1])
-                    optimizer.skip_next = skip
-                engine.backward(out.loss)
-                engine.step()
-                sums["loss"] = sums.get("loss", 0.0) + out.lm_loss.item()
-                sums["total_loss"] = sums.get("total_loss", 0.0) + out.loss.item()
-                for k, v in out.stats.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            optimizer.skip_next = False
+            outcome = stepper.train(micro_batches, stop.requested)
+            skip, stop_now = outcome.skipped, outcome.stop
             window_tokens += tokens_per_step
             bad_steps = bad_steps + [step] if skip else []
             if skip:
@@ -175,7 +165,7 @@ def train(config: Config) -> TrainResult:
                 now = time.perf_counter()
                 tokens_per_s = window_tokens / (now - window_start)
                 window_tokens, window_start = 0, now
-                means = _dp_mean({k: v / len(micro_batches) for k, v in sums.items()}, dp_group)
+                means = _dp_mean({"loss": outcome.loss, **outcome.stats}, dp_group)
                 grad_norm = engine.get_global_grad_norm()
                 record: dict[str, Any] = {
                     "step": step,
@@ -203,7 +193,7 @@ def train(config: Config) -> TrainResult:
                 tag = save(step)
                 raise RequeueRequested(step, str(ckpt_dir / tag))
             if step % t.eval_interval == 0 or step == t.steps:
-                val_loss = evaluate(engine, val, t.micro_batch_size, dp_rank, topo.data, dp_group)
+                val_loss = evaluate(stepper, val, t.micro_batch_size, dp_rank, topo.data, dp_group)
                 metrics.write(_finite_or_none({"step": step, "val_loss": val_loss}))
                 progress.message(f"step {step}: val loss {val_loss:.4f}")
             if step % t.save_interval == 0 or step == t.steps:

@@ -1,0 +1,43 @@
+"""Analytic forward FLOPs per layer: the one source for pipeline balancing (and MFU).
+
+Matmuls count 2 FLOPs per multiply-add. For a sequence of T tokens, width d, SwiGLU
+width f, vocabulary V:
+  dense block   T(8d^2 + 6df) + 2T^2 d      (QKV + output projection, 3 MLP matmuls,
+                                             causal attention scores and values)
+  routed block  the dense block at cT tokens, plus the router's 2Td
+  head          2TdV
+A routed layer at capacity c therefore costs about c (linear part) and c^2 (attention
+part) of a dense one.
+"""
+
+from __future__ import annotations
+
+import math
+
+from modtrain.config.schema import ModelConfig
+
+
+def block_flops(config: ModelConfig, tokens: int) -> float:
+    d, f = config.hidden_size, config.ffn_size
+    return tokens * (8 * d * d + 6 * d * f) + 2 * tokens * tokens * d
+
+
+def routed_block_flops(config: ModelConfig, tokens: int) -> float:
+    k = max(1, math.ceil(config.mod.capacity * tokens - 1e-9))
+    return block_flops(config, k) + 2 * tokens * config.hidden_size
+
+
+def head_flops(config: ModelConfig, tokens: int) -> float:
+    return 2 * tokens * config.hidden_size * config.padded_vocab_size
+
+
+def layer_flops(config: ModelConfig, tokens: int) -> list[float]:
+    """Forward FLOPs of each decoder block, in order (per sequence of `tokens`)."""
+    routed = set(config.routed_layer_ids)
+    return [routed_block_flops(config, tokens) if i in routed else block_flops(config, tokens)
+            for i in range(config.num_layers)]
+
+
+def model_flops(config: ModelConfig, tokens: int) -> float:
+    """Forward FLOPs of the whole model for one sequence (x3 for forward + backward)."""
+    return sum(layer_flops(config, tokens)) + head_flops(config, tokens)

@@ -1,0 +1,180 @@
+"""The GPT as a sequence of DeepSpeed pipeline layers.
+
+The same megatron-core parts as `GPT`, cut into layers that pass one tensor ([S, B, H]
+hidden states) from stage to stage: embedding, one layer per block, final norm, and the
+output projection (tied to the embedding through DeepSpeed's TiedLayerSpec). Routing aux
+losses cannot travel with the activations, so each routed block injects its aux-loss
+gradient into the backward pass where it was computed (AuxLossInjector).
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.transformer.spec_utils import build_module
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+from torch import nn
+
+from modtrain.config.schema import ModelConfig
+from modtrain.model.blocks import DenseBlock, RoutedBlock
+from modtrain.model.gpt import mask_padded_vocab
+from modtrain.model.layer_spec import decoder_layer_spec, transformer_config
+from modtrain.model.rope import rope_frequencies
+
+
+class AuxLossInjector(torch.autograd.Function):
+    """Identity on `hidden`; in backward, gives `aux` the gradient `scale` (d total / d aux).
+
+    `scale` is 1 / gradient-accumulation steps, matching how DeepSpeed scales the LM loss.
+    """
+
+    scale = 1.0
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(aux)
+        return hidden
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (aux,) = ctx.saved_tensors
+        return grad, torch.full_like(aux, AuxLossInjector.scale)
+
+
+class EmbeddingLayer(nn.Module):
+    """First stage: tokens [B, S] -> hidden [S, B, H]; on the last stage, the tied head."""
+
+    def __init__(self, config: ModelConfig, precision: str = "fp32") -> None:
+        super().__init__()
+        tc = transformer_config(config, precision)
+        self.config = config
+        self.embedding = tensor_parallel.VocabParallelEmbedding(
+            num_embeddings=config.padded_vocab_size, embedding_dim=config.hidden_size,
+            init_method=tc.init_method, config=tc,
+        )
+        self.head = tensor_parallel.ColumnParallelLinear(
+            config.hidden_size, config.padded_vocab_size, config=tc, init_method=tc.init_method,
+            bias=False, gather_output=False, skip_weight_param_allocation=True,
+        )
+
+    @property
+    def weight(self) -> torch.Tensor:  # DeepSpeed ties stages through this attribute
+        return self.embedding.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embedding(tokens).transpose(0, 1).contiguous()
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.head(hidden, weight=self.embedding.weight)
+        return mask_padded_vocab(logits, self.config.vocab_size,
+                                 self.embedding.vocab_start_index)
+
+
+def tied_head(module: EmbeddingLayer, hidden: torch.Tensor) -> torch.Tensor:
+    return module.project(hidden)
+
+
+class BlockLayer(nn.Module):
+    """One decoder block; accumulates its routing statistics between `pop_stats` calls."""
+
+    def __init__(self, config: ModelConfig, index: int, precision: str = "fp32") -> None:
+        super().__init__()
+        tc = transformer_config(config, precision)
+        layer = build_module(decoder_layer_spec(), config=tc, layer_number=index + 1)
+        if index in config.routed_layer_ids:
+            self.block = RoutedBlock(layer, config.mod, config.hidden_size, config.init_std)
+        else:
+            self.block = DenseBlock(layer)
+        self.index = index
+        head_dim = config.hidden_size // config.num_heads
+        self._rope = rope_frequencies(config.max_seq_length, head_dim, config.rope_base)
+        self._stats: dict[str, float] = {}
+        self._calls = 0
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self._rope.device != hidden.device:
+            self._rope = self._rope.to(hidden.device)
+        out, aux, stats = self.block(hidden, self._rope[: hidden.shape[0]])
+        if aux is not None and torch.is_grad_enabled():
+            out = AuxLossInjector.apply(out, aux)
+        if self.training:
+            self._calls += 1
+            for name, value in stats.items():
+                key = f"{name}/layer{self.index}"
+                self._stats[key] = self._stats.get(key, 0.0) + float(value)
+        return out
+
+    def pop_stats(self) -> dict[str, float]:
+        """Mean of each statistic over the micro-batches since the last call."""
+        out = {k: v / max(self._calls, 1) for k, v in self._stats.items()}
+        self._stats, self._calls = {}, 0
+        return out
+
+
+class FinalNormLayer(nn.Module):
+    def __init__(self, config: ModelConfig, precision: str = "fp32") -> None:
+        super().__init__()
+        tc = transformer_config(config, precision)
+        self.final_norm = WrappedTorchNorm(config=tc, hidden_size=config.hidden_size,
+                                           eps=config.norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.final_norm(hidden)
+
+
+class OutputLayer(nn.Module):
+    """Untied output projection (last stage)."""
+
+    def __init__(self, config: ModelConfig, precision: str = "fp32") -> None:
+        super().__init__()
+        tc = transformer_config(config, precision)
+        self.config = config
+        self.output_layer = tensor_parallel.ColumnParallelLinear(
+            config.hidden_size, config.padded_vocab_size, config=tc, init_method=tc.init_method,
+            bias=False, gather_output=False,
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.output_layer(hidden)
+        start = self.config.padded_vocab_size // tensor_parallel_size() * tensor_parallel_rank()
+        return mask_padded_vocab(logits, self.config.vocab_size, start)
+
+
+def tensor_parallel_size() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_world_size()
+
+
+def tensor_parallel_rank() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_rank()
+
+
+def pipeline_layer_specs(config: ModelConfig, precision: str = "fp32") -> list:
+    """DeepSpeed LayerSpecs: embedding, blocks 0..L-1, final norm, output projection."""
+    from deepspeed.pipe import LayerSpec, TiedLayerSpec
+
+    if config.tie_embeddings:
+        first = TiedLayerSpec("embed", EmbeddingLayer, config, precision, tied_weight_attr="weight")
+        last = TiedLayerSpec("embed", EmbeddingLayer, config, precision, forward_fn=tied_head,
+                             tied_weight_attr="weight")
+    else:
+        first = LayerSpec(EmbeddingLayer, config, precision)
+        last = LayerSpec(OutputLayer, config, precision)
+    blocks = [LayerSpec(BlockLayer, config, i, precision) for i in range(config.num_layers)]
+    return [first, *blocks, LayerSpec(FinalNormLayer, config, precision), last]
+
+
+def gpt_name(pipeline_name: str, num_layers: int) -> str:
+    """Map a pipeline-module parameter name onto the equivalent `GPT` parameter name."""
+    if pipeline_name.startswith("tied_modules.embed."):
+        return pipeline_name.removeprefix("tied_modules.embed.")
+    index, rest = pipeline_name.split(".", 1)
+    index = int(index)
+    if index == 0:
+        return rest
+    if index <= num_layers:
+        return f"blocks.{index - 1}.{rest.removeprefix('block.')}"
+    return rest  # final_norm.weight, output_layer.weight

@@ -1,0 +1,89 @@
+"""DeepSpeed pipeline module for the GPT, with stages balanced by analytic FLOPs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modtrain.config import Config
+from modtrain.model.flops import head_flops, layer_flops
+from modtrain.model.gpt import lm_loss
+from modtrain.model.init import initialize_parameters
+from modtrain.model.pipeline import gpt_name, pipeline_layer_specs
+from modtrain.parallel.distributed import Topology
+
+
+@dataclass(frozen=True)
+class StageCost:
+    stage: int
+    layers: list[str]
+    flops: float
+    share: float
+
+
+def layer_costs(config: Config) -> tuple[list[str], list[float]]:
+    """Names and forward FLOPs per sequence of the pipeline's layers, in order."""
+    m, tokens = config.model, config.data.seq_length
+    routed = set(m.routed_layer_ids)
+    names = ["embedding"] + [
+        f"block{i}{'(routed)' if i in routed else ''}" for i in range(m.num_layers)
+    ] + ["final_norm", "output"]
+    small = float(tokens * m.hidden_size)  # lookups and norms: negligible next to matmuls
+    costs = [small, *layer_flops(m, tokens), small, head_flops(m, tokens)]
+    return names, costs
+
+
+def partition(costs: list[float], stages: int) -> list[int]:
+    """Stage boundaries (len stages + 1) that minimise the most expensive stage."""
+    from deepspeed.runtime.utils import partition_balanced
+
+    return partition_balanced(weights=costs, num_parts=stages)
+
+
+def stage_costs(config: Config, parts: list[int]) -> list[StageCost]:
+    names, costs = layer_costs(config)
+    total = sum(costs)
+    return [
+        StageCost(s, names[parts[s]:parts[s + 1]], sum(costs[parts[s]:parts[s + 1]]),
+                  sum(costs[parts[s]:parts[s + 1]]) / total)
+        for s in range(len(parts) - 1)
+    ]
+
+
+def format_stage_costs(table: list[StageCost]) -> str:
+    lines = ["stage | layers | forward GFLOP/sequence | share"]
+    for row in table:
+        lines.append(f"{row.stage} | {', '.join(row.layers)} | {row.flops / 1e9:.4f} | "
+                     f"{row.share:.1%}")
+    return "\n".join(lines)
+
+
+def build_pipeline(config: Config, topo: Topology):
+    """The DeepSpeed PipelineModule of `config.model` and its stage-cost table."""
+    from deepspeed.pipe import PipelineModule
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+    from megatron.core import parallel_state as ps
+
+    _, costs = layer_costs(config)
+
+    class CostBalancedPipeline(PipelineModule):
+        # DeepSpeed balances by parameter count or layer count; MoD layers cost less than
+        # their parameters suggest, so stages are cut by analytic FLOPs instead.
+        def _partition_layers(self, method: str = "cost") -> None:
+            self.parts = partition(costs, self.num_stages)
+            stage = self._topo.get_coord(self.global_rank).pipe
+            self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
+
+    # Same rank order as megatron-core's parallel_state: tensor fastest, then data, then pipe.
+    topology = PipeModelDataParallelTopology(
+        num_pp=topo.pipeline, num_mp=topo.tensor, num_dp=topo.data
+    )
+    pipe = CostBalancedPipeline(
+        layers=pipeline_layer_specs(config.model), topology=topology, loss_fn=lm_loss,
+        partition_method="cost",
+    )
+    initialize_parameters(
+        pipe, config.model, config.run.seed, ps.get_tensor_model_parallel_rank(),
+        ps.get_tensor_model_parallel_world_size(),
+        rename=lambda name: gpt_name(name, config.model.num_layers),
+    )
+    return pipe, stage_costs(config, pipe.parts)

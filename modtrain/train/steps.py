@@ -1,0 +1,121 @@
+"""One optimizer step and one evaluation, for the plain DeepSpeed engine and the pipeline engine.
+
+Both agree across ranks on two flags once per step (one all-reduce): a non-finite loss
+anywhere (the update is skipped everywhere) and a stop signal anywhere (everyone saves).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from modtrain.data.dataset import ValidationSequences
+
+
+@dataclass
+class StepOutcome:
+    loss: float  # language-model loss, mean over the step's micro-batches (this rank)
+    skipped: bool  # a non-finite loss on some rank: no update anywhere
+    stop: bool  # a stop signal on some rank
+    stats: dict[str, float] = field(default_factory=dict)  # routing metrics, summed aux
+
+
+def _to_device(batch: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.from_numpy(batch).to(device)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+def _agree(bad: bool, stop: bool) -> tuple[bool, bool]:
+    flags = torch.tensor([float(bad), float(stop)])
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), bool(flags[1])
+
+
+class EngineStep:
+    """Gradient accumulation by hand over DeepSpeed's engine (data and tensor parallel)."""
+
+    def __init__(self, engine, optimizer) -> None:
+        self.engine = engine
+        self.optimizer = optimizer  # GuardedAdamW: the skip switch
+
+    def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:
+        sums: dict[str, float] = {}
+        finite = True
+        for i, batch in enumerate(micro_batches):
+            x, y = _to_device(batch, self.engine.device)
+            out = self.engine(x, y)
+            finite = finite and bool(torch.isfinite(out.loss.detach()).item())
+            if i == len(micro_batches) - 1:  # decide before the update happens
+                skip, stop = _agree(not finite, stop_requested)
+                self.optimizer.skip_next = skip
+            self.engine.backward(out.loss)
+            self.engine.step()
+            sums["loss"] = sums.get("loss", 0.0) + out.lm_loss.item()
+            sums["total_loss"] = sums.get("total_loss", 0.0) + out.loss.item()
+            for k, v in out.stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        self.optimizer.skip_next = False
+        n = len(micro_batches)
+        loss = sums.pop("loss") / n
+        return StepOutcome(loss, skip, stop, {k: v / n for k, v in sums.items()})
+
+    @torch.no_grad()
+    def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int):
+        """(sum of per-sample mean losses, count) over this rank's validation windows."""
+        self.engine.eval()
+        total, count = 0.0, 0
+        for i in range(0, len(indices), micro_batch):
+            batch = np.stack([val[j] for j in indices[i : i + micro_batch]])
+            x, y = _to_device(batch, self.engine.device)
+            total += float(self.engine(x, y).lm_loss) * len(batch)
+            count += len(batch)
+        self.engine.train()
+        return total, count
+
+
+class PipelineStep:
+    """DeepSpeed's pipeline schedule (1F1B) runs the micro-batches of a step itself."""
+
+    def __init__(self, engine, optimizer, blocks, routed_keys: list[str]) -> None:
+        self.engine = engine
+        self.optimizer = optimizer
+        self.blocks = blocks  # this stage's BlockLayers
+        self.routed_keys = routed_keys  # every routed statistic of the whole model
+
+    def _iterator(self, micro_batches: list[np.ndarray]):
+        return iter([_to_device(b, self.engine.device) for b in micro_batches])
+
+    def _stage_stats(self) -> dict[str, float]:
+        """Routing metrics of all stages (each stage fills its own, summed over stages)."""
+        from megatron.core import parallel_state as ps
+
+        local: dict[str, float] = {}
+        for block in self.blocks:
+            local.update(block.pop_stats())
+        if not self.routed_keys:
+            return {}
+        vec = torch.tensor([local.get(k, 0.0) for k in self.routed_keys], dtype=torch.float64)
+        dist.all_reduce(vec, group=ps.get_pipeline_model_parallel_group())
+        return dict(zip(self.routed_keys, vec.tolist()))
+
+    def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:
+        loss = float(self.engine.train_batch(data_iter=self._iterator(micro_batches)))
+        # The update already happened; DeepSpeed skips it itself when the gradient norm is
+        # not finite (ZeRO 0/1 with clipping), which a non-finite loss always causes.
+        skip, stop = _agree(not np.isfinite(loss), stop_requested)
+        return StepOutcome(loss, skip, stop, self._stage_stats())
+
+    @torch.no_grad()
+    def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int):
+        total, count = 0.0, 0
+        for i in range(0, len(indices) - micro_batch + 1, micro_batch):
+            batch = np.stack([val[j] for j in indices[i : i + micro_batch]])
+            loss = self.engine.eval_batch(self._iterator([batch]), num_micro_batches=1)
+            total += float(loss) * len(batch)
+            count += len(batch)
+        for block in self.blocks:
+            block.pop_stats()
+        return total, count
