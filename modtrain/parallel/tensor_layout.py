@@ -54,3 +54,26 @@ def full_shape(local: torch.Size, name: str, size: int) -> torch.Size:
     shape = list(local)
     shape[dim] *= size
     return torch.Size(shape)
+
+
+def universal_checkpoint_info(names: list[str]) -> dict[str, list[str]]:
+    """DeepSpeed universal-checkpoint patterns that describe this layout, one exact pattern
+    per parameter (its converter rejects patterns that match nothing)."""
+    import re
+
+    info: dict[str, list[str]] = {
+        "tp_replicated_parameter_patterns": [],
+        "parameter_with_row_parallelism_patterns": [],
+        "parameter_with_2_sub_params_cat_dim_0": [],
+    }
+    for name in names:
+        pattern = "^" + re.escape(name) + "$"
+        dim = partition_dim(name)
+        if dim is None:
+            info["tp_replicated_parameter_patterns"].append(pattern)
+        elif name.endswith(_GATED):
+            info["parameter_with_2_sub_params_cat_dim_0"].append(pattern)
+        elif dim == 1:
+            info["parameter_with_row_parallelism_patterns"].append(pattern)
+        # Column-parallel parameters need no pattern: dim 0 is the converter's default.
+    return {k: v for k, v in info.items() if v}

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from modtrain.parallel.tensor_layout import universal_checkpoint_info
+
 TMP_PREFIX = ".tmp-"
 UNIVERSAL_PREFIX = ".universal-"
 STATE_FILE = "modtrain.json"
@@ -116,9 +118,10 @@ def save(
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # left over from a save that crashed
     dist.barrier()
-    # DeepSpeed's universal-checkpoint converter requires this key; with tensor parallelism
-    # it will carry the patterns of row-parallel, vocabulary and replicated parameters.
-    client = {"modtrain": state, "universal_checkpoint_info": {}}
+    # How each parameter is split across tensor ranks, for DeepSpeed's universal-checkpoint
+    # converter (resuming on another data- or tensor-parallel size).
+    names = [n for n, _ in engine.module.named_parameters()]
+    client = {"modtrain": state, "universal_checkpoint_info": universal_checkpoint_info(names)}
     engine.save_checkpoint(str(root), tag=tmp.name, client_state=client, save_latest=False)
     torch.save(_rng_state(), tmp / f"rng_rank_{rank:05d}.pt")
     if rank == 0:

@@ -32,7 +32,9 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int]) -> ResumePlan | No
             "checkpoint; point 'latest' at a complete step_* directory"
         )
     saved = checkpoint.read_state(checkpoint_dir, tag)["layout"]
-    if (saved["tensor"], saved["pipeline"]) != (layout["tensor"], layout["pipeline"]):
+    if saved["pipeline"] != layout["pipeline"] or (
+        saved["tensor"] != layout["tensor"] and layout["pipeline"] > 1
+    ):
         raise ModtrainError(
             f"{checkpoint_dir / tag} was written with parallel.tensor={saved['tensor']} "
             f"parallel.pipeline={saved['pipeline']}, this run has "
@@ -40,21 +42,24 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int]) -> ResumePlan | No
             "with the saved values, or export the weights with 'modtrain convert "
             f"{checkpoint_dir / tag} --out EXPORT_DIR' and start a new run from them"
         )
-    if saved["zero_stage"] != layout["zero_stage"] and saved["data"] == layout["data"]:
-        raise ModtrainError(
-            f"{checkpoint_dir / tag} was written with train.zero_stage={saved['zero_stage']}; "
-            f"resume with train.zero_stage={saved['zero_stage']}"
-        )
     if saved["data"] != layout["data"] and layout["pipeline"] > 1:
         raise ModtrainError(
             f"{checkpoint_dir / tag} was written with {saved['data']} data-parallel ranks; "
             "resuming a pipeline-parallel run needs the same number, launch "
             f"{saved['data'] * layout['tensor'] * layout['pipeline']} processes"
         )
+    # ZeRO partitions optimizer state by data-parallel rank and tensor parallelism splits
+    # weights: another size of either loads through DeepSpeed's universal checkpoint, which
+    # holds every parameter and its optimizer state whole.
+    universal = (saved["data"] != layout["data"] and saved["zero_stage"] > 0) or (
+        saved["tensor"] != layout["tensor"]
+    )
+    if saved["zero_stage"] != layout["zero_stage"] and not universal:
+        raise ModtrainError(
+            f"{checkpoint_dir / tag} was written with train.zero_stage={saved['zero_stage']}; "
+            f"resume with train.zero_stage={saved['zero_stage']}"
+        )
     same = saved == layout
-    # ZeRO partitions optimizer state by data-parallel rank: another data-parallel size
-    # loads through DeepSpeed's universal checkpoint, which is partition-free.
-    universal = saved["data"] != layout["data"] and saved["zero_stage"] > 0
     step = checkpoint.step_of(tag)
     if universal:
         tag = checkpoint.convert_to_universal(checkpoint_dir, tag)

@@ -124,3 +124,19 @@ def test_resume_two_ranks_on_one(tmp_path, char_store, char_tokenizer):
     diffs = [abs(ref[s] - got[s]) for s in range(5, 9)]
     print(f"DP 2 -> 1 resume: max |loss diff| steps 5-8 = {max(diffs):.2e}")
     assert max(diffs) < 1e-4
+
+
+@pytest.mark.slow
+def test_resume_tensor_parallel_two_on_one(tmp_path, char_store, char_tokenizer):
+    """A TP=2 checkpoint continues with TP=1 through a universal checkpoint."""
+    common = ["model.vocab_multiple=2", "model.num_heads=2"]
+    run(deepspeed_command(tiny_config(tmp_path, char_store, char_tokenizer, "ref", steps=8),
+                          *common, "parallel.tensor=2"))
+    cfg = tiny_config(tmp_path, char_store, char_tokenizer, "moved", steps=4)
+    run(deepspeed_command(cfg, *common, "parallel.tensor=2", "train.decay_steps=8"))
+    proc = run(single_command(cfg, *common, "train.steps=8", "--resume", "auto"))
+    assert "universal checkpoint" in proc.stderr
+    ref, got = step_losses(tmp_path / "ref"), step_losses(tmp_path / "moved")
+    diffs = [abs(ref[s] - got[s]) for s in range(5, 9)]
+    print(f"TP 2 -> 1 resume: max |loss diff| steps 5-8 = {max(diffs):.2e}")
+    assert max(diffs) < 1e-4
