@@ -3,50 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from modtrain.parallel import select_accelerator
-
-    select_accelerator()
     from modtrain.inference.export import convert_checkpoint
 
-    out = convert_checkpoint(args.checkpoint, args.out, args.dtype)
-    print(f"wrote {out}/model.safetensors, config.json, tokenizer.model")
+    out = convert_checkpoint(args.checkpoint, args.out, args.dtype, args.tokenizer)
+    print(f"wrote {out}/ (model.safetensors, config.json, tokenizer.model)")
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from modtrain.parallel import destroy_distributed, init_distributed
-
-    # megatron-core layers read their (size 1) tensor-parallel group.
-    init_distributed(deepspeed_comm=False)
     from modtrain.inference.generate import generate_text
+    from modtrain.inference.sampling import Sampling
 
-    texts = generate_text(
-        args.export_dir, args.prompt, args.max_new_tokens, args.num_samples,
-        args.temperature, args.top_k, args.top_p, args.seed,
+    sampling = Sampling(args.temperature, args.top_k, args.top_p)
+    texts, result = generate_text(
+        args.export_dir, args.prompt, args.max_new_tokens, args.num_samples, sampling,
+        args.seed, args.stop, use_cache=not args.no_cache, routing=args.routing,
     )
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i} ---")
         print(text)
-    destroy_distributed()
+    if args.stats:
+        decode_s = max(result.seconds - result.prefill_seconds, 1e-9)
+        steps = max(result.new_tokens - 1, 0)
+        print(f"{result.new_tokens} tokens x {len(texts)} rows in {result.seconds:.2f} s "
+              f"(prefill {result.prefill_seconds * 1e3:.1f} ms, decode "
+              f"{steps * len(texts) / decode_s:.1f} tokens/s); key/value cache "
+              f"{result.cache_used_bytes / 1024:.1f} KiB used, "
+              f"{result.cache_allocated_bytes / 1024:.1f} KiB allocated", file=sys.stderr)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("convert", help="training checkpoint -> safetensors export")
+    c = sub.add_parser("convert", help="training checkpoint -> Hugging Face-loadable export")
     c.add_argument("checkpoint", help="run directory, its checkpoints/ dir or a tag dir")
-    c.add_argument("--out", required=True, help="export directory")
+    c.add_argument("--out", required=True, help="export directory (replaced if an export)")
     c.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    c.add_argument("--tokenizer", default=None,
+                   help="SentencePiece model to ship (default: the one training used)")
     c.set_defaults(func=_convert)
 
-    g = sub.add_parser("generate", help="sample text from an export")
+    g = sub.add_parser("generate", help="sample text from an export (KV-cached)")
     g.add_argument("export_dir")
     g.add_argument("--prompt", default="\n")
     g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--num-samples", type=int, default=1)
+    g.add_argument("--num-samples", type=int, default=1, help="rows sampled as one batch")
     g.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0: off")
+    g.add_argument("--top-p", type=float, default=1.0, help="1: off")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", default=None, help="end a sample before this text")
+    g.add_argument("--routing", default=None, choices=["predictor", "router"],
+                   help="causal routing of MoD layers (default: the export's)")
+    g.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole context every token (slow; for checking)")
+    g.add_argument("--stats", action="store_true",
+                   help="print speed and key/value cache memory to stderr")
     g.set_defaults(func=_generate)

@@ -1,103 +1,143 @@
-"""`modtrain convert`: a DeepSpeed training checkpoint -> model.safetensors + config.json.
+"""`modtrain convert`: a training checkpoint -> a Hugging Face-loadable export directory.
 
-ZeRO partitions are merged by DeepSpeed's own fp32 reconstruction. The export holds no
-pickle: tensors in safetensors, the model config in JSON, and the SentencePiece model.
+EXPORT_DIR/ model.safetensors, config.json, tokenizer.model, and for a MoD model the
+modelling code (configuration_modtrain.py, modeling_modtrain.py, modtrain_core.py). No
+pickle anywhere: tensors in safetensors, everything else JSON, Python source or the
+SentencePiece model. The directory is written next to its destination and renamed into
+place, so an interrupted convert leaves no half export. Format: docs/export_format.md.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import uuid
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from modtrain.config import config_from_dict
-from modtrain.config.schema import ModelConfig
 from modtrain.errors import ModtrainError
-from modtrain.train.checkpoint import latest_tag
+from modtrain.inference.checkpoint_reader import read_checkpoint
+from modtrain.inference.hf_layout import EXPORT_FORMAT, hf_config, to_hf_tensors
+from modtrain.inference.hf_template import REMOTE_CODE_FILES
+from modtrain.inference.hf_template.modtrain_core import CoreConfig, ModtrainLM
 
-EXPORT_FORMAT = "modtrain.export"
-EXPORT_VERSION = 1
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
-    """Accept a run dir, its checkpoints/ dir, or one tag dir; return (checkpoints dir, tag)."""
-    path = Path(path)
-    if (path / "checkpoints" / "latest").is_file():
-        path = path / "checkpoints"
-    if (path / "latest").is_file():
-        return path, latest_tag(path)
-    if path.is_dir() and any(path.glob("mp_rank_*_model_states.pt")):
-        return path.parent, path.name
+def _find_tokenizer(configured: str, tag_dir: Path, override: str | Path | None) -> Path:
+    if override is not None:
+        candidates = [Path(override)]
+    else:
+        # Relative paths in the config are relative to where training ran; try the run dir.
+        candidates = [Path(configured), tag_dir.parent.parent / configured]
+    for path in candidates:
+        if path.is_file():
+            return path
     raise ModtrainError(
-        f"{path} holds no modtrain checkpoint (no 'latest' file and no model states); pass a "
-        "run directory, its checkpoints/ directory or one checkpoint tag directory"
+        f"tokenizer {candidates[0]} does not exist; run convert from the directory training "
+        "ran in, or pass --tokenizer PATH.model"
     )
 
 
-def _client_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
-    states = sorted((ckpt_dir / tag).glob("mp_rank_*_model_states.pt"))
-    state = torch.load(states[0], map_location="cpu", weights_only=False)
-    if "config" not in state:
-        raise ModtrainError(f"{ckpt_dir / tag} was not written by modtrain (no config inside)")
-    return state
+def _eos_id(tokenizer: Path) -> int | None:
+    import sentencepiece as spm
+
+    eos = spm.SentencePieceProcessor(model_file=str(tokenizer)).eos_id()
+    return eos if eos >= 0 else None
 
 
-def convert_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp32") -> Path:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished export to `out`, replacing an earlier export there."""
+    if out.exists():
+        if any(out.iterdir()) and not _is_export(out):
+            raise ModtrainError(f"{out} exists and is not a modtrain export; choose another "
+                                "--out or remove it")
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
 
-    if dtype not in _DTYPES:
+
+def _is_export(path: Path) -> bool:
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    info = meta.get("modtrain") if isinstance(meta, dict) else None
+    return isinstance(info, dict) and info.get("format") == EXPORT_FORMAT
+
+
+def convert_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp32",
+                       tokenizer: str | Path | None = None) -> Path:
+    if dtype not in DTYPES:
         raise ModtrainError(f"--dtype {dtype} is unknown; use fp32, bf16 or fp16")
-    ckpt_dir, tag = resolve_checkpoint(checkpoint)
-    client = _client_state(ckpt_dir, tag)
-    config = config_from_dict(client["config"])
-    if config.parallel.tensor > 1 or config.parallel.pipeline > 1:
-        raise ModtrainError(
-            "this version converts checkpoints trained with parallel.tensor=1 and "
-            "parallel.pipeline=1 only"
-        )
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-    tensors = {
-        k: v.to(_DTYPES[dtype]).contiguous()
-        for k, v in state.items()
-        if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")
-    }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer = Path(config.data.tokenizer)
-    if tokenizer.is_file():
-        shutil.copyfile(tokenizer, out / "tokenizer.model")
-    meta = {
-        "format": EXPORT_FORMAT,
-        "format_version": EXPORT_VERSION,
-        "model_type": "modtrain_gpt",
-        "torch_dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
-        "step": int(client.get("step", 0)),
-        "modtrain": {"model": client["config"]["model"]},
-    }
-    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    ckpt = read_checkpoint(checkpoint)
+    tok = _find_tokenizer(ckpt.config.get("data", {}).get("tokenizer", ""), ckpt.tag_dir,
+                          tokenizer)
+    return write_export(ckpt.tensors, ckpt.config["model"], out, tok, dtype, ckpt.step)
+
+
+def write_export(tensors: dict[str, torch.Tensor], model: dict[str, Any], out: str | Path,
+                 tokenizer: Path, dtype: str = "fp32", step: int = 0) -> Path:
+    """Write the training model's state dict (`tensors`) and model config as an export."""
+    hf_tensors = {k: v.to(DTYPES[dtype]) for k, v in to_hf_tensors(tensors, model).items()}
+    config = hf_config(model, dtype, step, _eos_id(tokenizer))
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        save_file(hf_tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        shutil.copyfile(tokenizer, tmp / "tokenizer.model")
+        if "auto_map" in config:
+            template = resources.files("modtrain.inference.hf_template")
+            for name in REMOTE_CODE_FILES:
+                (tmp / name).write_text(template.joinpath(name).read_text())
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def load_export(export_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def read_export_config(export_dir: str | Path) -> dict[str, Any]:
     export_dir = Path(export_dir)
-    cfg_path = export_dir / "config.json"
-    if not cfg_path.is_file() or not (export_dir / "model.safetensors").is_file():
+    if not _is_export(export_dir) or not (export_dir / "model.safetensors").is_file():
         raise ModtrainError(
             f"{export_dir} is not a modtrain export (config.json and model.safetensors); "
             "create one with 'modtrain convert RUN_DIR --out EXPORT_DIR'"
         )
-    meta = json.loads(cfg_path.read_text())
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ModtrainError(f"{cfg_path} is not a modtrain export config")
-    model = meta["modtrain"]["model"]
-    # Validate the model section alone: the data section of training is not exported.
-    model_config = config_from_dict(
-        {"model": model, "data": {"seq_length": model["max_seq_length"]}}
-    ).model
-    return model_config, load_file(str(export_dir / "model.safetensors"))
+    return json.loads((export_dir / "config.json").read_text())
+
+
+def load_export(export_dir: str | Path, dtype: torch.dtype = torch.float32,
+                inference_routing: str | None = None) -> ModtrainLM:
+    """The export as modtrain's plain-torch inference model, in eval mode.
+
+    inference_routing overrides the export's causal routing: "predictor" or "router".
+    """
+    config = CoreConfig.from_dict(read_export_config(export_dir))
+    if inference_routing is not None:
+        if inference_routing not in ("predictor", "router"):
+            raise ModtrainError(f"--routing {inference_routing} is unknown; use predictor or "
+                                "router")
+        if inference_routing == "predictor" and config.mod_routed_layers and \
+                not config.mod_predictor_hidden:
+            raise ModtrainError("this export has no predictor; use --routing router")
+        config.mod_inference_routing = inference_routing
+    model = ModtrainLM(config)
+    tensors = load_file(str(Path(export_dir) / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if config.tie_word_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ModtrainError(f"export {export_dir} does not match its config.json: missing "
+                            f"{missing[:3]}, unexpected {unexpected[:3]}")
+    return model.to(dtype).eval()

@@ -1,10 +1,19 @@
-"""Autoregressive sampling from an export; routed layers use the causal routing decision.
+"""Autoregressive sampling from an export with a key/value cache.
 
-This version recomputes the whole context each step (no KV cache).
+The model is modtrain's plain-torch one (hf_template/modtrain_core.py), loaded from the
+export; routed layers decide causally per token and cache only their routed tokens.
+Context window: the model was trained on at most max_position_embeddings tokens. When the
+context would grow past that, it restarts from its last half (one prefill of those tokens,
+positions from 0 again), so every prediction sees between half and all of a window.
+Without a cache (use_cache=False) each step recomputes exactly that context, which is what
+the tests compare against.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,60 +21,65 @@ import torch
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
 from modtrain.inference.export import load_export
-from modtrain.model import GPT
+from modtrain.inference.hf_template.modtrain_core import ModtrainLM
+from modtrain.inference.sampling import Sampling, next_tokens
+
+StopFn = Callable[[list[int]], bool]  # a row's generated ids -> stop that row?
 
 
-def load_model(export_dir: str | Path) -> GPT:
-    model_config, tensors = load_export(export_dir)
-    model = GPT(model_config)
-    tensors = {k: v.float() for k, v in tensors.items()}
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if missing or unexpected:
-        raise ModtrainError(
-            f"export {export_dir} does not match the model: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
-        )
-    return model.eval()
-
-
-def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if 0.0 < top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # Drop tokens once the cumulative probability before them exceeds top_p.
-        drop = probs.cumsum(-1) - probs > top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
+@dataclass
+class Generation:
+    ids: torch.Tensor  # [B, prompt + generated]
+    new_tokens: int  # generated per row
+    prefill_seconds: float  # the first prefill (the prompt)
+    seconds: float  # everything, prefill included
+    cache_used_bytes: int = 0  # largest key/value footprint of the stored tokens
+    cache_allocated_bytes: int = 0  # largest key/value memory allocated
 
 
 @torch.no_grad()
 def generate_ids(
-    model: GPT,
+    model: ModtrainLM,
     prompt: torch.Tensor,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    sampling: Sampling | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """prompt: [B, T] ids. Greedy when temperature == 0."""
-    routing = "causal" if model.config.mod.enabled else "topk"
-    ids = prompt
-    for _ in range(max_new_tokens):
-        context = ids[:, -model.config.max_seq_length :]
-        logits = model(context, routing=routing).logits[:, -1, :].float()
-        if temperature == 0.0:
-            next_id = logits.argmax(-1, keepdim=True)
+    use_cache: bool = True,
+    stop: StopFn | None = None,
+) -> Generation:
+    """prompt: [B, T] ids (rows of equal length); greedy unless `sampling` says otherwise.
+    Rows route independently."""
+    sampling = sampling or Sampling(temperature=0.0)
+    window = model.config.max_position_embeddings
+    keep = max(1, window // 2)
+    batch, prompt_len = prompt.shape
+    ids, start, cache = prompt, 0, None
+    done = [False] * batch
+    used = allocated = 0
+    prefill_s = 0.0
+    t0 = time.perf_counter()
+    for step in range(max_new_tokens):
+        if ids.shape[1] - start > window:  # restart the context from its last `keep` tokens
+            start, cache = ids.shape[1] - keep, None
+        if not use_cache:
+            logits = model(ids[:, start:], "causal", last_only=True)
+        elif cache is None:
+            cache = model.new_cache(batch, max_length=window)
+            logits = model(ids[:, start:], "causal", cache, last_only=True)
         else:
-            logits = _filter_logits(logits / temperature, top_k, top_p)
-            next_id = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
-        ids = torch.cat([ids, next_id], dim=1)
-    return ids
+            logits = model(ids[:, -1:], "causal", cache, last_only=True)
+        if step == 0:
+            prefill_s = time.perf_counter() - t0
+        if cache is not None:
+            used = max(used, cache.used_bytes())
+            allocated = max(allocated, cache.allocated_bytes())
+        ids = torch.cat([ids, next_tokens(logits[:, -1], sampling, generator)], dim=1)
+        if stop is not None:
+            done = [d or stop(ids[b, prompt_len:].tolist()) for b, d in enumerate(done)]
+            if all(done):
+                break
+    return Generation(ids, ids.shape[1] - prompt_len, prefill_s, time.perf_counter() - t0,
+                      used, allocated)
 
 
 def generate_text(
@@ -73,15 +87,36 @@ def generate_text(
     prompt: str,
     max_new_tokens: int,
     num_samples: int = 1,
-    temperature: float = 0.8,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    sampling: Sampling | None = None,
     seed: int = 0,
-) -> list[str]:
+    stop: str | None = None,
+    use_cache: bool = True,
+    routing: str | None = None,
+) -> tuple[list[str], Generation]:
+    """Sample `num_samples` continuations of `prompt`; each ends before `stop` if it occurs."""
+    sampling = sampling or Sampling(temperature=0.8)
+    if max_new_tokens < 0:
+        raise ModtrainError(f"--max-new-tokens {max_new_tokens} is negative")
+    if num_samples < 1:
+        raise ModtrainError(f"--num-samples {num_samples} must be at least 1")
+    if stop == "":
+        raise ModtrainError("--stop is empty; give the text that ends a sample")
+    model = load_export(export_dir, inference_routing=routing)
+    if not (Path(export_dir) / "tokenizer.model").is_file():
+        raise ModtrainError(f"{export_dir} has no tokenizer.model; convert the checkpoint "
+                            "again with --tokenizer PATH.model")
     tokenizer = Tokenizer(Path(export_dir) / "tokenizer.model")
-    model = load_model(export_dir)
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     prompt_ids = torch.tensor([ids] * num_samples, dtype=torch.long)
+    stop_fn = None if stop is None else (lambda gen: stop in tokenizer.decode(gen))
     generator = torch.Generator().manual_seed(seed)
-    out = generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
-    return [tokenizer.decode(row.tolist()) for row in out]
+    result = generate_ids(model, prompt_ids, max_new_tokens, sampling, generator, use_cache,
+                          stop_fn)
+    head = tokenizer.decode(ids)
+    texts = []
+    for row in result.ids:
+        text = tokenizer.decode(row[len(ids):].tolist())
+        if stop is not None and stop in text:
+            text = text[: text.index(stop)]
+        texts.append(head + text)
+    return texts, result

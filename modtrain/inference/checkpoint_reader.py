@@ -1,0 +1,120 @@
+"""Read a modtrain training checkpoint (a DeepSpeed tag directory) without unpickling code.
+
+RUN/checkpoints/<tag>/ holds DeepSpeed's model states (+ ZeRO optimizer partitions) and
+modtrain.json (step, resolved config, parallel layout). Weights come back as full fp32
+tensors under the training model's names, whatever the ZeRO stage and data-parallel size.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modtrain.errors import ModtrainError
+from modtrain.inference.safe_load import load_weights_only
+from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
+
+STATE_FILE = "modtrain.json"
+
+
+@dataclass
+class TrainingCheckpoint:
+    tag_dir: Path
+    step: int
+    config: dict[str, Any]  # the full resolved training config, as config_to_dict writes it
+    zero_stage: int
+    data_parallel: int
+    tensors: dict[str, torch.Tensor]  # fp32, the training model's state-dict names
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run dir, its checkpoints/ dir (both via `latest`) or a tag dir -> the tag dir."""
+    path = Path(path)
+    if (path / "checkpoints" / "latest").is_file():
+        path = path / "checkpoints"
+    if (path / "latest").is_file():
+        path = path / (path / "latest").read_text().strip()
+    if path.is_dir() and any(path.glob("*model_states.pt")):
+        return path
+    raise ModtrainError(
+        f"{path} holds no modtrain checkpoint (no 'latest' file and no model states); pass a "
+        "run directory, its checkpoints/ directory or one checkpoint tag directory"
+    )
+
+
+def _rank(path: Path, key: str) -> int:
+    match = re.search(rf"{key}_(\d+)", path.name)
+    return int(match.group(1)) if match else 0
+
+
+def _refuse_model_parallel(tag_dir: Path, parallel: dict[str, Any]) -> None:
+    tp, pp = int(parallel.get("tensor", 1)), int(parallel.get("pipeline", 1))
+    files = list(tag_dir.glob("*model_states.pt"))
+    if any(_rank(f, "mp_rank") > 0 for f in files):
+        tp = max(tp, 2)
+    if any(f.name.startswith("layer_") for f in files):
+        pp = max(pp, 2)
+    if tp > 1 or pp > 1:
+        raise ModtrainError(
+            f"{tag_dir} was trained with tensor={tp}, pipeline={pp}; convert supports "
+            "tensor=1, pipeline=1 checkpoints only (model-parallel merging is not implemented)"
+        )
+
+
+def _modtrain_state(tag_dir: Path, model_state: dict[str, Any]) -> dict[str, Any]:
+    """modtrain.json; older checkpoints carried the same in DeepSpeed's client state."""
+    json_path = tag_dir / STATE_FILE
+    if json_path.is_file():
+        return json.loads(json_path.read_text())
+    state = model_state.get("modtrain", model_state)
+    if not isinstance(state, dict) or "config" not in state:
+        raise ModtrainError(f"{tag_dir} was not written by modtrain (no {STATE_FILE} and no "
+                            "config in the DeepSpeed client state)")
+    return state
+
+
+def _module_weights(model_state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """ZeRO 0: the module's own (unpartitioned) parameters, upcast to fp32."""
+    return {k: v.float() for k, v in model_state["module"].items()
+            if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
+
+
+def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
+    tag_dir = resolve_checkpoint(path)
+    model_files = sorted(tag_dir.glob("*model_states.pt"), key=lambda f: _rank(f, "pp_rank"))
+    model_state = load_weights_only(model_files[0])
+    state = _modtrain_state(tag_dir, model_state)
+    config = state["config"]
+    _refuse_model_parallel(tag_dir, {**config.get("parallel", {}), **state.get("layout", {})})
+
+    optim_files = sorted(tag_dir.glob("*zero_pp_rank_*_optim_states.pt"),
+                         key=lambda f: _rank(f, "pp_rank"))
+    if not optim_files:
+        stage, tensors = 0, _module_weights(model_state)
+    else:
+        optim = [load_weights_only(f) for f in optim_files]
+        meta = optim[0][OPTIMIZER_STATE]
+        stage = int(meta["zero_stage"])
+        count = meta["partition_count"]
+        count = max(count) if isinstance(count, list) else int(count)
+        if count != len(optim_files):
+            raise ModtrainError(f"{tag_dir} has {len(optim_files)} ZeRO partitions of {count}; "
+                                "the checkpoint is incomplete, use an earlier tag")
+        merge = merge_zero3 if stage == 3 else merge_zero12
+        tensors = merge(model_state, optim)
+        buffers = set(model_state.get("buffer_names") or [])
+        tensors.update({k: v.float() for k, v in model_state["module"].items() if k in buffers})
+        add_shared(model_state, tensors)
+    return TrainingCheckpoint(
+        tag_dir=tag_dir,
+        step=int(state.get("step", 0)),
+        config=config,
+        zero_stage=stage,
+        data_parallel=max(1, len(optim_files)),
+        tensors=tensors,
+    )

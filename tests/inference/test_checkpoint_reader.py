@@ -1,0 +1,135 @@
+"""Reading DeepSpeed checkpoints with weights_only=True, checked against DeepSpeed's own
+reconstruction (zero_to_fp32, which unpickles freely: used here as the reference only)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from modtrain.errors import ModtrainError
+from modtrain.inference.checkpoint_reader import read_checkpoint
+from tests.inference.conftest import train_run
+
+
+def _deepspeed_reference(run: Path) -> dict[str, torch.Tensor]:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"))
+
+
+def _assert_same(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    assert set(ours) == set(ref)
+    for name, tensor in ref.items():
+        assert ours[name].dtype == torch.float32
+        assert torch.equal(ours[name], tensor.float()), name
+
+
+@pytest.mark.parametrize("run_name,stage", [("mod_run", 1), ("dense_run", 3)])
+def test_zero_merge_equals_deepspeed(request, run_name, stage):
+    run = request.getfixturevalue(run_name)
+    ckpt = read_checkpoint(run)
+    assert (ckpt.zero_stage, ckpt.data_parallel, ckpt.step) == (stage, 1, 4)
+    assert ckpt.config["model"]["hidden_size"] == 32
+    _assert_same(ckpt.tensors, _deepspeed_reference(run))
+
+
+def test_every_load_is_weights_only(monkeypatch, mod_run, dense_run):
+    calls = []
+    real_load = torch.load
+
+    def checked_load(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", checked_load)
+    read_checkpoint(mod_run)
+    read_checkpoint(dense_run)
+    assert len(calls) >= 4 and all(w is True for w in calls), calls
+
+
+def _mark(path: str) -> None:
+    Path(path).write_text("code ran")
+
+
+class _Payload:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (_mark, (self.path,))
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path, mod_run):
+    tag = tmp_path / "step_00000004"
+    shutil.copytree(mod_run / "checkpoints" / "step_00000004", tag)
+    marker = tmp_path / "ran.txt"
+    optim = next(tag.glob("*optim_states.pt"))
+    state = torch.load(optim, weights_only=False)
+    state["extra"] = _Payload(str(marker))
+    torch.save(state, optim)
+    with pytest.raises(ModtrainError, match="will not unpickle"):
+        read_checkpoint(tag)
+    assert not marker.exists()
+
+
+def test_config_falls_back_to_deepspeed_client_state(tmp_path, mod_run):
+    tag = tmp_path / "step_00000004"
+    shutil.copytree(mod_run / "checkpoints" / "step_00000004", tag)
+    expected = json.loads((tag / "modtrain.json").read_text())
+    (tag / "modtrain.json").unlink()
+    ckpt = read_checkpoint(tag)
+    assert ckpt.config == expected["config"] and ckpt.step == expected["step"]
+
+
+@pytest.mark.parametrize("layout", [{"tensor": 2}, {"pipeline": 2}])
+def test_model_parallel_checkpoints_are_refused(tmp_path, mod_run, layout):
+    tag = tmp_path / "step_00000004"
+    shutil.copytree(mod_run / "checkpoints" / "step_00000004", tag)
+    state = json.loads((tag / "modtrain.json").read_text())
+    state["layout"] = {**state.get("layout", {}), **layout}
+    (tag / "modtrain.json").write_text(json.dumps(state))
+    with pytest.raises(ModtrainError, match="tensor=1, pipeline=1 checkpoints only"):
+        read_checkpoint(tag)
+
+
+def test_missing_partition_is_reported(tmp_path, mod_run):
+    tag = tmp_path / "step_00000004"
+    shutil.copytree(mod_run / "checkpoints" / "step_00000004", tag)
+    optim = next(tag.glob("*optim_states.pt"))
+    optim.rename(optim.with_name(optim.name.replace("rank_0", "rank_1")))
+    shutil.copy(optim.with_name(optim.name.replace("rank_0", "rank_1")), optim)
+    with pytest.raises(ModtrainError, match="ZeRO partitions"):
+        read_checkpoint(tag)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(ModtrainError, match="holds no modtrain checkpoint"):
+        read_checkpoint(tmp_path)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_rank_zero3_partitions_merge_like_deepspeed(tmp_path, char_store, char_tokenizer):
+    """ZeRO-3 on 2 gloo ranks: every parameter is split across the ranks, with padding."""
+    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(_port())]
+    run = train_run(tmp_path / "dp2", char_store, char_tokenizer, "train.zero_stage=3",
+                    "model.tie_embeddings=false", "train.micro_batch_size=2",
+                    launcher=launcher)
+    ckpt = read_checkpoint(run)
+    assert (ckpt.zero_stage, ckpt.data_parallel) == (3, 2)
+    _assert_same(ckpt.tensors, _deepspeed_reference(run))
