@@ -38,9 +38,9 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int]) -> ResumePlan | No
         raise ModtrainError(
             f"{checkpoint_dir / tag} was written with parallel.tensor={saved['tensor']} "
             f"parallel.pipeline={saved['pipeline']}, this run has "
-            f"parallel.tensor={layout['tensor']} parallel.pipeline={layout['pipeline']}; resume "
-            "with the saved values, or export the weights with 'modtrain convert "
-            f"{checkpoint_dir / tag} --out EXPORT_DIR' and start a new run from them"
+            f"parallel.tensor={layout['tensor']} parallel.pipeline={layout['pipeline']}; a "
+            "pipeline-parallel checkpoint resumes only on its own pipeline and tensor sizes: "
+            f"resume with parallel.pipeline={saved['pipeline']} parallel.tensor={saved['tensor']}"
         )
     if saved["data"] != layout["data"] and layout["pipeline"] > 1:
         raise ModtrainError(
