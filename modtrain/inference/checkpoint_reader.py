@@ -18,6 +18,7 @@ import torch
 from modtrain.errors import ModtrainError
 from modtrain.inference.safe_load import load_weights_only
 from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
+from modtrain.parallel.tensor_layout import merge as merge_tensor_shards
 
 STATE_FILE = "modtrain.json"
 
@@ -52,17 +53,14 @@ def _rank(path: Path, key: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _refuse_model_parallel(tag_dir: Path, parallel: dict[str, Any]) -> None:
-    tp, pp = int(parallel.get("tensor", 1)), int(parallel.get("pipeline", 1))
-    files = list(tag_dir.glob("*model_states.pt"))
-    if any(_rank(f, "mp_rank") > 0 for f in files):
-        tp = max(tp, 2)
-    if any(f.name.startswith("layer_") for f in files):
+def _refuse_pipeline(tag_dir: Path, parallel: dict[str, Any]) -> None:
+    pp = int(parallel.get("pipeline", 1))
+    if any(f.name.startswith("layer_") for f in tag_dir.glob("*model_states.pt")):
         pp = max(pp, 2)
-    if tp > 1 or pp > 1:
+    if pp > 1:
         raise ModtrainError(
-            f"{tag_dir} was trained with tensor={tp}, pipeline={pp}; convert supports "
-            "tensor=1, pipeline=1 checkpoints only (model-parallel merging is not implemented)"
+            f"{tag_dir} was trained with pipeline={pp}; convert supports pipeline=1 "
+            "checkpoints only (merging pipeline stages is not implemented)"
         )
 
 
@@ -84,37 +82,54 @@ def _module_weights(model_state: dict[str, Any]) -> dict[str, torch.Tensor]:
             if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
 
 
+def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, dict[str, torch.Tensor]]:
+    """(ZeRO stage, data-parallel size, full-precision weights) of one tensor-parallel rank."""
+    name = f"mp_rank_{mp_rank:02d}_model_states.pt"
+    if not (tag_dir / name).is_file():  # ZeRO-3 writes one model-state file per data rank
+        name = f"zero_pp_rank_0_mp_rank_{mp_rank:02d}_model_states.pt"
+    model_state = load_weights_only(tag_dir / name)
+    optim_files = sorted(tag_dir.glob(f"*zero_pp_rank_*_mp_rank_{mp_rank:02d}_optim_states.pt"),
+                         key=lambda f: _rank(f, "pp_rank"))
+    if not optim_files:
+        return 0, 1, _module_weights(model_state)
+    optim = [load_weights_only(f) for f in optim_files]
+    meta = optim[0][OPTIMIZER_STATE]
+    stage = int(meta["zero_stage"])
+    count = meta["partition_count"]
+    count = max(count) if isinstance(count, list) else int(count)
+    if count != len(optim_files):
+        raise ModtrainError(f"{tag_dir} has {len(optim_files)} ZeRO partitions of {count}; "
+                            "the checkpoint is incomplete, use an earlier tag")
+    merge = merge_zero3 if stage == 3 else merge_zero12
+    tensors = merge(model_state, optim)
+    buffers = set(model_state.get("buffer_names") or [])
+    tensors.update({k: v.float() for k, v in model_state["module"].items() if k in buffers})
+    add_shared(model_state, tensors)
+    return stage, len(optim_files), tensors
+
+
 def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     tag_dir = resolve_checkpoint(path)
     model_files = sorted(tag_dir.glob("*model_states.pt"), key=lambda f: _rank(f, "pp_rank"))
-    model_state = load_weights_only(model_files[0])
-    state = _modtrain_state(tag_dir, model_state)
+    state = _modtrain_state(tag_dir, load_weights_only(model_files[0]))
     config = state["config"]
-    _refuse_model_parallel(tag_dir, {**config.get("parallel", {}), **state.get("layout", {})})
-
-    optim_files = sorted(tag_dir.glob("*zero_pp_rank_*_optim_states.pt"),
-                         key=lambda f: _rank(f, "pp_rank"))
-    if not optim_files:
-        stage, tensors = 0, _module_weights(model_state)
-    else:
-        optim = [load_weights_only(f) for f in optim_files]
-        meta = optim[0][OPTIMIZER_STATE]
-        stage = int(meta["zero_stage"])
-        count = meta["partition_count"]
-        count = max(count) if isinstance(count, list) else int(count)
-        if count != len(optim_files):
-            raise ModtrainError(f"{tag_dir} has {len(optim_files)} ZeRO partitions of {count}; "
-                                "the checkpoint is incomplete, use an earlier tag")
-        merge = merge_zero3 if stage == 3 else merge_zero12
-        tensors = merge(model_state, optim)
-        buffers = set(model_state.get("buffer_names") or [])
-        tensors.update({k: v.float() for k, v in model_state["module"].items() if k in buffers})
-        add_shared(model_state, tensors)
+    _refuse_pipeline(tag_dir, {**config.get("parallel", {}), **state.get("layout", {})})
+    tp_size = len({_rank(f, "mp_rank") for f in model_files})
+    ranks = [_read_tensor_rank(tag_dir, r) for r in range(tp_size)]
+    stage, data_parallel = ranks[0][0], ranks[0][1]
+    partitions = len(list(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")))
+    if stage and partitions != tp_size * data_parallel:
+        raise ModtrainError(f"{tag_dir} has {partitions} ZeRO partitions of "
+                            f"{tp_size * data_parallel}; the checkpoint is incomplete, use an "
+                            "earlier tag")
+    # Tensor-parallel shards join the way megatron-core split them (SwiGLU's halves apart).
+    tensors = {name: merge_tensor_shards([r[2][name] for r in ranks], name)
+               for name in ranks[0][2]}
     return TrainingCheckpoint(
         tag_dir=tag_dir,
         step=int(state.get("step", 0)),
         config=config,
         zero_stage=stage,
-        data_parallel=max(1, len(optim_files)),
+        data_parallel=data_parallel,
         tensors=tensors,
     )
