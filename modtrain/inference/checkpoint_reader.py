@@ -18,6 +18,7 @@ import torch
 from modtrain.errors import ModtrainError
 from modtrain.inference.safe_load import load_weights_only
 from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
+from modtrain.model.names import gpt_name
 from modtrain.parallel.tensor_layout import merge as merge_tensor_shards
 
 STATE_FILE = "modtrain.json"
@@ -53,15 +54,24 @@ def _rank(path: Path, key: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _refuse_pipeline(tag_dir: Path, parallel: dict[str, Any]) -> None:
-    pp = int(parallel.get("pipeline", 1))
-    if any(f.name.startswith("layer_") for f in tag_dir.glob("*model_states.pt")):
-        pp = max(pp, 2)
-    if pp > 1:
-        raise ModtrainError(
-            f"{tag_dir} was trained with pipeline={pp}; convert supports pipeline=1 "
-            "checkpoints only (merging pipeline stages is not implemented)"
-        )
+_LAYER_FILE = re.compile(r"layer_(\d+)(?:-model_(\d+))?-model_states\.pt")
+
+
+def _read_pipeline(tag_dir: Path, num_layers: int) -> dict[str, torch.Tensor]:
+    """Weights of a pipeline checkpoint: DeepSpeed writes one file per layer (and per
+    tensor rank) holding the module's own weights; names map back onto GPT's."""
+    shards: dict[str, dict[int, torch.Tensor]] = {}
+    for path in tag_dir.glob("layer_*-model_states.pt"):
+        match = _LAYER_FILE.fullmatch(path.name)
+        if match is None:
+            continue
+        layer, tp_rank = int(match.group(1)), int(match.group(2) or 0)
+        for key, value in load_weights_only(path).items():
+            if isinstance(value, torch.Tensor):
+                name = gpt_name(f"{layer}.{key}", num_layers)
+                shards.setdefault(name, {})[tp_rank] = value.float()
+    return {name: merge_tensor_shards([parts[r] for r in sorted(parts)], name)
+            for name, parts in shards.items()}
 
 
 def _modtrain_state(tag_dir: Path, model_state: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +123,14 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     model_files = sorted(tag_dir.glob("*model_states.pt"), key=lambda f: _rank(f, "pp_rank"))
     state = _modtrain_state(tag_dir, load_weights_only(model_files[0]))
     config = state["config"]
-    _refuse_pipeline(tag_dir, {**config.get("parallel", {}), **state.get("layout", {})})
+    if any(tag_dir.glob("layer_*-model_states.pt")):
+        # The layer files hold the module weights in the training precision (exact for fp32).
+        return TrainingCheckpoint(
+            tag_dir=tag_dir, step=int(state.get("step", 0)), config=config,
+            zero_stage=int(config["train"]["zero_stage"]),
+            data_parallel=int(state.get("layout", {}).get("data", 1)),
+            tensors=_read_pipeline(tag_dir, int(config["model"]["num_layers"])),
+        )
     tp_size = len({_rank(f, "mp_rank") for f in model_files})
     ranks = [_read_tensor_rank(tag_dir, r) for r in range(tp_size)]
     stage, data_parallel = ranks[0][0], ranks[0][1]

@@ -165,16 +165,3 @@ def pipeline_layer_specs(config: ModelConfig, precision: str = "fp32") -> list:
         last = LayerSpec(OutputLayer, config, precision)
     blocks = [LayerSpec(BlockLayer, config, i, precision) for i in range(config.num_layers)]
     return [first, *blocks, LayerSpec(FinalNormLayer, config, precision), last]
-
-
-def gpt_name(pipeline_name: str, num_layers: int) -> str:
-    """Map a pipeline-module parameter name onto the equivalent `GPT` parameter name."""
-    if pipeline_name.startswith("tied_modules.embed."):
-        return pipeline_name.removeprefix("tied_modules.embed.")
-    index, rest = pipeline_name.split(".", 1)
-    index = int(index)
-    if index == 0:
-        return rest
-    if index <= num_layers:
-        return f"blocks.{index - 1}.{rest.removeprefix('block.')}"
-    return rest  # final_norm.weight, output_layer.weight

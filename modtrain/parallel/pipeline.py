@@ -8,7 +8,8 @@ from modtrain.config import Config
 from modtrain.model.flops import head_flops, layer_flops
 from modtrain.model.gpt import lm_loss
 from modtrain.model.init import initialize_parameters
-from modtrain.model.pipeline import gpt_name, pipeline_layer_specs
+from modtrain.model.names import gpt_name
+from modtrain.model.pipeline import pipeline_layer_specs
 from modtrain.parallel.distributed import Topology
 
 

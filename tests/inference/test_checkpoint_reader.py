@@ -90,17 +90,6 @@ def test_config_falls_back_to_deepspeed_client_state(tmp_path, mod_run):
     assert ckpt.config == expected["config"] and ckpt.step == expected["step"]
 
 
-@pytest.mark.parametrize("layout", [{"pipeline": 2}])
-def test_pipeline_checkpoints_are_refused(tmp_path, mod_run, layout):
-    tag = tmp_path / "step_00000004"
-    shutil.copytree(mod_run / "checkpoints" / "step_00000004", tag)
-    state = json.loads((tag / "modtrain.json").read_text())
-    state["layout"] = {**state.get("layout", {}), **layout}
-    (tag / "modtrain.json").write_text(json.dumps(state))
-    with pytest.raises(ModtrainError, match="pipeline=1 checkpoints only"):
-        read_checkpoint(tag)
-
-
 def test_missing_partition_is_reported(tmp_path, mod_run):
     tag = tmp_path / "step_00000004"
     shutil.copytree(mod_run / "checkpoints" / "step_00000004", tag)
@@ -136,19 +125,22 @@ def test_two_rank_zero3_partitions_merge_like_deepspeed(tmp_path, char_store, ch
 
 
 @pytest.mark.slow
-def test_tensor_parallel_shards_merge_into_the_one_process_weights(
-    tmp_path, char_store, char_tokenizer
+@pytest.mark.parametrize("layout", [["parallel.tensor=2"], ["parallel.pipeline=2"]],
+                         ids=["tp2", "pp2"])
+def test_model_parallel_shards_merge_into_the_one_process_weights(
+    tmp_path, char_store, char_tokenizer, layout
 ):
-    """TP=2 and TP=1 train to the same weights (tests/parallel); merged, they must agree."""
+    """TP=2 / PP=2 and one process train to the same weights (tests/parallel); merged, the
+    checkpoints must agree."""
     from tests.train.helpers import deepspeed_command, run, single_command, tiny_config
 
-    common = ["train.steps=3", "model.vocab_multiple=2", "model.num_heads=2"]
-    run(single_command(tiny_config(tmp_path, char_store, char_tokenizer, "tp1"), *common))
-    run(deepspeed_command(tiny_config(tmp_path, char_store, char_tokenizer, "tp2"), *common,
-                          "parallel.tensor=2"))
-    one, two = read_checkpoint(tmp_path / "tp1"), read_checkpoint(tmp_path / "tp2")
-    assert len(list((two.tag_dir).glob("mp_rank_*_model_states.pt"))) == 2
+    common = ["train.steps=3", "model.vocab_multiple=2", "model.num_heads=2",
+              "train.micro_batch_size=4"]
+    run(single_command(tiny_config(tmp_path, char_store, char_tokenizer, "one"), *common))
+    run(deepspeed_command(tiny_config(tmp_path, char_store, char_tokenizer, "two"), *common,
+                          *layout))
+    one, two = read_checkpoint(tmp_path / "one"), read_checkpoint(tmp_path / "two")
     assert one.tensors.keys() == two.tensors.keys()
     worst = max(float((one.tensors[k] - two.tensors[k]).abs().max()) for k in one.tensors)
-    print(f"TP2 checkpoint merged vs TP1 weights after 3 steps: max |diff| {worst:.2e}")
+    print(f"{layout[0]} checkpoint merged vs one process after 3 steps: max |diff| {worst:.2e}")
     assert worst < 1e-5
