@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -27,10 +28,11 @@ def run(config: str, run_dir: Path, steps: int | None) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "tokens_per_s" in r]
     val = [r["val_loss"] for r in records if "val_loss" in r]
-    # Skip the first logged window (start-up) when averaging throughput.
+    # The median over logged windows (the first, start-up, left out) is robust to other
+    # jobs briefly taking the cores.
     speeds = [r["tokens_per_s"] for r in train[1:]] or [train[0]["tokens_per_s"]]
     return {"val_loss": val[-1], "train_loss": train[-1]["loss"],
-            "tokens_per_s": sum(speeds) / len(speeds), "wall_s": wall}
+            "tokens_per_s": statistics.median(speeds), "wall_s": wall}
 
 
 def main() -> None:
@@ -41,7 +43,7 @@ def main() -> None:
     results = {}
     for name in ("dense", "mod"):
         results[name] = run(f"configs/shakespeare_{name}.yaml", Path(args.out) / name, args.steps)
-    print("| config | val loss | train loss | tokens/s | wall s |")
+    print("| config | val loss | train loss | tokens/s (median) | wall s |")
     print("|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| shakespeare_{name} | {r['val_loss']:.4f} | {r['train_loss']:.4f} | "
