@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
@@ -14,12 +15,19 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def _data_prepare(args: argparse.Namespace) -> None:
+    from modtrain.data.mpi import mpi_world
     from modtrain.data.prepare import prepare_store
     from modtrain.data.store import TokenStore
 
-    path = prepare_store(args.tokenizer, args.input, args.out, overwrite=args.overwrite)
-    store = TokenStore(path)
-    print(f"wrote {path}: {store.num_tokens:,} tokens in {store.attrs['num_documents']} documents")
+    path = prepare_store(
+        args.tokenizer, args.input, args.out, overwrite=args.overwrite, workers=args.workers,
+        input_format=args.format, jsonl_field=args.jsonl_field, slice_mb=args.slice_size,
+        chunk_tokens=args.chunk_tokens, shard_chunks=args.shard_chunks, progress=not args.quiet,
+    )
+    comm = mpi_world()
+    if comm is None or comm.Get_rank() == 0:
+        store = TokenStore(path)
+        print(f"wrote {path}: {store.num_tokens:,} tokens in {store.num_documents:,} documents")
 
 
 def _data_inspect(args: argparse.Namespace) -> None:
@@ -31,7 +39,15 @@ def _data_inspect(args: argparse.Namespace) -> None:
         "shape": list(store.tokens.shape), "dtype": str(store.tokens.dtype),
         "chunks": list(store.tokens.chunks), "shards": list(store.tokens.shards or []),
     }
+    if args.verify:
+        from modtrain.data.verify import verify_store
+
+        info["verify"] = verify_store(store)
     print(json.dumps(info, indent=2))
+    if args.verify:
+        v = info["verify"]
+        print(f"verified {store.path}: {v['shards']} shard checksums, {v['tokens']:,} ids below "
+              f"{store.vocab_size}, {v['documents']:,} documents end with EOS", file=sys.stderr)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -46,13 +62,34 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     data = sub.add_parser("data", help="token stores")
     data_sub = data.add_subparsers(dest="action", required=True)
-    p = data_sub.add_parser("prepare", help="tokenize text files into a zarr v3 store")
+    p = data_sub.add_parser(
+        "prepare", help="tokenize corpora into a zarr v3 store",
+        description="Encode text into a sharded zarr v3 token store. In parallel with "
+        "--workers N, or one rank per share of the inputs under mpirun/srun (mpi4py). "
+        "An interrupted run resumes when rerun with the same arguments.",
+    )
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model")
-    p.add_argument("--input", nargs="+", required=True, help="text files, one document each")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="files, directories or glob patterns: text (one document per file) or "
+                        "JSON Lines (one document per line), optionally .gz or .zst")
     p.add_argument("--out", required=True, help="output STORE.zarr")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing store (and discard a partial build of other inputs)")
+    p.add_argument("--workers", type=int, default=1, help="local encoding processes (default 1)")
+    p.add_argument("--format", default="auto", choices=["auto", "text", "jsonl"],
+                   help="input format; auto: .jsonl/.ndjson/.json are JSON Lines, others text")
+    p.add_argument("--jsonl-field", default="text", help="JSON field holding the text")
+    p.add_argument("--slice-size", type=float, default=64.0, metavar="MB",
+                   help="input megabytes per unit of work (default 64)")
+    p.add_argument("--chunk-tokens", type=int, default=1 << 16,
+                   help="tokens per compressed chunk, the unit of random reads (default 65536)")
+    p.add_argument("--shard-chunks", type=int, default=64,
+                   help="chunks per shard file (default 64)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=_data_prepare)
     i = data_sub.add_parser("inspect", help="print a store's summary")
     i.add_argument("store")
+    i.add_argument("--verify", action="store_true",
+                   help="check every shard's checksum and every token id against the vocabulary")
     i.set_defaults(func=_data_inspect)
 

@@ -1,63 +1,67 @@
-"""Fixed-length training sequences from a token store, deterministic from a seed.
+"""Fixed-length training sequences, and the loader that hands each rank its share.
 
-The token stream is split into a training range and a held-out validation tail. In
-epoch e the training range is cut into windows of seq_length + 1 tokens at a phase
-drawn from (seed, e), and the windows are visited in a permutation drawn from the same
-generator. Global sample g is window g mod n of epoch g div n, whatever the number of
-data-parallel ranks, so the loader's whole state is the count of consumed samples.
+Global sample g is a pure function of (data, seq_length, seed): the same whatever the
+number of data-parallel ranks. Each optimizer step consumes `global_batch` consecutive
+global samples; rank r takes the r-th contiguous slice of them. So the ranks read
+disjoint samples that together cover the stream, and the loader's whole state is the
+number of consumed samples (plus, for the record, the epoch): a resumed run, with the
+same or another data-parallel size, continues at exactly the next batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import sys
+from typing import Protocol
 
 import numpy as np
 
+from modtrain.data.index import SampleIndex, Split, train_val_split
 from modtrain.data.store import TokenStore
 from modtrain.errors import ModtrainError
 
-
-@dataclass(frozen=True)
-class Split:
-    start: int
-    stop: int
+__all__ = ["BatchLoader", "Sequences", "Split", "TrainSequences", "ValidationSequences",
+           "ValidationSet", "train_val_split"]
 
 
-def train_val_split(num_tokens: int, val_fraction: float) -> tuple[Split, Split]:
-    boundary = int(num_tokens * (1.0 - val_fraction))
-    return Split(0, boundary), Split(boundary, num_tokens)
+class Sequences(Protocol):
+    """What the loader reads: global sample index -> [seq_length + 1] ids."""
+
+    fingerprint: str
+
+    def __getitem__(self, global_index: int) -> np.ndarray: ...
+
+    def epoch_of(self, consumed: int) -> int: ...
 
 
 class TrainSequences:
-    """Global sample index -> [seq_length + 1] token window (inputs + shifted labels)."""
+    """Packed windows of one store's training split, in the order of its sample index."""
 
-    def __init__(self, store: TokenStore, split: Split, seq_length: int, seed: int) -> None:
+    def __init__(self, store: TokenStore, split: Split, seq_length: int, seed: int,
+                 stream: int = 0, cache_dir: str | None = None) -> None:
         self.store = store
         self.split = split
         self.seq_length = seq_length
-        self.seed = seed
-        self.windows_per_epoch = (split.stop - split.start - seq_length) // seq_length
+        self.index = SampleIndex(store, split, seq_length, seed, stream, cache_dir)
+        self.windows_per_epoch = self.index.samples_per_epoch
         if self.windows_per_epoch < 1:
             raise ModtrainError(
                 f"the training split of {store.path} has {split.stop - split.start} tokens, "
                 f"too few for sequences of {seq_length}; add data or lower data.seq_length"
             )
-        self._epoch = -1
-        self._order: np.ndarray | None = None
-        self._phase = 0
+        self.fingerprint = self.index.key
 
-    def _plan(self, epoch: int) -> None:
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._phase = int(rng.integers(0, self.seq_length))
-            self._order = rng.permutation(self.windows_per_epoch)
-            self._epoch = epoch
+    def start(self, global_index: int) -> int:
+        epoch, i = divmod(int(global_index), self.windows_per_epoch)
+        return int(self.index.starts(epoch)[i])
 
     def __getitem__(self, global_index: int) -> np.ndarray:
-        epoch, i = divmod(int(global_index), self.windows_per_epoch)
-        self._plan(epoch)
-        start = self.split.start + self._phase + int(self._order[i]) * self.seq_length
+        start = self.start(global_index)
         return self.store.read(start, start + self.seq_length + 1)
+
+    def epoch_of(self, consumed: int) -> int:
+        return consumed // self.windows_per_epoch
 
 
 class ValidationSequences:
@@ -70,7 +74,7 @@ class ValidationSequences:
                 f"the validation split of {store.path} is too small for sequences of "
                 f"{seq_length}; raise data.val_fraction or add data"
             )
-        count = min(available, max_samples)
+        count = max(1, min(available, max_samples))
         stride = available // count
         self.starts = [split.start + i * stride * seq_length for i in range(count)]
         self.store = store
@@ -84,11 +88,28 @@ class ValidationSequences:
         return self.store.read(s, s + self.seq_length + 1)
 
 
+class ValidationSet:
+    """Several stores' validation windows, one after the other."""
+
+    def __init__(self, parts: list[ValidationSequences]) -> None:
+        self.parts = parts
+        self._ends = np.cumsum([len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        part = int(np.searchsorted(self._ends, i, side="right"))
+        return self.parts[part][i - (int(self._ends[part - 1]) if part else 0)]
+
+
 class BatchLoader:
     """This rank's micro-batches for each step; state = consumed global samples."""
 
     def __init__(
-        self, sequences: TrainSequences, global_batch: int, micro_batch: int,
+        self, sequences: Sequences, global_batch: int, micro_batch: int,
         dp_rank: int, dp_size: int,
     ) -> None:
         if global_batch % (micro_batch * dp_size):
@@ -107,22 +128,37 @@ class BatchLoader:
     def accumulation_steps(self) -> int:
         return self.global_batch // (self.micro_batch * self.dp_size)
 
+    def samples_of_step(self, consumed: int) -> range:
+        """Global indices this rank reads in the step that starts after `consumed` samples."""
+        per_rank = self.global_batch // self.dp_size
+        first = consumed + self.dp_rank * per_rank
+        return range(first, first + per_rank)
+
     def next_step(self) -> list[np.ndarray]:
         """The micro-batches ([micro, seq_length + 1] each) of the next optimizer step."""
-        per_rank = self.global_batch // self.dp_size
-        base = self.consumed_samples + self.dp_rank * per_rank
-        micro = []
-        for m in range(self.accumulation_steps):
-            first = base + m * self.micro_batch
-            micro.append(np.stack([self.sequences[first + j] for j in range(self.micro_batch)]))
+        mine = self.samples_of_step(self.consumed_samples)
+        rows = np.stack([self.sequences[g] for g in mine])
         self.consumed_samples += self.global_batch
-        return micro
+        return [rows[m : m + self.micro_batch] for m in range(0, len(rows), self.micro_batch)]
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int | str]:
         return {
+            "epoch": self.sequences.epoch_of(self.consumed_samples),
             "consumed_samples": self.consumed_samples,
-            "epoch": self.consumed_samples // self.sequences.windows_per_epoch,
+            "data_fingerprint": self.sequences.fingerprint,
         }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.consumed_samples = int(state["consumed_samples"])
+    def load_state_dict(self, state: dict[str, int | str]) -> None:
+        consumed = int(state["consumed_samples"])
+        saved = state.get("data_fingerprint")
+        if saved is not None and saved != self.sequences.fingerprint and self.dp_rank == 0:
+            print(
+                "modtrain: warning: the data (stores, weights, seq_length or seed) differ from "
+                f"the checkpoint's; continuing at sample {consumed} of the new data",
+                file=sys.stderr,
+            )
+        self.consumed_samples = consumed
+
+
+def fingerprint(parts: list[str]) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]

@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 
 from modtrain.errors import ModtrainError
@@ -114,6 +115,16 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of each text as int32 arrays, on the calling thread only.
+
+        One thread: parallelism comes from worker processes, which must not oversubscribe.
+        """
+        try:
+            return self.sp.encode(texts, num_threads=1, return_type="numpy")
+        except ValueError:  # sentencepiece < 0.2.1 has no numpy output
+            return [np.asarray(ids, dtype=np.int32) for ids in self.sp.encode(texts, num_threads=1)]
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode(ids)

@@ -124,7 +124,8 @@ def train(config: Config) -> TrainResult:
     engine, optimizer, stepper = build_engine(config, topo, ds_config, progress)
 
     dp_rank, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_group()
-    loader, val = build_training_data(config, store, dp_rank, topo.data)
+    loader, val = build_training_data(config, store, dp_rank, topo.data,
+                                      log=progress.message if is_main else lambda _: None)
 
     start_step = 0
     if plan is not None:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -33,11 +36,12 @@ def test_samples_are_deterministic_and_inside_the_training_split(char_store, seq
 
 def test_epoch_visits_each_window_once(sequences):
     n = sequences.windows_per_epoch
-    starts = set()
-    for g in range(n):
-        sequences[g]
-        starts.add(sequences._phase + int(sequences._order[g]) * 32)
-    assert len(starts) == n
+    for epoch in (0, 1):
+        starts = [sequences.start(epoch * n + g) for g in range(n)]
+        assert len(set(starts)) == n
+        phase = starts[0] % 32
+        assert all(s % 32 == phase for s in starts)  # one phase per epoch, windows tile it
+        assert max(starts) + 33 <= sequences.split.stop
 
 
 @pytest.mark.parametrize("dp", [2, 3])
@@ -71,3 +75,79 @@ def test_validation_windows_are_fixed_and_held_out(char_store):
     assert len(windows) == 10
     assert all(s >= val.start for s in windows.starts)
     assert windows.starts[-1] + 33 <= val.stop
+
+
+def _rank_samples(loader: BatchLoader, steps: int) -> list[int]:
+    """Global indices a rank reads over `steps` steps (the loader's own bookkeeping)."""
+    out = []
+    for _ in range(steps):
+        out.extend(loader.samples_of_step(loader.consumed_samples))
+        loader.next_step()
+    return out
+
+
+@pytest.mark.parametrize("dp", [2, 3])
+def test_ranks_are_disjoint_and_cover_an_epoch(sequences, dp):
+    global_batch = 6 * dp
+    steps = -(-sequences.windows_per_epoch // global_batch)
+    per_rank = [_rank_samples(BatchLoader(sequences, global_batch, 2, r, dp), steps)
+                for r in range(dp)]
+    for a in range(dp):
+        for b in range(a + 1, dp):
+            assert not set(per_rank[a]) & set(per_rank[b])
+    union = sorted(g for samples in per_rank for g in samples)
+    assert union == list(range(steps * global_batch))  # every sample of the run, once
+    # ... which covers every window of epoch 0 exactly once
+    windows = {sequences.start(g) for g in union if g < sequences.windows_per_epoch}
+    assert len(windows) == sequences.windows_per_epoch
+
+
+def test_resume_with_another_data_parallel_size(sequences):
+    reference = BatchLoader(sequences, 12, 2, 0, 1)
+    expected = [np.concatenate(reference.next_step()) for _ in range(5)]
+    before = [BatchLoader(sequences, 12, 2, r, 2) for r in range(2)]
+    for _ in range(3):
+        for loader in before:
+            loader.next_step()
+    state = before[0].state_dict()
+    assert state["consumed_samples"] == 36 and state["epoch"] == 0
+    after = [BatchLoader(sequences, 12, 2, r, 3) for r in range(3)]
+    for loader in after:
+        loader.load_state_dict(state)
+    for want in expected[3:]:
+        got = np.concatenate([np.concatenate(loader.next_step()) for loader in after])
+        assert np.array_equal(got, want)
+
+
+def test_sample_index_is_cached_beside_the_store(char_store, tmp_path):
+    store = TokenStore(char_store)
+    train, _ = train_val_split(store.num_tokens, 0.1)
+    first = TrainSequences(store, train, 16, seed=11)
+    first[first.windows_per_epoch + 1]  # epoch 1
+    cached = first.index.path(1)
+    assert cached.parent == char_store.with_name(char_store.name + ".index") and cached.is_file()
+    again = TrainSequences(TokenStore(char_store), train, 16, seed=11)
+    assert isinstance(again.index.starts(1), np.memmap)  # read from the cache, not rebuilt
+    assert np.array_equal(again.index.starts(1), first.index.starts(1))
+    elsewhere = TrainSequences(store, train, 16, seed=11, cache_dir=str(tmp_path / "idx"))
+    assert elsewhere.index.path(0).parent == tmp_path / "idx"
+    assert elsewhere.index.key == first.index.key
+    assert TrainSequences(store, train, 16, seed=12).index.key != first.index.key
+
+
+def test_samples_are_the_same_in_another_process(char_store, tmp_path):
+    code = (
+        "import sys, numpy as np\n"
+        "from modtrain.data.dataset import TrainSequences, train_val_split\n"
+        "from modtrain.data.store import TokenStore\n"
+        "s = TokenStore(sys.argv[1]); tr, _ = train_val_split(s.num_tokens, 0.1)\n"
+        "q = TrainSequences(s, tr, 32, seed=5, cache_dir=sys.argv[2])\n"
+        "np.save(sys.argv[3], np.stack([q[g] for g in (0, 7, 4000)]))\n"
+    )
+    out = tmp_path / "other.npy"
+    subprocess.run([sys.executable, "-c", code, str(char_store), str(tmp_path / "idx"), str(out)],
+                   check=True, timeout=120)
+    store = TokenStore(char_store)
+    train, _ = train_val_split(store.num_tokens, 0.1)
+    here = TrainSequences(store, train, 32, seed=5, cache_dir=str(tmp_path / "fresh"))
+    assert np.array_equal(np.load(out), np.stack([here[g] for g in (0, 7, 4000)]))

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import zarr
 
+from modtrain.data.chunks import supports as direct_reads
 from modtrain.data.prepare import prepare_store
-from modtrain.data.store import TokenStore, token_dtype
+from modtrain.data.store import TokenStore, shard_file, token_dtype
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
 
@@ -31,6 +32,35 @@ def test_store_is_plain_zarr_v3(char_store, char_tokenizer):
     attrs = group.attrs
     assert attrs["tokenizer_sha256"] == Tokenizer(char_tokenizer).sha256
     assert attrs["vocab_size"] == Tokenizer(char_tokenizer).vocab_size
+    assert attrs["format"] == "modtrain.tokens" and attrs["format_version"] == 2
+    assert attrs["num_tokens"] == tokens.shape[0] and attrs["num_documents"] == len(offsets) - 1
+    assert group["shard_sha256"].shape == (attrs["num_shards"], 32)
+    assert len(attrs["content_sha256"]) == 64
+
+
+def test_direct_chunk_reads_equal_zarr_reads(tmp_path, char_tokenizer, corpus):
+    path = prepare_store(char_tokenizer, [corpus], tmp_path / "s.zarr", chunk_tokens=3000,
+                         shard_chunks=4)  # 34 chunks in 9 shards, the last ones partial
+    store = TokenStore(path)
+    assert store._direct is not None
+    n = store.num_tokens
+    for i in range(-(-n // 3000)):
+        expected = store.tokens[i * 3000 : (i + 1) * 3000]
+        assert np.array_equal(store._direct.read(i)[: len(expected)], expected)
+    # A layout it does not know (here: no crc32c) is left to zarr.
+    g = zarr.open_group(tmp_path / "plain.zarr", mode="w", zarr_format=3)
+    arr = g.create_array("tokens", shape=(10,), dtype=np.uint8, chunks=(5,), shards=(10,),
+                         compressors=zarr.codecs.ZstdCodec())
+    assert not direct_reads(arr)
+
+
+def test_a_missing_shard_file_fails_reads(tmp_path, char_tokenizer, corpus):
+    path = prepare_store(char_tokenizer, [corpus], tmp_path / "s.zarr", chunk_tokens=4096,
+                         shard_chunks=2)
+    store = TokenStore(path)
+    shard_file(path, store.tokens, 3).unlink()  # zarr alone would read it as zeros
+    with pytest.raises(ModtrainError, match="cannot be read at tokens chunk 6"):
+        store.read(6 * 4096, 6 * 4096 + 10)
 
 
 @pytest.mark.parametrize("vocab,dtype", [(256, np.uint8), (257, np.uint16), (65536, np.uint16),

@@ -1,0 +1,85 @@
+"""Blending several stores with weights.
+
+Global samples come in blocks of BLOCK. In every block, store d supplies c_d samples
+(c = weights x BLOCK, rounded by largest remainder), spread evenly: its k-th sample of the
+block sits at "time" (k + 1/2) / c_d, and the block is all stores' samples sorted by
+time (ties: lower store index first). So any prefix of the global order holds each store
+within one sample (per block) of its share, the order is a pure function of the
+weights, and each store's own samples follow its seeded sample index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modtrain.data.dataset import TrainSequences, fingerprint
+from modtrain.errors import ModtrainError
+
+BLOCK = 1 << 16
+
+
+def block_counts(weights: list[float], block: int = BLOCK) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) == 0 or np.any(~np.isfinite(w)) or np.any(w <= 0):
+        raise ModtrainError(f"data.weights {list(weights)} must be positive numbers")
+    exact = w / w.sum() * block
+    counts = np.floor(exact).astype(np.int64)
+    rest = block - int(counts.sum())
+    counts[np.argsort(-(exact - counts), kind="stable")[:rest]] += 1
+    if np.any(counts == 0):
+        raise ModtrainError(
+            f"data.weights {list(weights)}: a weight below 1/{block} of the total gives its "
+            "store no samples; raise it or drop the store"
+        )
+    return counts
+
+
+class BlendSchedule:
+    """Global sample g -> (store d, that store's sample index)."""
+
+    def __init__(self, weights: list[float], block: int = BLOCK) -> None:
+        self.block = block
+        self.counts = block_counts(weights, block)
+        ids = np.repeat(np.arange(len(self.counts)), self.counts)
+        ranks = np.concatenate([np.arange(c) for c in self.counts])
+        times = (ranks + 0.5) / self.counts[ids]
+        order = np.lexsort((ids, times))
+        self.store = ids[order].astype(np.int32)
+        self.rank = ranks[order].astype(np.int64)
+
+    def locate(self, g: int) -> tuple[int, int]:
+        b, j = divmod(int(g), self.block)
+        d = int(self.store[j])
+        return d, b * int(self.counts[d]) + int(self.rank[j])
+
+    def taken(self, n: int) -> np.ndarray:
+        """How many samples of each store the first n global samples use."""
+        b, rest = divmod(int(n), self.block)
+        return b * self.counts + np.bincount(self.store[:rest], minlength=len(self.counts))
+
+
+class BlendedSequences:
+    """Training samples drawn from several stores in proportion to weights."""
+
+    def __init__(self, parts: list[TrainSequences], weights: list[float]) -> None:
+        if len(parts) != len(weights):
+            raise ModtrainError(
+                f"data.weights has {len(weights)} entries for {len(parts)} stores; "
+                "give one weight per store"
+            )
+        self.parts = parts
+        self.weights = [float(w) for w in weights]
+        self.schedule = BlendSchedule(self.weights)
+        self.fingerprint = fingerprint([p.fingerprint for p in parts] + self.weights)
+
+    def __getitem__(self, global_index: int) -> np.ndarray:
+        d, i = self.schedule.locate(global_index)
+        return self.parts[d][i]
+
+    def epoch_of(self, consumed: int) -> int:
+        """Passes completed over the store that has been repeated the most."""
+        taken = self.schedule.taken(consumed)
+        return int(max(t // p.windows_per_epoch for t, p in zip(taken, self.parts)))
+
+    def proportions(self, n: int) -> np.ndarray:
+        return self.schedule.taken(n) / max(n, 1)

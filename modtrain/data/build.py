@@ -1,0 +1,231 @@
+"""Assembling a store from parts, inside a hidden build directory, then renaming it into place.
+
+BUILD = .NAME.zarr.build/ beside the destination:
+  plan.json          what is being built (modtrain/data/plan.py)
+  parts/NNNNNN/      encoded slices (modtrain/data/encode.py), kept across interrupted runs
+  progress/          per-worker counters for the progress display
+  store.zarr/        the store being assembled; renamed to NAME.zarr when complete
+Shard s of `tokens` covers tokens [s * shard, (s + 1) * shard) and is written whole by one
+process from the memory-mapped parts, so processes never share a shard file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from modtrain.data import encode
+from modtrain.data.plan import Plan
+from modtrain.data.store import (
+    CHUNK_TOKENS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SHARD_CHUNKS,
+    create_tokens_array,
+    token_dtype,
+    tokens_layout,
+    write_shard,
+)
+from modtrain.errors import ModtrainError
+
+
+def build_dir_for(out: Path) -> Path:
+    return out.with_name(f".{out.name}.build")
+
+
+def store_dir(build: Path) -> Path:
+    return build / "store.zarr"
+
+
+def check_destination(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise ModtrainError(f"store {out} already exists; pass --overwrite or choose another --out")
+
+
+def open_build(out: Path, plan: Plan, overwrite: bool) -> Path:
+    """Create the build directory, or reuse one holding the same plan (resume)."""
+    check_destination(out, overwrite)
+    build = build_dir_for(out)
+    plan_file = build / "plan.json"
+    if plan_file.is_file():
+        if Plan.load(plan_file).same_work(plan):
+            return build
+        finished = any(p.name.isdigit() for p in (build / "parts").glob("*"))
+        if finished and not overwrite:  # a build with no finished part is not worth keeping
+            raise ModtrainError(
+                f"a partial build of {out} from other inputs or settings is at {build}; rerun "
+                "with the same inputs and tokenizer to resume it, or pass --overwrite to discard it"
+            )
+    if build.exists():
+        shutil.rmtree(build)
+    (build / "parts").mkdir(parents=True)
+    plan.save(plan_file)
+    return build
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each part's tokens go in the store."""
+
+    infos: list[encode.PartInfo]
+    starts: np.ndarray  # token offset of each part; starts[-1] == num_tokens
+    dtype: np.dtype
+    chunk: int
+    shard: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_tokens // self.shard)
+
+
+def read_layout(build: Path, num_parts: int, dtype: np.dtype, chunk_tokens: int,
+                shard_chunks: int) -> Layout:
+    infos = [encode.read_info(build, i) for i in range(num_parts)]
+    starts = np.concatenate([[0], np.cumsum([i.num_tokens for i in infos])]).astype(np.int64)
+    if starts[-1] == 0:
+        raise ModtrainError("the corpus produced no tokens; pass files that contain text")
+    chunk, shard = tokens_layout(int(starts[-1]), chunk_tokens, shard_chunks)
+    return Layout(infos, starts, np.dtype(dtype), chunk, shard)
+
+
+def init_store(build: Path, layout: Layout) -> None:
+    """Create the empty store (group + `tokens` array) that the shard writers fill."""
+    group = zarr.open_group(store_dir(build), mode="w", zarr_format=3)
+    create_tokens_array(group, layout.num_tokens, layout.dtype, layout.chunk, layout.shard)
+
+
+def _gather(build: Path, layout: Layout, start: int, stop: int) -> np.ndarray:
+    first = int(np.searchsorted(layout.starts, start, side="right")) - 1
+    out, i = [], first
+    while start < stop:
+        info, base = layout.infos[i], int(layout.starts[i])
+        end = min(stop, base + info.num_tokens)
+        if end > start:
+            out.append(encode.part_tokens(build, i, layout.dtype, info.num_tokens)[start - base:
+                                                                                  end - base])
+        start = max(start, end)
+        i += 1
+    return np.concatenate(out)
+
+
+def write_shards(build: Path, layout: Layout, shards: list[int]) -> list[tuple[int, bytes, bytes]]:
+    """Write whole shards; returns (shard, SHA-256 of its file, SHA-256 of its raw ids)."""
+    done = []
+    for s in shards:
+        start = s * layout.shard
+        data = _gather(build, layout, start, min(layout.num_tokens, start + layout.shard))
+        raw = hashlib.sha256(data.astype(layout.dtype.newbyteorder("<")).tobytes()).digest()
+        done.append((s, write_shard(store_dir(build), s, data), raw))
+    return done
+
+
+def content_digest(raw_shard_digests: list[bytes], doc_offsets: np.ndarray) -> str:
+    """SHA-256 over the raw digest of each shard, in order, then that of the offsets.
+
+    It depends only on the token ids and offsets, not on compression, so two builds of
+    the same corpus with any number of processes give the same value.
+    """
+    h = hashlib.sha256()
+    for d in raw_shard_digests:
+        h.update(d)
+    h.update(hashlib.sha256(doc_offsets.astype("<u8").tobytes()).digest())
+    return h.hexdigest()
+
+
+def finalize(
+    build: Path,
+    layout: Layout,
+    digests: list[tuple[int, bytes, bytes]],
+    out: Path,
+    attrs: dict,
+    overwrite: bool,
+) -> Path:
+    """Write offsets, checksums and attributes, then move the store into place."""
+    digests = sorted(digests)
+    if [d[0] for d in digests] != list(range(layout.num_shards)):
+        raise RuntimeError("internal error: some shards were not written")
+    ends = [
+        layout.starts[i] + encode.part_doc_ends(build, i).astype(np.int64)
+        for i in range(len(layout.infos))
+    ]
+    offsets = np.concatenate([[0], *ends]).astype(np.uint64)
+    if int(offsets[-1]) != layout.num_tokens:
+        raise RuntimeError("internal error: the last document does not end the token stream")
+    group = zarr.open_group(store_dir(build), mode="r+", zarr_format=3)
+    off = group.create_array(
+        "doc_offsets", shape=offsets.shape, dtype=np.uint64,
+        chunks=(min(CHUNK_TOKENS, len(offsets)),), compressors=ZstdCodec(level=3),
+        dimension_names=["document_boundary"], overwrite=True,
+    )
+    off[:] = offsets
+    sums = np.frombuffer(b"".join(d[1] for d in digests), dtype=np.uint8).reshape(-1, 32)
+    arr = group.create_array(
+        "shard_sha256", shape=sums.shape, dtype=np.uint8, chunks=sums.shape,
+        dimension_names=["shard", "byte"], overwrite=True,
+    )
+    arr[:] = sums
+    group.attrs.update({
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **attrs,
+        "dtype": layout.dtype.name,
+        "num_tokens": layout.num_tokens,
+        "num_documents": len(offsets) - 1,
+        "chunk_tokens": layout.chunk,
+        "shard_tokens": layout.shard,
+        "num_shards": layout.num_shards,
+        "text_bytes": sum(i.text_bytes for i in layout.infos),
+        "skipped_documents": sum(i.skipped_documents for i in layout.infos),
+        "content_sha256": content_digest([d[2] for d in digests], offsets),
+    })
+    _move_into_place(store_dir(build), out, overwrite)
+    shutil.rmtree(build)
+    return out
+
+
+def _move_into_place(built: Path, out: Path, overwrite: bool) -> None:
+    if out.exists():
+        check_destination(out, overwrite)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        built.rename(out)
+        shutil.rmtree(old)
+    else:
+        built.rename(out)
+
+
+def assemble_in_memory(
+    out: Path,
+    documents: list[np.ndarray],
+    *,
+    vocab_size: int,
+    tokenizer_sha256: str,
+    eos_id: int,
+    sources: list[str],
+    overwrite: bool = False,
+    chunk_tokens: int = CHUNK_TOKENS,
+    shard_chunks: int = SHARD_CHUNKS,
+) -> Path:
+    """A store from token documents already in memory (one process, one part)."""
+    check_destination(out, overwrite)
+    build = build_dir_for(out)
+    shutil.rmtree(build, ignore_errors=True)
+    dtype = token_dtype(vocab_size)
+    encode.write_documents_part(encode.part_dir(build, 0), documents, dtype)
+    layout = read_layout(build, 1, dtype, chunk_tokens, shard_chunks)
+    init_store(build, layout)
+    digests = write_shards(build, layout, list(range(layout.num_shards)))
+    attrs = {"tokenizer_sha256": tokenizer_sha256, "vocab_size": int(vocab_size),
+             "eos_id": int(eos_id), "sources": sources}
+    return finalize(build, layout, digests, out, attrs, overwrite)
