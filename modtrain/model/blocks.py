@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.transformer_layer import TransformerLayer
 from torch import nn
 
-from modtrain.config.schema import MoDConfig
+from modtrain.config.schema import MoDConfig, ModelConfig
+from modtrain.model.layer_spec import decoder_layer_spec
 from modtrain.model.rope import gather_positions
 from modtrain.model.router import MoDRouter, membership, tokens_per_row, topk_indices
 
@@ -90,3 +92,11 @@ class RoutedBlock(nn.Module):
                         self._route(row, logits[:, b : b + 1], index, freqs))
         stats = {"routed_frac": mask.float().mean()}
         return torch.cat(rows, dim=1), None, stats
+
+
+def build_block(config: ModelConfig, tc, index: int) -> DenseBlock | RoutedBlock:
+    """Block `index` (0-based) of the model: megatron-core layer, routed if configured."""
+    layer = build_module(decoder_layer_spec(), config=tc, layer_number=index + 1)
+    if index in config.routed_layer_ids:
+        return RoutedBlock(layer, config.mod, config.hidden_size, config.init_std)
+    return DenseBlock(layer)

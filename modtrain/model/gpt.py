@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
-from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
-from modtrain.model.blocks import DenseBlock, RoutedBlock
+from modtrain.model.blocks import build_block
 from modtrain.model.init import initialize_parameters
-from modtrain.model.layer_spec import decoder_layer_spec, transformer_config
+from modtrain.model.layer_spec import transformer_config
 from modtrain.model.rope import rope_frequencies
 
 _EXTRA_STATE = "_extra_state"
@@ -73,16 +72,7 @@ class GPT(nn.Module):
             init_method=tc.init_method,
             config=tc,
         )
-        routed = set(config.routed_layer_ids)
-        spec = decoder_layer_spec()
-        blocks = []
-        for i in range(config.num_layers):
-            layer = build_module(spec, config=tc, layer_number=i + 1)
-            if i in routed:
-                blocks.append(RoutedBlock(layer, config.mod, config.hidden_size, config.init_std))
-            else:
-                blocks.append(DenseBlock(layer))
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.ModuleList(build_block(config, tc, i) for i in range(config.num_layers))
         self.final_norm = WrappedTorchNorm(config=tc, hidden_size=config.hidden_size,
                                            eps=config.norm_eps)
         self.output_layer = tensor_parallel.ColumnParallelLinear(

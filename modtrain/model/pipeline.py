@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import torch
 from megatron.core import tensor_parallel
-from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
-from modtrain.model.blocks import DenseBlock, RoutedBlock
+from modtrain.model.blocks import build_block
 from modtrain.model.gpt import mask_padded_vocab
-from modtrain.model.layer_spec import decoder_layer_spec, transformer_config
+from modtrain.model.layer_spec import transformer_config
 from modtrain.model.rope import rope_frequencies
 
 
@@ -80,11 +79,7 @@ class BlockLayer(nn.Module):
     def __init__(self, config: ModelConfig, index: int, precision: str = "fp32") -> None:
         super().__init__()
         tc = transformer_config(config, precision)
-        layer = build_module(decoder_layer_spec(), config=tc, layer_number=index + 1)
-        if index in config.routed_layer_ids:
-            self.block = RoutedBlock(layer, config.mod, config.hidden_size, config.init_std)
-        else:
-            self.block = DenseBlock(layer)
+        self.block = build_block(config, tc, index)
         self.index = index
         head_dim = config.hidden_size // config.num_heads
         self._rope = rope_frequencies(config.max_seq_length, head_dim, config.rope_base)
