@@ -24,6 +24,7 @@ from modtrain.data.dataset import train_val_split
 from modtrain.data.store import TokenStore
 from modtrain.inference.export import load_export
 from modtrain.inference.hf_template.modtrain_core import ModtrainLM, tokens_per_row
+from modtrain.inference.routing_counter import count_causal_decisions
 
 
 def validation_windows(store: str, val_fraction: float, seq_length: int) -> torch.Tensor:
@@ -74,22 +75,6 @@ def _watch_topk(model: ModtrainLM, agreement: Agreement) -> list:
     return hooks
 
 
-def _count_causal(model: ModtrainLM) -> list[int]:
-    counts = [0, 0]
-    for layer in model.model.layers:
-        if layer.router is not None:
-            decide = type(layer.router).causal_mask.__get__(layer.router)
-
-            def counted(x, r, decide=decide):
-                mask = decide(x, r)
-                counts[0] += int(mask.sum())
-                counts[1] += mask.numel()
-                return mask
-
-            layer.router.causal_mask = counted
-    return counts
-
-
 @torch.no_grad()
 def evaluate(export: str, windows: torch.Tensor, batch: int) -> None:
     losses: dict[str, float] = {}
@@ -100,7 +85,7 @@ def evaluate(export: str, windows: torch.Tensor, batch: int) -> None:
         if rule == "predictor" and not model.config.mod_predictor_hidden:
             continue
         hooks = _watch_topk(model, agreement) if mode == "topk" else []
-        counts = _count_causal(model)
+        counts, _ = count_causal_decisions(model)
         total, n = 0.0, 0
         for s in range(0, len(windows), batch):
             w = windows[s : s + batch]

@@ -26,6 +26,7 @@ import torch
 from modtrain.inference.export import load_export
 from modtrain.inference.generate import generate_ids
 from modtrain.inference.hf_template.modtrain_core import CoreConfig, ModtrainLM
+from modtrain.inference.routing_counter import count_causal_decisions
 
 
 @dataclass
@@ -36,26 +37,6 @@ class Row:
     used: int
     allocated: int
     routed: float | None  # fraction of (row, token) decisions routed, over routed layers
-
-
-def _count_routing(model: ModtrainLM) -> tuple[list[int], list]:
-    """Wrap each router's causal decision to count [routed, total] decisions; returns the
-    counts and the (router, original decision) pairs to restore."""
-    counts, restore = [0, 0], []
-    for layer in model.model.layers:
-        if layer.router is None:
-            continue
-        decide = layer.router.causal_mask
-        restore.append((layer.router, decide))
-
-        def counted(x, r, decide=decide):
-            mask = decide(x, r)
-            counts[0] += int(mask.sum())
-            counts[1] += mask.numel()
-            return mask
-
-        layer.router.causal_mask = counted
-    return counts, restore
 
 
 def _random_routing(model: ModtrainLM, fraction: float, seed: int) -> None:
@@ -85,10 +66,9 @@ def measure_pair(dense: ModtrainLM, mod: ModtrainLM, batch: int, prompt_len: int
         for name, model in (("dense", dense), ("mod", mod)):
             speed, results[name] = _run(model, prompt, new_tokens)
             best[name] = max(best[name], speed)
-    counts, restore = _count_routing(mod)  # counted in a separate, untimed run
+    counts, undo = count_causal_decisions(mod)  # counted in a separate, untimed run
     generate_ids(mod, prompt, new_tokens)
-    for router, decide in restore:
-        router.causal_mask = decide
+    undo()
     routed = counts[0] / counts[1] if counts[1] else None
     return tuple(Row(name, batch, best[name], results[name].cache_used_bytes,
                      results[name].cache_allocated_bytes, routed if name == "mod" else None)
