@@ -6,9 +6,11 @@ parallel layers read their tensor-parallel group from `parallel_state`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -71,6 +73,8 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
     if not torch.distributed.is_initialized():
         if deepspeed_comm:
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+            if accelerator == "cpu":
+                _unlink_shm_allreduce_buffer()
         else:
             torch.distributed.init_process_group(backend)
     if not parallel_state.model_parallel_is_initialized():
@@ -86,6 +90,21 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
         data=world_size // (tensor * pipeline),
         device=device,
     )
+
+
+def _unlink_shm_allreduce_buffer() -> None:
+    """Remove the name of this rank's DeepSpeed CPU shared-memory all-reduce buffer.
+
+    DeepSpeed's CPU backend creates a 66 MB /dev/shm segment per rank when all ranks are on
+    one host and never unlinks it, so every multi-process CPU run would leave them behind.
+    Once every rank has mapped every segment (done inside init), the names are not needed:
+    the memory lives until the last process unmaps it at exit.
+    """
+    torch.distributed.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{torch.distributed.get_rank()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(Path("/dev/shm") / name)
 
 
 def destroy_distributed() -> None:

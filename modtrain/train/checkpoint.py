@@ -6,6 +6,7 @@ RUN/checkpoints/
     rng_rank_00000.pt ...   torch RNG state of every rank (loaded with weights_only=True)
     modtrain.json           step, data-loader state, resolved config, parallel layout
   latest                    the tag of the newest complete checkpoint
+  .universal[-pipeline]-step_00001000/   DeepSpeed universal copy, for another layout
 Every rank writes into `.tmp-<tag>`; after a barrier rank 0 renames it to `<tag>` and only
 then rewrites `latest` (write + rename), so a crash or kill -9 mid-save leaves the previous
 checkpoint intact and `latest` pointing at it.
@@ -22,10 +23,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from modtrain.model.names import gpt_name, pipeline_name
 from modtrain.parallel.tensor_layout import universal_checkpoint_info
 
 TMP_PREFIX = ".tmp-"
-UNIVERSAL_PREFIX = ".universal-"
+UNIVERSAL_PREFIX = ".universal-"  # parameter folders named as in GPT
+UNIVERSAL_PIPELINE_PREFIX = ".universal-pipeline-"  # named as in the pipeline module
 STATE_FILE = "modtrain.json"
 
 
@@ -97,7 +100,8 @@ def prune(checkpoint_dir: str | Path, keep_last: int, keep_every: int) -> list[s
     removed = [t for t in tags if t not in keep]
     for tag in removed:
         shutil.rmtree(Path(checkpoint_dir) / tag, ignore_errors=True)
-        shutil.rmtree(Path(checkpoint_dir) / (UNIVERSAL_PREFIX + tag), ignore_errors=True)
+        for pipeline in (False, True):
+            shutil.rmtree(Path(checkpoint_dir) / universal_tag(tag, pipeline), ignore_errors=True)
     return removed
 
 
@@ -119,8 +123,11 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)  # left over from a save that crashed
     dist.barrier()
     # How each parameter is split across tensor ranks, for DeepSpeed's universal-checkpoint
-    # converter (resuming on another data- or tensor-parallel size).
-    names = [n for n, _ in engine.module.named_parameters()]
+    # converter (resuming on another layout). It reads one stage's file, so that file must
+    # describe the parameters of every pipeline stage.
+    stage_names: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(stage_names, [n for n, _ in engine.module.named_parameters()])
+    names = sorted({n for names in stage_names for n in names})
     client = {"modtrain": state, "universal_checkpoint_info": universal_checkpoint_info(names)}
     engine.save_checkpoint(str(root), tag=tmp.name, client_state=client, save_latest=False)
     torch.save(_rng_state(), tmp / f"rng_rank_{rank:05d}.pt")
@@ -131,6 +138,8 @@ def save(
         final = root / tag
         if final.exists():  # the same step saved again (e.g. a resumed run re-reaching it)
             shutil.rmtree(final)
+        for pipeline in (False, True):  # universal copies of an earlier save of this step
+            shutil.rmtree(root / universal_tag(tag, pipeline), ignore_errors=True)
         os.replace(tmp, final)
         _fsync_dir(root)
         _write_atomic(root / "latest", tag)
@@ -139,25 +148,71 @@ def save(
     return tag
 
 
-def convert_to_universal(checkpoint_dir: str | Path, tag: str) -> str:
-    """DeepSpeed universal checkpoint of `tag` (for loading at another data-parallel size)."""
+def universal_tag(tag: str, pipeline: bool) -> str:
+    """Directory of `tag`'s universal checkpoint named for a pipeline or a flat (GPT) model."""
+    return (UNIVERSAL_PIPELINE_PREFIX if pipeline else UNIVERSAL_PREFIX) + tag
+
+
+def original_tag(tag: str) -> str:
+    for prefix in (UNIVERSAL_PIPELINE_PREFIX, UNIVERSAL_PREFIX):
+        if tag.startswith(prefix):
+            return tag.removeprefix(prefix)
+    return tag
+
+
+def _rename_parameters(zero_dir: Path, rename: dict[str, str]) -> None:
+    """Rename the per-parameter folders of a universal checkpoint's `zero/`."""
+    for old, new in rename.items():
+        if old != new and (zero_dir / old).is_dir():
+            os.replace(zero_dir / old, zero_dir / new)
+
+
+def write_universal(checkpoint_dir: str | Path, tag: str, pipeline: bool) -> Path:
+    """Write `tag` as a DeepSpeed universal checkpoint (every parameter and its optimizer state
+    whole, one folder per parameter) named for the target model: pipeline layers when
+    `pipeline`, else GPT. Not collective; idempotent; atomic (built in a temporary folder)."""
     root = Path(checkpoint_dir)
-    target = UNIVERSAL_PREFIX + tag
-    if dist.get_rank() == 0 and not (root / target / "zero").is_dir():
-        from argparse import Namespace
+    target = root / universal_tag(tag, pipeline)
+    if (target / "zero").is_dir():
+        return target
+    from argparse import Namespace
 
-        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
-        tmp = root / (TMP_PREFIX + target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        ds_to_universal(Namespace(
-            input_folder=str(root / tag), output_folder=str(tmp), num_extract_workers=1,
-            num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False,
-        ))
-        shutil.rmtree(root / target, ignore_errors=True)
-        os.replace(tmp, root / target)
-    dist.barrier()
+    state = read_state(root, tag)
+    model = state["config"]["model"]
+    saved_pipeline = state["layout"]["pipeline"] > 1
+    tmp = root / (TMP_PREFIX + target.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds_to_universal(Namespace(
+        input_folder=str(root / tag), output_folder=str(tmp), num_extract_workers=1,
+        num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False,
+    ))
+    # DeepSpeed also writes `latest_universal` naming the temporary folder; modtrain always
+    # passes the tag, so a pointer would only mislead.
+    (root / "latest_universal").unlink(missing_ok=True)
+    zero = tmp / "zero"
+    # Pipeline layers are numbered globally, so only pipeline <-> flat changes names.
+    folders = [p.name for p in zero.iterdir() if p.is_dir()]
+    if saved_pipeline and not pipeline:
+        _rename_parameters(zero, {n: gpt_name(n, model["num_layers"]) for n in folders})
+    elif pipeline and not saved_pipeline:
+        _rename_parameters(zero, {
+            n: pipeline_name(n, model["num_layers"], model["tie_embeddings"]) for n in folders
+        })
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    _fsync_dir(root)
     return target
+
+
+def convert_to_universal(checkpoint_dir: str | Path, tag: str, pipeline: bool) -> str:
+    """Collective: rank 0 writes the universal checkpoint of `tag` (unless an earlier run or
+    `modtrain checkpoint universal` did), the others wait. Returns the tag to load."""
+    if dist.get_rank() == 0:
+        write_universal(checkpoint_dir, tag, pipeline)
+    dist.barrier()
+    return universal_tag(tag, pipeline)
 
 
 def load(engine, checkpoint_dir: str | Path, tag: str, same_layout: bool) -> dict[str, Any]:
@@ -166,8 +221,8 @@ def load(engine, checkpoint_dir: str | Path, tag: str, same_layout: bool) -> dic
     path, _ = engine.load_checkpoint(str(root), tag=tag)
     if path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint {root / tag}")
-    original_tag = tag.removeprefix(UNIVERSAL_PREFIX)
-    rng_file = root / original_tag / f"rng_rank_{dist.get_rank():05d}.pt"
+    source = original_tag(tag)
+    rng_file = root / source / f"rng_rank_{dist.get_rank():05d}.pt"
     if same_layout and rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=True))
-    return read_state(root, original_tag)
+    return read_state(root, source)

@@ -1,4 +1,4 @@
-"""`modtrain train ...`."""
+"""`modtrain train ...` and `modtrain checkpoint universal ...`."""
 
 from __future__ import annotations
 
@@ -37,6 +37,25 @@ def _train(args: argparse.Namespace) -> None:
     destroy_distributed()
 
 
+def _universal(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from modtrain.errors import ModtrainError
+    from modtrain.train import checkpoint
+
+    root = Path(args.checkpoint_dir)
+    tag = args.tag or checkpoint.latest_tag(root)
+    if tag is None:
+        raise ModtrainError(f"{root} has no 'latest' checkpoint; pass --tag step_NNNNNNNN")
+    if not (root / tag / checkpoint.STATE_FILE).is_file():
+        raise ModtrainError(f"{root / tag} is not a complete modtrain checkpoint; pick one of: "
+                            + (", ".join(checkpoint.complete_tags(root)) or "(none)"))
+    if checkpoint.read_state(root, tag)["layout"]["zero_stage"] == 0:
+        raise ModtrainError(f"{root / tag} was saved with train.zero_stage=0; DeepSpeed builds "
+                            "universal checkpoints from ZeRO states only (train with ZeRO 1-3)")
+    print(checkpoint.write_universal(root, tag, args.pipeline > 1))
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train from a YAML config")
     tr.add_argument("config", help="YAML config, e.g. configs/shakespeare_mod.yaml")
@@ -44,4 +63,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--resume", choices=["auto", "none"], default=None,
                     help="auto: continue from the latest checkpoint in the run directory")
     tr.set_defaults(func=_train)
+
+    ck = sub.add_parser("checkpoint", help="training checkpoints")
+    ck_sub = ck.add_subparsers(dest="checkpoint_command", required=True)
+    u = ck_sub.add_parser(
+        "universal", help="convert a checkpoint for resuming on another parallel layout",
+        description="Write CHECKPOINT_DIR/.universal[-pipeline]-TAG, the DeepSpeed universal "
+        "checkpoint that `modtrain train --resume auto` loads when the layout changed. Resume "
+        "converts on its own (rank 0, the others wait); converting ahead keeps a large model's "
+        "ranks from waiting past the collective timeout.")
+    u.add_argument("checkpoint_dir", help="RUN_DIR/checkpoints")
+    u.add_argument("--tag", help="step_NNNNNNNN to convert (default: the latest)")
+    u.add_argument("--pipeline", type=int, default=1,
+                   help="parallel.pipeline of the run that will resume (names differ with >1)")
+    u.set_defaults(func=_universal)
 

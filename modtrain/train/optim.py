@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -26,18 +27,44 @@ class GuardedAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
+def _group_settings(train: TrainConfig) -> list[dict[str, Any]]:
+    """Per parameter group (matrices, then vectors): what the config sets."""
+    common = {"betas": (train.beta1, train.beta2), "eps": train.eps}
+    return [{"weight_decay": train.weight_decay, **common}, {"weight_decay": 0.0, **common}]
+
+
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> GuardedAdamW:
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return GuardedAdamW(
-        groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps, foreach=False
-    )
+    groups = [{"params": params, **settings}
+              for params, settings in zip((decay, no_decay), _group_settings(train))]
+    return GuardedAdamW(groups, lr=train.lr, foreach=False)
+
+
+def restore_group_settings(optimizer: torch.optim.Optimizer, train: TrainConfig,
+                           step: int) -> None:
+    """After loading a checkpoint: the config's hyperparameters and this step's learning rate.
+
+    A checkpoint restores optimizer state, not settings: the learning rate follows this
+    config's schedule, and DeepSpeed's ZeRO-3 universal loader copies the first group's
+    settings onto every group (weight decay on norms and biases) unless they are set again.
+    """
+    for group, settings in zip(optimizer.param_groups, _group_settings(train), strict=True):
+        group.update(settings, lr=lr_at(step, train))
+
+
+def untie_step_counters(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter its own Adam step counter after loading a checkpoint.
+
+    DeepSpeed's ZeRO-3 universal loader puts one step tensor into the state of every
+    parameter group; AdamW increments it in place, so with two groups the count would grow
+    by two per step and the bias correction of the second group would drift.
+    """
+    for state in optimizer.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
 
 
 def lr_at(step: int, train: TrainConfig) -> float:

@@ -1,4 +1,5 @@
-"""Which checkpoint a run resumes from, and how (same layout, or another data-parallel size)."""
+"""Which checkpoint a run resumes from, and how (same layout, or through a universal
+checkpoint when the parallel layout changed)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,27 @@ def current_layout(tensor: int, pipeline: int, data: int, zero_stage: int) -> di
     return {"tensor": tensor, "pipeline": pipeline, "data": data, "zero_stage": zero_stage}
 
 
+def _describe(layout: dict[str, int]) -> str:
+    return (f"parallel.tensor={layout['tensor']} parallel.pipeline={layout['pipeline']} "
+            f"data-parallel={layout['data']} train.zero_stage={layout['zero_stage']}")
+
+
+def needs_universal(saved: dict[str, int], layout: dict[str, int]) -> bool:
+    """Whether `saved` loads into `layout` only through a universal checkpoint."""
+    # ZeRO partitions optimizer state by data-parallel rank, tensor parallelism splits
+    # weights, pipeline parallelism splits layers: another size of any of them loads through
+    # DeepSpeed's universal checkpoint, which holds every parameter and its optimizer state
+    # whole. Without ZeRO every data-parallel rank holds all of it, so DP alone may change.
+    return (
+        saved["tensor"] != layout["tensor"]
+        or saved["pipeline"] != layout["pipeline"]
+        or (saved["data"] != layout["data"] and saved["zero_stage"] > 0)
+    )
+
+
 def plan_resume(checkpoint_dir: Path, layout: dict[str, int]) -> ResumePlan | None:
-    """None when there is nothing to resume; raises on a layout that cannot be loaded."""
+    """None when there is nothing to resume; raises on a layout that cannot be loaded.
+    Collective when the layout changed: rank 0 converts, the others wait."""
     tag = checkpoint.latest_tag(checkpoint_dir)
     if tag is None:
         return None
@@ -32,28 +52,25 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int]) -> ResumePlan | No
             "checkpoint; point 'latest' at a complete step_* directory"
         )
     saved = checkpoint.read_state(checkpoint_dir, tag)["layout"]
-    if saved["pipeline"] != layout["pipeline"] or (
-        saved["tensor"] != layout["tensor"] and layout["pipeline"] > 1
-    ):
+    universal = needs_universal(saved, layout)
+    if universal and min(saved["zero_stage"], layout["zero_stage"]) == 0:
+        # DeepSpeed writes and loads universal checkpoints through its ZeRO optimizer only.
+        stage = "saved with" if saved["zero_stage"] == 0 else "resumed with"
         raise ModtrainError(
-            f"{checkpoint_dir / tag} was written with parallel.tensor={saved['tensor']} "
-            f"parallel.pipeline={saved['pipeline']}, this run has "
-            f"parallel.tensor={layout['tensor']} parallel.pipeline={layout['pipeline']}; a "
-            "pipeline-parallel checkpoint resumes only on its own pipeline and tensor sizes: "
-            f"resume with parallel.pipeline={saved['pipeline']} parallel.tensor={saved['tensor']}"
+            f"{checkpoint_dir / tag} ({_describe(saved)}) cannot be loaded by this run "
+            f"({_describe(layout)}): a layout change goes through a universal checkpoint, "
+            f"which needs ZeRO, and this checkpoint is {stage} train.zero_stage=0; "
+            + ("resume on the saved layout" if saved["zero_stage"] == 0
+               else "resume with train.zero_stage=1")
         )
-    if saved["data"] != layout["data"] and layout["pipeline"] > 1:
+    if universal and (saved["zero_stage"] == 3) != (layout["zero_stage"] == 3):
+        # ZeRO-3 universal checkpoints carry per-rank model files that ZeRO 1/2 engines do
+        # not read, and the other way round (DeepSpeed fails deep inside its loader).
         raise ModtrainError(
-            f"{checkpoint_dir / tag} was written with {saved['data']} data-parallel ranks; "
-            "resuming a pipeline-parallel run needs the same number, launch "
-            f"{saved['data'] * layout['tensor'] * layout['pipeline']} processes"
+            f"{checkpoint_dir / tag} ({_describe(saved)}) cannot be loaded by this run "
+            f"({_describe(layout)}): DeepSpeed's universal checkpoints do not cross between "
+            f"ZeRO-3 and ZeRO-1/2; resume with train.zero_stage={saved['zero_stage']}"
         )
-    # ZeRO partitions optimizer state by data-parallel rank and tensor parallelism splits
-    # weights: another size of either loads through DeepSpeed's universal checkpoint, which
-    # holds every parameter and its optimizer state whole.
-    universal = (saved["data"] != layout["data"] and saved["zero_stage"] > 0) or (
-        saved["tensor"] != layout["tensor"]
-    )
     if saved["zero_stage"] != layout["zero_stage"] and not universal:
         raise ModtrainError(
             f"{checkpoint_dir / tag} was written with train.zero_stage={saved['zero_stage']}; "
@@ -62,5 +79,5 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int]) -> ResumePlan | No
     same = saved == layout
     step = checkpoint.step_of(tag)
     if universal:
-        tag = checkpoint.convert_to_universal(checkpoint_dir, tag)
+        tag = checkpoint.convert_to_universal(checkpoint_dir, tag, layout["pipeline"] > 1)
     return ResumePlan(tag=tag, step=step, same_layout=same, universal=universal)

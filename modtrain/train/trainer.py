@@ -20,7 +20,12 @@ from modtrain.train import checkpoint
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.inputs import check_inputs
 from modtrain.train.metrics import MetricsWriter, Progress
-from modtrain.train.optim import build_optimizer, build_scheduler, lr_at
+from modtrain.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    restore_group_settings,
+    untie_step_counters,
+)
 from modtrain.train.resume import current_layout, plan_resume
 from modtrain.train.signals import RequeueRequested, StopFlag
 from modtrain.train.steps import EngineStep, PipelineStep
@@ -132,10 +137,8 @@ def train(config: Config) -> TrainResult:
         state = checkpoint.load(engine, ckpt_dir, plan.tag, plan.same_layout)
         start_step = int(state["step"])
         loader.load_state_dict(state["data"])
-        # The restored learning rate was computed by the saved run's schedule; continue with
-        # this config's (identical unless train.steps or train.lr changed).
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(start_step, t)
+        restore_group_settings(optimizer, t, start_step)
+        untie_step_counters(optimizer)
         how = "" if plan.same_layout else " (layout changed: " + (
             "universal checkpoint)" if plan.universal else "no RNG restore)")
         progress.message(f"resumed from step {start_step}{how}")

@@ -48,9 +48,18 @@ def deepspeed_command(config: Path, *overrides: str, nproc: int = 2) -> list[str
             *overrides]
 
 
+def leftover_shm(cmd: list[str]) -> list[Path]:
+    """DeepSpeed CPU all-reduce segments a launch left in /dev/shm (modtrain unlinks them)."""
+    if "--master_port" not in cmd:
+        return []
+    port = cmd[cmd.index("--master_port") + 1]
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"))
+
+
 def run(cmd: list[str], expect: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == expect, proc.stderr[-4000:]
+    assert not leftover_shm(cmd), "a launch left DeepSpeed shared memory behind"
     return proc
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -109,34 +110,81 @@ def test_retention_keeps_last_n_and_every_m(tmp_path, dist, char_store, char_tok
     assert torch.equal(rng["cpu"], rng["cpu"]) and rng["cpu"].dtype == torch.uint8
 
 
-@pytest.mark.slow
-def test_resume_two_ranks_on_one(tmp_path, char_store, char_tokenizer):
-    """ZeRO-1 state of 2 data-parallel ranks continues on 1 through a universal checkpoint."""
-    run(deepspeed_command(tiny_config(tmp_path, char_store, char_tokenizer, "ref", micro=4,
-                                      steps=8)))
-    cfg = tiny_config(tmp_path, char_store, char_tokenizer, "moved", micro=4, steps=4)
-    run(deepspeed_command(cfg, "train.decay_steps=8"))  # the first half of the 8-step schedule
-    proc = run(single_command(cfg, "train.steps=8", "train.micro_batch_size=8",
-                              "--resume", "auto"))
-    assert "universal checkpoint" in proc.stderr
-    ref, got = step_losses(tmp_path / "ref"), step_losses(tmp_path / "moved")
-    assert sorted(got) == list(range(1, 9))
-    diffs = [abs(ref[s] - got[s]) for s in range(5, 9)]
-    print(f"DP 2 -> 1 resume: max |loss diff| steps 5-8 = {max(diffs):.2e}")
-    assert max(diffs) < 1e-4
+def test_saving_a_step_again_drops_its_stale_universal_copies(
+    tmp_path, dist, char_store, char_tokenizer
+):
+    engine, state = _engine(tmp_path, char_store, char_tokenizer)
+    root = tmp_path / "ckpt"
+    checkpoint.save(engine, root, 1, {**state, "step": 1})
+    for pipeline in (False, True):  # as a resume on another layout would have left them
+        (root / checkpoint.universal_tag("step_00000001", pipeline) / "zero").mkdir(parents=True)
+    checkpoint.save(engine, root, 1, {**state, "step": 1})  # e.g. re-reached after a rewind
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step_00000001"]
+
+
+def test_checkpoint_universal_command_names_parameters_for_the_target(
+    tmp_path, char_store, char_tokenizer
+):
+    run(single_command(tiny_config(tmp_path, char_store, char_tokenizer, "run", steps=3)))
+    root = tmp_path / "run" / "checkpoints"
+    cmd = [sys.executable, "-m", "modtrain", "checkpoint", "universal", str(root)]
+    out = run(cmd + ["--pipeline", "2"]).stdout.strip().splitlines()[-1]
+    assert out == str(root / ".universal-pipeline-step_00000003")
+    zero = {p.name for p in (root / ".universal-pipeline-step_00000003" / "zero").iterdir()}
+    assert {"tied_modules.embed.embedding.weight", "1.block.layer.mlp.linear_fc1.weight",
+            "2.block.router.proj.weight", "3.final_norm.weight"} <= zero
+    run(cmd)  # flat names, for a run without pipeline parallelism
+    flat = {p.name for p in (root / ".universal-step_00000003" / "zero").iterdir()}
+    assert {"embedding.weight", "blocks.1.router.proj.weight", "final_norm.weight"} <= flat
+    assert len(flat) == len(zero) and not (root / "latest_universal").exists()
+    missing = run(cmd + ["--tag", "step_00000009"], expect=2).stderr.strip().splitlines()
+    assert missing == [f"modtrain: error: {root / 'step_00000009'} is not a complete modtrain "
+                       "checkpoint; pick one of: step_00000003"]
+
+
+# Launchers of the layouts a run may move between; all share one global batch of 8.
+LAUNCH = {
+    "1": lambda cfg, *o: single_command(cfg, *o),
+    "dp2": lambda cfg, *o: deepspeed_command(cfg, "train.micro_batch_size=4", *o),
+    "tp2": lambda cfg, *o: deepspeed_command(cfg, "parallel.tensor=2", *o),
+    "pp2": lambda cfg, *o: deepspeed_command(cfg, "parallel.pipeline=2", *o),
+    "tp2pp2": lambda cfg, *o: deepspeed_command(
+        cfg, "parallel.tensor=2", "parallel.pipeline=2", *o, nproc=4),
+    "dp2-zero3": lambda cfg, *o: deepspeed_command(
+        cfg, "train.micro_batch_size=4", "train.zero_stage=3", *o),
+    "tp2-zero2": lambda cfg, *o: deepspeed_command(cfg, "parallel.tensor=2",
+                                                   "train.zero_stage=2", *o),
+    "1-zero3": lambda cfg, *o: single_command(cfg, "train.zero_stage=3", *o),
+}
+COMMON = ["model.vocab_multiple=2"]  # the vocabulary splits evenly over 2 tensor ranks
+
+
+@pytest.fixture(scope="module")
+def reference_losses(tmp_path_factory, char_store, char_tokenizer) -> dict[int, float]:
+    """8 uninterrupted steps in one process: what every layout change must continue."""
+    root = tmp_path_factory.mktemp("reference")
+    run(single_command(tiny_config(root, char_store, char_tokenizer, "ref", steps=8), *COMMON))
+    return step_losses(root / "ref")
 
 
 @pytest.mark.slow
-def test_resume_tensor_parallel_two_on_one(tmp_path, char_store, char_tokenizer):
-    """A TP=2 checkpoint continues with TP=1 through a universal checkpoint."""
-    common = ["model.vocab_multiple=2", "model.num_heads=2"]
-    run(deepspeed_command(tiny_config(tmp_path, char_store, char_tokenizer, "ref", steps=8),
-                          *common, "parallel.tensor=2"))
+@pytest.mark.parametrize("before,after", [
+    ("dp2", "1"), ("tp2", "1"), ("pp2", "1"), ("1", "pp2"), ("tp2pp2", "dp2"),
+    ("dp2", "tp2-zero2"), ("dp2-zero3", "1-zero3"),
+])
+def test_resume_on_another_layout(tmp_path, char_store, char_tokenizer, reference_losses,
+                                  before, after):
+    """4 steps on one layout, 4 more on another through a universal checkpoint: the losses
+    continue the uninterrupted run's (layouts agree with one process to ~5e-7)."""
     cfg = tiny_config(tmp_path, char_store, char_tokenizer, "moved", steps=4)
-    run(deepspeed_command(cfg, *common, "parallel.tensor=2", "train.decay_steps=8"))
-    proc = run(single_command(cfg, *common, "train.steps=8", "--resume", "auto"))
-    assert "universal checkpoint" in proc.stderr
-    ref, got = step_losses(tmp_path / "ref"), step_losses(tmp_path / "moved")
-    diffs = [abs(ref[s] - got[s]) for s in range(5, 9)]
-    print(f"TP 2 -> 1 resume: max |loss diff| steps 5-8 = {max(diffs):.2e}")
+    run(LAUNCH[before](cfg, *COMMON, "train.decay_steps=8"))  # first half of the schedule
+    proc = run(LAUNCH[after](cfg, *COMMON, "train.steps=8", "--resume", "auto"))
+    assert "resumed from step 4 (layout changed: universal checkpoint)" in proc.stderr
+    got = step_losses(tmp_path / "moved")
+    assert sorted(got) == list(range(1, 9))
+    diffs = [abs(reference_losses[s] - got[s]) for s in range(5, 9)]
+    print(f"{before} -> {after} resume: max |loss diff| steps 5-8 = {max(diffs):.2e}")
     assert max(diffs) < 1e-4
+    checkpoints = tmp_path / "moved" / "checkpoints"
+    assert not (checkpoints / "latest_universal").exists()
+    assert checkpoint.latest_tag(checkpoints) == "step_00000008"

@@ -1,0 +1,68 @@
+"""Which layouts resume directly, which through a universal checkpoint, which are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modtrain.errors import ModtrainError
+from modtrain.train.resume import current_layout, needs_universal, plan_resume
+
+
+def _saved(root: Path, layout: dict[str, int]) -> Path:
+    """A checkpoint directory as far as resume planning reads it: `latest` + modtrain.json."""
+    (root / "step_00000004").mkdir(parents=True)
+    (root / "step_00000004" / "modtrain.json").write_text(json.dumps({"step": 4,
+                                                                      "layout": layout}))
+    (root / "latest").write_text("step_00000004")
+    return root
+
+
+def test_same_layout_resumes_directly(tmp_path):
+    layout = current_layout(2, 2, 1, 1)
+    plan = plan_resume(_saved(tmp_path, layout), layout)
+    assert plan.tag == "step_00000004" and plan.same_layout and not plan.universal
+
+
+@pytest.mark.parametrize("saved,now,universal", [
+    ((1, 1, 2, 1), (1, 1, 1, 1), True),   # ZeRO shards by data-parallel rank
+    ((1, 1, 2, 0), (1, 1, 1, 0), False),  # without ZeRO every rank holds everything
+    ((2, 1, 1, 1), (1, 1, 1, 1), True),
+    ((1, 2, 1, 1), (1, 1, 1, 1), True),
+    ((1, 1, 1, 1), (1, 4, 1, 1), True),
+    ((2, 2, 1, 1), (2, 2, 1, 1), False),
+])
+def test_which_layout_changes_need_a_universal_checkpoint(saved, now, universal):
+    assert needs_universal(current_layout(*saved), current_layout(*now)) is universal
+
+
+@pytest.mark.parametrize("saved_stage,now_stage,fix", [
+    (0, 1, "resume on the saved layout"), (1, 0, "resume with train.zero_stage=1"),
+])
+def test_layout_change_without_zero_is_refused_with_the_fix(tmp_path, saved_stage, now_stage,
+                                                            fix):
+    root = _saved(tmp_path, current_layout(1, 2, 1, saved_stage))
+    with pytest.raises(ModtrainError, match=fix) as err:
+        plan_resume(root, current_layout(1, 1, 1, now_stage))
+    assert "\n" not in str(err.value) and "parallel.pipeline=2" in str(err.value)
+
+
+@pytest.mark.parametrize("saved_stage,now_stage", [(3, 1), (2, 3)])
+def test_layout_change_across_zero_3_is_refused(tmp_path, saved_stage, now_stage):
+    root = _saved(tmp_path, current_layout(1, 1, 2, saved_stage))
+    with pytest.raises(ModtrainError, match=f"resume with train.zero_stage={saved_stage}$"):
+        plan_resume(root, current_layout(1, 1, 1, now_stage))
+
+
+def test_zero_stage_change_alone_is_refused(tmp_path):
+    root = _saved(tmp_path, current_layout(1, 1, 1, 1))
+    with pytest.raises(ModtrainError, match="resume with train.zero_stage=1"):
+        plan_resume(root, current_layout(1, 1, 1, 2))
+
+
+def test_latest_naming_an_incomplete_checkpoint_is_refused(tmp_path):
+    (tmp_path / "latest").write_text("step_00000009")
+    with pytest.raises(ModtrainError, match="not a complete modtrain checkpoint"):
+        plan_resume(tmp_path, current_layout(1, 1, 1, 1))
