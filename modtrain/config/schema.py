@@ -201,7 +201,14 @@ class Config:
         if self.parallel.pipeline > 1 and t.zero_stage > 1:
             raise ModtrainError(
                 f"train.zero_stage={t.zero_stage} does not work with DeepSpeed's pipeline engine "
-                "(parallel.pipeline > 1); use train.zero_stage=1 (or 0)"
+                "(parallel.pipeline > 1); use train.zero_stage=1"
+            )
+        if self.parallel.pipeline > 1 and t.zero_stage == 0 and t.grad_clip > 0:
+            # Without ZeRO, DeepSpeed's pipeline engine clips each stage by a norm that misses
+            # other stages' parameters (drifts from one process by 1.6e-4 in 4 steps).
+            raise ModtrainError(
+                "train.zero_stage=0 with train.grad_clip>0 clips by a wrong gradient norm under "
+                "DeepSpeed's pipeline engine (parallel.pipeline > 1); use train.zero_stage=1"
             )
         tp = self.parallel.tensor
         for name, value in (("model.num_heads", m.num_heads), ("model.ffn_size", m.ffn_size)):

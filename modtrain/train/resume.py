@@ -3,6 +3,7 @@ checkpoint when the parallel layout changed)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def needs_universal(saved: dict[str, int], layout: dict[str, int]) -> bool:
     )
 
 
-def plan_resume(checkpoint_dir: Path, layout: dict[str, int]) -> ResumePlan | None:
+def plan_resume(checkpoint_dir: Path, layout: dict[str, int],
+                log: Callable[[str], None] = lambda _: None) -> ResumePlan | None:
     """None when there is nothing to resume; raises on a layout that cannot be loaded.
     Collective when the layout changed: rank 0 converts, the others wait."""
     tag = checkpoint.latest_tag(checkpoint_dir)
@@ -79,5 +81,11 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int]) -> ResumePlan | No
     same = saved == layout
     step = checkpoint.step_of(tag)
     if universal:
-        tag = checkpoint.convert_to_universal(checkpoint_dir, tag, layout["pipeline"] > 1)
+        pipeline = layout["pipeline"] > 1
+        if not (checkpoint_dir / checkpoint.universal_tag(tag, pipeline) / "zero").is_dir():
+            log(f"layout changed ({_describe(saved)} -> {_describe(layout)}): converting {tag} "
+                "to a universal checkpoint on rank 0; for a large model convert before "
+                f"launching: modtrain checkpoint universal {checkpoint_dir} --tag {tag} "
+                f"--pipeline {layout['pipeline']}")
+        tag = checkpoint.convert_to_universal(checkpoint_dir, tag, pipeline)
     return ResumePlan(tag=tag, step=step, same_layout=same, universal=universal)

@@ -117,14 +117,15 @@ def train(config: Config) -> TrainResult:
         save_config(config, run_dir / "config.yaml")
     torch.distributed.barrier()
 
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=is_main)
+    progress = Progress(t.steps, enabled=is_main)
     layout = current_layout(topo.tensor, topo.pipeline, topo.data, t.zero_stage)
-    plan = plan_resume(ckpt_dir, layout) if config.run.resume == "auto" else None
+    plan = (plan_resume(ckpt_dir, layout, log=progress.message)
+            if config.run.resume == "auto" else None)
     ds_config = deepspeed_config(config, topo.data)
     if plan is not None and plan.universal:
         ds_config["checkpoint"] = {"load_universal": True}
 
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=is_main)
-    progress = Progress(t.steps, enabled=is_main)
     torch.manual_seed(config.run.seed)
     engine, optimizer, stepper = build_engine(config, topo, ds_config, progress)
 

@@ -34,6 +34,17 @@ def test_bad_values_name_the_key_and_the_fix(override, message):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["train.zero_stage=2"], "train.zero_stage=2 does not work with DeepSpeed's pipeline"),
+    (["train.zero_stage=0"], "clips by a wrong gradient norm"),
+])
+def test_pipeline_refuses_zero_settings_deepspeed_gets_wrong(overrides, message):
+    with pytest.raises(ModtrainError, match=message) as err:
+        load_config(None, ["parallel.pipeline=2", *overrides])
+    assert str(err.value).endswith("use train.zero_stage=1")
+    load_config(None, ["parallel.pipeline=2", "train.zero_stage=0", "train.grad_clip=0"])
+
+
 def test_unknown_key_in_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  hiden_size: 64\n")

@@ -180,6 +180,7 @@ def test_resume_on_another_layout(tmp_path, char_store, char_tokenizer, referenc
     run(LAUNCH[before](cfg, *COMMON, "train.decay_steps=8"))  # first half of the schedule
     proc = run(LAUNCH[after](cfg, *COMMON, "train.steps=8", "--resume", "auto"))
     assert "resumed from step 4 (layout changed: universal checkpoint)" in proc.stderr
+    assert "modtrain checkpoint universal" in proc.stderr  # how to convert ahead next time
     got = step_losses(tmp_path / "moved")
     assert sorted(got) == list(range(1, 9))
     diffs = [abs(reference_losses[s] - got[s]) for s in range(5, 9)]
