@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
-from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
 from modtrain.model.blocks import build_block
+from modtrain.model.embedding_and_head import build_embedding, build_final_norm, build_output_layer
 from modtrain.model.init import initialize_parameters
 from modtrain.model.layer_spec import transformer_config
 from modtrain.model.rope import rope_frequencies
@@ -66,24 +66,10 @@ class GPT(nn.Module):
         self.config = config
         tc = transformer_config(config, precision)
         self.transformer_config = tc
-        self.embedding = tensor_parallel.VocabParallelEmbedding(
-            num_embeddings=config.padded_vocab_size,
-            embedding_dim=config.hidden_size,
-            init_method=tc.init_method,
-            config=tc,
-        )
+        self.embedding = build_embedding(config, tc)
         self.blocks = nn.ModuleList(build_block(config, tc, i) for i in range(config.num_layers))
-        self.final_norm = WrappedTorchNorm(config=tc, hidden_size=config.hidden_size,
-                                           eps=config.norm_eps)
-        self.output_layer = tensor_parallel.ColumnParallelLinear(
-            config.hidden_size,
-            config.padded_vocab_size,
-            config=tc,
-            init_method=tc.init_method,
-            bias=False,
-            gather_output=False,
-            skip_weight_param_allocation=config.tie_embeddings,
-        )
+        self.final_norm = build_final_norm(config, tc)
+        self.output_layer = build_output_layer(config, tc, tied=config.tie_embeddings)
         # megatron-core's parallel linears add `_extra_state` entries that are always None
         # here (no fp8); they would leak None into checkpoints, which DeepSpeed's universal
         # checkpoint converter cannot read. Leave them out, and accept their absence.

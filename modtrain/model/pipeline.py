@@ -10,12 +10,15 @@ gradient into the backward pass where it was computed (AuxLossInjector).
 from __future__ import annotations
 
 import torch
-from megatron.core import tensor_parallel
-from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
 from modtrain.model.blocks import build_block
+from modtrain.model.embedding_and_head import (
+    build_embedding,
+    build_final_norm,
+    build_output_layer,
+)
 from modtrain.model.gpt import mask_padded_vocab
 from modtrain.model.layer_spec import transformer_config
 from modtrain.model.rope import rope_frequencies
@@ -47,14 +50,8 @@ class EmbeddingLayer(nn.Module):
         super().__init__()
         tc = transformer_config(config, precision)
         self.config = config
-        self.embedding = tensor_parallel.VocabParallelEmbedding(
-            num_embeddings=config.padded_vocab_size, embedding_dim=config.hidden_size,
-            init_method=tc.init_method, config=tc,
-        )
-        self.head = tensor_parallel.ColumnParallelLinear(
-            config.hidden_size, config.padded_vocab_size, config=tc, init_method=tc.init_method,
-            bias=False, gather_output=False, skip_weight_param_allocation=True,
-        )
+        self.embedding = build_embedding(config, tc)
+        self.head = build_output_layer(config, tc, tied=True)
 
     @property
     def weight(self) -> torch.Tensor:  # DeepSpeed ties stages through this attribute
@@ -110,8 +107,7 @@ class FinalNormLayer(nn.Module):
     def __init__(self, config: ModelConfig, precision: str = "fp32") -> None:
         super().__init__()
         tc = transformer_config(config, precision)
-        self.final_norm = WrappedTorchNorm(config=tc, hidden_size=config.hidden_size,
-                                           eps=config.norm_eps)
+        self.final_norm = build_final_norm(config, tc)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.final_norm(hidden)
@@ -124,10 +120,7 @@ class OutputLayer(nn.Module):
         super().__init__()
         tc = transformer_config(config, precision)
         self.config = config
-        self.output_layer = tensor_parallel.ColumnParallelLinear(
-            config.hidden_size, config.padded_vocab_size, config=tc, init_method=tc.init_method,
-            bias=False, gather_output=False,
-        )
+        self.output_layer = build_output_layer(config, tc, tied=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits, _ = self.output_layer(hidden)
