@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,21 +11,36 @@ from typing import Any
 
 
 class MetricsWriter:
-    """Appends one JSON line per record and flushes, so a killed run keeps what it logged."""
+    """Appends one JSON line per record, each in a single write, so a killed run keeps
+    every whole line it logged; a partial last line left by a kill is dropped on reopen."""
 
     def __init__(self, path: str | Path, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self._file = open(path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
+        self._fd: int | None = None
+        if enabled:
+            _drop_partial_last_line(Path(path))
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    @property
+    def enabled(self) -> bool:
+        return self._fd is not None
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(record, sort_keys=False) + "\n")
-            self._file.flush()
+        if self._fd is not None:
+            os.write(self._fd, (json.dumps(record, sort_keys=False) + "\n").encode())
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 class Progress:

@@ -66,7 +66,8 @@ def run(cmd: list[str], expect: int = 0) -> subprocess.CompletedProcess:
 def step_losses(run_dir: Path) -> dict[int, float]:
     """Loss per step; a step logged twice (re-run after a resume) keeps its last value."""
     out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    text = (run_dir / "metrics.jsonl").read_text()
+    for line in text[: text.rfind("\n") + 1].splitlines():  # not a line still being written
         record = json.loads(line)
         if "loss" in record:
             out[record["step"]] = record["loss"]
