@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,9 +206,9 @@ def _move_into_place(built: Path, out: Path, overwrite: bool) -> None:
         built.rename(out)
 
 
-def assemble_in_memory(
-    out: Path,
-    documents: list[np.ndarray],
+def write_store(
+    out: str | Path,
+    documents: Iterable[np.ndarray],
     *,
     vocab_size: int,
     tokenizer_sha256: str,
@@ -217,7 +218,10 @@ def assemble_in_memory(
     chunk_tokens: int = CHUNK_TOKENS,
     shard_chunks: int = SHARD_CHUNKS,
 ) -> Path:
-    """A store from token documents already in memory (one process, one part)."""
+    """A store at `out` from token documents already in memory (each already ending in EOS;
+    one process, one part)."""
+    out = Path(out)
+    documents = [np.asarray(d) for d in documents]
     check_destination(out, overwrite)
     build = build_dir_for(out)
     shutil.rmtree(build, ignore_errors=True)

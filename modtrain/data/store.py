@@ -15,7 +15,6 @@ import functools
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -80,28 +79,6 @@ def write_shard(store_path: Path, shard: int, data: np.ndarray) -> bytes:
     with zarr.config.set(WRITE_ALL_CHUNKS):
         tokens[shard * size : shard * size + len(data)] = data
     return file_digest(shard_file(store_path, tokens, shard))
-
-
-def write_store(
-    out: str | Path,
-    documents: Iterable[np.ndarray],
-    *,
-    vocab_size: int,
-    tokenizer_sha256: str,
-    eos_id: int,
-    sources: list[str],
-    overwrite: bool = False,
-    chunk_tokens: int = CHUNK_TOKENS,
-    shard_chunks: int = SHARD_CHUNKS,
-) -> Path:
-    """Write in-memory token documents (each already ending in EOS) to a new store at `out`."""
-    from modtrain.data.build import assemble_in_memory
-
-    return assemble_in_memory(
-        Path(out), [np.asarray(d) for d in documents], vocab_size=vocab_size,
-        tokenizer_sha256=tokenizer_sha256, eos_id=eos_id, sources=sources, overwrite=overwrite,
-        chunk_tokens=chunk_tokens, shard_chunks=shard_chunks,
-    )
 
 
 class TokenStore:
