@@ -7,8 +7,6 @@ import contextlib
 import io
 import json
 import shutil
-import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import torch
 from modtrain.errors import ModtrainError
 from modtrain.inference.checkpoint_reader import read_checkpoint
 from tests.inference.conftest import train_run
+from tests.train.helpers import deepspeed_launcher
 
 
 def _deepspeed_reference(run: Path) -> dict[str, torch.Tensor]:
@@ -105,20 +104,12 @@ def test_not_a_checkpoint(tmp_path):
         read_checkpoint(tmp_path)
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_rank_zero3_partitions_merge_like_deepspeed(tmp_path, char_store, char_tokenizer):
     """ZeRO-3 on 2 gloo ranks: every parameter is split across the ranks, with padding."""
-    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_port())]
     run = train_run(tmp_path / "dp2", char_store, char_tokenizer, "train.zero_stage=3",
                     "model.tie_embeddings=false", "train.micro_batch_size=2",
-                    launcher=launcher)
+                    launcher=deepspeed_launcher())
     ckpt = read_checkpoint(run)
     assert (ckpt.zero_stage, ckpt.data_parallel) == (3, 2)
     _assert_same(ckpt.tensors, _deepspeed_reference(run))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from tests.conftest import cli_env
 from tests.parallel.tp_step_worker import batch
 from tests.train.helpers import deepspeed_command as ds_command
 from tests.train.helpers import (
-    free_port,
+    deepspeed_launcher,
     run,
     single_command,
     step_losses,
@@ -38,10 +37,8 @@ MODEL = ["model.vocab_size=67", "model.num_layers=4", "model.hidden_size=32",
 @pytest.mark.parametrize("mod", [True, False], ids=["mod", "dense"])
 def test_pp2_step_matches_one_process(tmp_path, dist, mod):
     overrides = [*MODEL, f"model.mod.enabled={str(mod).lower()}"]
-    launcher = Path(sys.executable).parent / "deepspeed"
     proc = subprocess.run(
-        [str(launcher), "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port",
-         str(free_port()), "--module", "tests.parallel.pp_step_worker", str(tmp_path),
+        [*deepspeed_launcher(), "--module", "tests.parallel.pp_step_worker", str(tmp_path),
          *overrides, "parallel.pipeline=2"],
         env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

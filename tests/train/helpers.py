@@ -41,10 +41,14 @@ def single_command(config: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "modtrain", "train", str(config), *overrides]
 
 
+def deepspeed_launcher(nproc: int = 2) -> list[str]:
+    """The `deepspeed` launcher on loopback with a free port; a module and its args follow."""
+    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+
+
 def deepspeed_command(config: Path, *overrides: str, nproc: int = 2) -> list[str]:
-    launcher = Path(sys.executable).parent / "deepspeed"
-    return [str(launcher), "--num_gpus", str(nproc), "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port()), "--module", "modtrain", "train", str(config),
+    return [*deepspeed_launcher(nproc), "--module", "modtrain", "train", str(config),
             *overrides]
 
 
