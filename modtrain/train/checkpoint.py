@@ -100,8 +100,7 @@ def prune(checkpoint_dir: str | Path, keep_last: int, keep_every: int) -> list[s
     removed = [t for t in tags if t not in keep]
     for tag in removed:
         shutil.rmtree(Path(checkpoint_dir) / tag, ignore_errors=True)
-        for pipeline in (False, True):
-            shutil.rmtree(Path(checkpoint_dir) / universal_tag(tag, pipeline), ignore_errors=True)
+        _remove_universal_copies(Path(checkpoint_dir), tag)
     return removed
 
 
@@ -138,8 +137,7 @@ def save(
         final = root / tag
         if final.exists():  # the same step saved again (e.g. a resumed run re-reaching it)
             shutil.rmtree(final)
-        for pipeline in (False, True):  # universal copies of an earlier save of this step
-            shutil.rmtree(root / universal_tag(tag, pipeline), ignore_errors=True)
+        _remove_universal_copies(root, tag)  # made from an earlier save of this step
         os.replace(tmp, final)
         _fsync_dir(root)
         _write_atomic(root / "latest", tag)
@@ -151,6 +149,11 @@ def save(
 def universal_tag(tag: str, pipeline: bool) -> str:
     """Directory of `tag`'s universal checkpoint named for a pipeline or a flat (GPT) model."""
     return (UNIVERSAL_PIPELINE_PREFIX if pipeline else UNIVERSAL_PREFIX) + tag
+
+
+def _remove_universal_copies(root: Path, tag: str) -> None:
+    for pipeline in (False, True):
+        shutil.rmtree(root / universal_tag(tag, pipeline), ignore_errors=True)
 
 
 def original_tag(tag: str) -> str:

@@ -38,9 +38,10 @@ def _drop_partial_last_line(path: Path) -> None:
     if not path.is_file() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
-        data = f.read()
-        if not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":  # only then read the file to find the last whole line
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
 
 
 class Progress:
