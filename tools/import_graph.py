@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "config": 1,
     "run_dir": 1,
+    "launcher": 1,  # reads the launcher environment (torchrun, Slurm, MPI)
     "resources": 1,
     "model": 2,
     "data.format": 2,
@@ -36,6 +37,7 @@ LAYERS: dict[str, int] = {
     "parallel": 5,
     "train": 6,
     "inference": 6,
+    "cluster": 6,  # Slurm job scripts and submission
     "cli": 7,
     "__main__": 8,
 }

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,7 +32,22 @@ def select_accelerator() -> str:
 
 
 @dataclass(frozen=True)
+class ParallelGroups:
+    """The process groups of each parallel dimension (megatron-core creates them)."""
+
+    tensor: Any
+    pipeline: Any
+    data: Any
+
+
+@dataclass(frozen=True)
 class Topology:
+    """This process's place in the layout: sizes, its coordinates, and the groups.
+
+    Created once by `init_distributed` and passed to whatever depends on the layout, so
+    nothing reads megatron-core's global parallel state back.
+    """
+
     rank: int
     world_size: int
     local_rank: int
@@ -39,6 +55,10 @@ class Topology:
     pipeline: int
     data: int
     device: torch.device
+    tensor_rank: int = 0
+    pipeline_rank: int = 0
+    data_rank: int = 0
+    groups: ParallelGroups | None = field(default=None, compare=False, repr=False)
 
 
 def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = True) -> Topology:
@@ -81,6 +101,7 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline
         )
+    ps = parallel_state
     return Topology(
         rank=torch.distributed.get_rank(),
         world_size=world_size,
@@ -89,6 +110,14 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
         pipeline=pipeline,
         data=world_size // (tensor * pipeline),
         device=device,
+        tensor_rank=ps.get_tensor_model_parallel_rank(),
+        pipeline_rank=ps.get_pipeline_model_parallel_rank(),
+        data_rank=ps.get_data_parallel_rank(),
+        groups=ParallelGroups(
+            tensor=ps.get_tensor_model_parallel_group(),
+            pipeline=ps.get_pipeline_model_parallel_group(),
+            data=ps.get_data_parallel_group(),
+        ),
     )
 
 

@@ -1,45 +1,45 @@
-"""megatron-core's parallel_state seen through the `mpu` interface DeepSpeed expects."""
+"""The layout seen through the `mpu` interface DeepSpeed expects (model = tensor parallel)."""
 
 from __future__ import annotations
 
-from megatron.core import parallel_state as ps
+from modtrain.parallel.distributed import Topology
 
 
 class MegatronMPU:
     """DeepSpeed reads model-parallel and data-parallel groups through these getters."""
 
+    def __init__(self, topo: Topology) -> None:
+        if topo.groups is None:
+            raise ValueError("the topology has no process groups; build it with init_distributed")
+        self.topo = topo
+
     def get_model_parallel_rank(self) -> int:
-        return ps.get_tensor_model_parallel_rank()
+        return self.topo.tensor_rank
 
     def get_model_parallel_world_size(self) -> int:
-        return ps.get_tensor_model_parallel_world_size()
+        return self.topo.tensor
 
     def get_model_parallel_group(self):
-        return ps.get_tensor_model_parallel_group()
+        return self.topo.groups.tensor
 
-    def get_tensor_model_parallel_rank(self) -> int:
-        return ps.get_tensor_model_parallel_rank()
-
-    def get_tensor_model_parallel_world_size(self) -> int:
-        return ps.get_tensor_model_parallel_world_size()
-
-    def get_tensor_model_parallel_group(self):
-        return ps.get_tensor_model_parallel_group()
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_group = get_model_parallel_group
 
     def get_data_parallel_rank(self) -> int:
-        return ps.get_data_parallel_rank()
+        return self.topo.data_rank
 
     def get_data_parallel_world_size(self) -> int:
-        return ps.get_data_parallel_world_size()
+        return self.topo.data
 
     def get_data_parallel_group(self):
-        return ps.get_data_parallel_group()
+        return self.topo.groups.data
 
     def get_pipeline_model_parallel_rank(self) -> int:
-        return ps.get_pipeline_model_parallel_rank()
+        return self.topo.pipeline_rank
 
     def get_pipeline_model_parallel_world_size(self) -> int:
-        return ps.get_pipeline_model_parallel_world_size()
+        return self.topo.pipeline
 
     def get_pipeline_model_parallel_group(self):
-        return ps.get_pipeline_model_parallel_group()
+        return self.topo.groups.pipeline

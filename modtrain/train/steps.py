@@ -79,26 +79,25 @@ class EngineStep:
 class PipelineStep:
     """DeepSpeed's pipeline schedule (1F1B) runs the micro-batches of a step itself."""
 
-    def __init__(self, engine, optimizer, blocks, routed_keys: list[str]) -> None:
+    def __init__(self, engine, optimizer, blocks, routed_keys: list[str], pipeline_group) -> None:
         self.engine = engine
         self.optimizer = optimizer
         self.blocks = blocks  # this stage's BlockLayers
         self.routed_keys = routed_keys  # every routed statistic of the whole model
+        self.pipeline_group = pipeline_group  # the stages that hold this rank's model
 
     def _iterator(self, micro_batches: list[np.ndarray]):
         return iter([_to_device(b, self.engine.device) for b in micro_batches])
 
     def _stage_stats(self) -> dict[str, float]:
         """Routing metrics of all stages (each stage fills its own, summed over stages)."""
-        from megatron.core import parallel_state as ps
-
         local: dict[str, float] = {}
         for block in self.blocks:
             local.update(block.pop_stats())
         if not self.routed_keys:
             return {}
         vec = torch.tensor([local.get(k, 0.0) for k in self.routed_keys], dtype=torch.float64)
-        dist.all_reduce(vec, group=ps.get_pipeline_model_parallel_group())
+        dist.all_reduce(vec, group=self.pipeline_group)
         return dict(zip(self.routed_keys, vec.tolist()))
 
     def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:

@@ -82,7 +82,7 @@ def build_engine(config: Config, topo: Topology, ds_config: dict, progress: Prog
         mpu = None  # the pipeline module carries its own topology
     else:
         model = GPT(config.model, seed=config.run.seed)
-        mpu = MegatronMPU()
+        mpu = MegatronMPU(topo)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)
     engine, _, _, _ = deepspeed.initialize(
@@ -94,7 +94,8 @@ def build_engine(config: Config, topo: Topology, ds_config: dict, progress: Prog
         keys = [f"{name}/layer{i}" for i in config.model.routed_layer_ids
                 for name in ROUTING_STATS
                 if config.model.mod.predictor or not name.startswith("predictor")]
-        return engine, optimizer, PipelineStep(engine, optimizer, blocks, keys)
+        return engine, optimizer, PipelineStep(engine, optimizer, blocks, keys,
+                                               topo.groups.pipeline)
     if t.zero_stage == 3 and config.model.tie_embeddings:
         # ZeRO-3 gathers a parameter only inside its own module's forward; the tied output
         # projection reads the embedding weight from another module.
@@ -106,7 +107,6 @@ def train(config: Config) -> TrainResult:
     """Train to config.train.steps. Raises RequeueRequested after a signal-triggered save."""
     store = check_inputs(config)
     topo = init_distributed(config.parallel.tensor, config.parallel.pipeline)
-    from megatron.core import parallel_state as ps
 
     t = config.train
     is_main = topo.rank == 0
@@ -129,7 +129,7 @@ def train(config: Config) -> TrainResult:
     torch.manual_seed(config.run.seed)
     engine, optimizer, stepper = build_engine(config, topo, ds_config, progress)
 
-    dp_rank, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_group()
+    dp_rank, dp_group = topo.data_rank, topo.groups.data
     loader, val = build_training_data(config, store, dp_rank, topo.data,
                                       log=progress.message if is_main else lambda _: None)
 
