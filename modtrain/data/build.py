@@ -11,7 +11,6 @@ process from the memory-mapped parts, so processes never share a shard file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Iterable
@@ -20,29 +19,60 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from modtrain.data import encode
-from modtrain.data.plan import Plan
-from modtrain.data.store import (
+from modtrain.data.format import (
     CHUNK_TOKENS,
+    DOC_OFFSETS,
     FORMAT_NAME,
     FORMAT_VERSION,
     SHARD_CHUNKS,
-    create_tokens_array,
+    SHARD_SHA256,
+    TOKENS,
+    build_dir_for,
+    content_digest,
+    file_digest,
+    ids_digest,
+    shard_file,
     token_dtype,
-    tokens_layout,
-    write_shard,
 )
+from modtrain.data.plan import Plan
 from modtrain.errors import ModtrainError
 
-
-def build_dir_for(out: Path) -> Path:
-    return out.with_name(f".{out.name}.build")
+# zarr skips writing all-fill chunks by default; every shard file must exist to be checksummed.
+WRITE_ALL_CHUNKS = {"array.write_empty_chunks": True}
 
 
 def store_dir(build: Path) -> Path:
     return build / "store.zarr"
+
+
+def tokens_layout(num_tokens: int, chunk_tokens: int = CHUNK_TOKENS,
+                  shard_chunks: int = SHARD_CHUNKS) -> tuple[int, int]:
+    """(chunk, shard) lengths in tokens for an array of `num_tokens`."""
+    chunk = max(1, min(chunk_tokens, num_tokens))
+    shard = max(chunk, min(shard_chunks * chunk, -(-num_tokens // chunk) * chunk))
+    return chunk, shard
+
+
+def create_tokens_array(group: zarr.Group, num_tokens: int, dtype: np.dtype, chunk: int,
+                        shard: int) -> zarr.Array:
+    return group.create_array(
+        TOKENS, shape=(num_tokens,), dtype=dtype, chunks=(chunk,), shards=(shard,),
+        # crc32c per chunk: a corrupted chunk fails loudly on every read, not only on --verify
+        compressors=[ZstdCodec(level=3), Crc32cCodec()], fill_value=0,
+        dimension_names=["token"], overwrite=True,
+    )
+
+
+def write_shard(store_path: Path, shard: int, data: np.ndarray) -> bytes:
+    """Write one whole shard of `tokens` (data = its tokens); returns the file's SHA-256."""
+    tokens = zarr.open_array(store_path / TOKENS, mode="r+", zarr_format=3)
+    size = int(tokens.shards[0])
+    with zarr.config.set(WRITE_ALL_CHUNKS):
+        tokens[shard * size : shard * size + len(data)] = data
+    return file_digest(shard_file(store_path, tokens, shard))
 
 
 def check_destination(out: Path, overwrite: bool) -> None:
@@ -126,22 +156,8 @@ def write_shards(build: Path, layout: Layout, shards: list[int]) -> list[tuple[i
     for s in shards:
         start = s * layout.shard
         data = _gather(build, layout, start, min(layout.num_tokens, start + layout.shard))
-        raw = hashlib.sha256(data.astype(layout.dtype.newbyteorder("<")).tobytes()).digest()
-        done.append((s, write_shard(store_dir(build), s, data), raw))
+        done.append((s, write_shard(store_dir(build), s, data), ids_digest(data)))
     return done
-
-
-def content_digest(raw_shard_digests: list[bytes], doc_offsets: np.ndarray) -> str:
-    """SHA-256 over the raw digest of each shard, in order, then that of the offsets.
-
-    It depends only on the token ids and offsets, not on compression, so two builds of
-    the same corpus with any number of processes give the same value.
-    """
-    h = hashlib.sha256()
-    for d in raw_shard_digests:
-        h.update(d)
-    h.update(hashlib.sha256(doc_offsets.astype("<u8").tobytes()).digest())
-    return h.hexdigest()
 
 
 def finalize(
@@ -165,14 +181,14 @@ def finalize(
         raise RuntimeError("internal error: the last document does not end the token stream")
     group = zarr.open_group(store_dir(build), mode="r+", zarr_format=3)
     off = group.create_array(
-        "doc_offsets", shape=offsets.shape, dtype=np.uint64,
+        DOC_OFFSETS, shape=offsets.shape, dtype=np.uint64,
         chunks=(min(CHUNK_TOKENS, len(offsets)),), compressors=ZstdCodec(level=3),
         dimension_names=["document_boundary"], overwrite=True,
     )
     off[:] = offsets
     sums = np.frombuffer(b"".join(d[1] for d in digests), dtype=np.uint8).reshape(-1, 32)
     arr = group.create_array(
-        "shard_sha256", shape=sums.shape, dtype=np.uint8, chunks=sums.shape,
+        SHARD_SHA256, shape=sums.shape, dtype=np.uint8, chunks=sums.shape,
         dimension_names=["shard", "byte"], overwrite=True,
     )
     arr[:] = sums

@@ -17,6 +17,8 @@ import numpy as np
 import zarr
 from numcodecs import Zstd
 
+from modtrain.data.format import shard_file
+
 _EMPTY = 2**64 - 1  # offset and length of a chunk the shard does not hold
 
 
@@ -48,7 +50,7 @@ class ChunkReader:
     """Reads chunk i of a 1-D sharded `tokens` array (requires `supports(tokens)`)."""
 
     def __init__(self, store_path: Path, tokens: zarr.Array) -> None:
-        self.dir = Path(store_path) / "tokens"
+        self.store_path = Path(store_path)
         self.tokens = tokens
         self.chunk = int(tokens.chunks[0])
         self.per_shard = int(tokens.shards[0]) // self.chunk
@@ -57,7 +59,7 @@ class ChunkReader:
         self._zstd = Zstd()
 
     def _shard_path(self, shard: int) -> Path:
-        return self.dir / self.tokens.metadata.encode_chunk_key((shard,))
+        return shard_file(self.store_path, self.tokens, shard)
 
     def _shard_index(self, shard: int, fd: int) -> np.ndarray:
         index = self._index.get(shard)

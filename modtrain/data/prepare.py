@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 
 from modtrain.data import build as builder
 from modtrain.data.encode import encode_slice, part_done
+from modtrain.data.format import CHUNK_TOKENS, SHARD_CHUNKS
 from modtrain.data.mpi import mpi_world
 from modtrain.data.plan import Plan, make_plan
 from modtrain.data.progress import CounterFile, Display, Poller, clear_counters
-from modtrain.data.store import CHUNK_TOKENS, SHARD_CHUNKS
 from modtrain.errors import ModtrainError
 
 T = TypeVar("T")

@@ -1,12 +1,8 @@
-"""Token stores: a zarr v3 group with the token stream, document offsets and shard checksums.
+"""Reading a token store: random access to its tokens, its offsets and its attributes.
 
-Layout (schema in docs/data_format.md):
-  STORE.zarr/            group; attributes describe the content and the tokenizer
-    tokens               1-D, smallest unsigned dtype holding the vocabulary, sharded
-    doc_offsets          1-D uint64, num_documents + 1 entries; doc i is tokens[o[i]:o[i+1]]
-    shard_sha256         [num_shards, 32] uint8, SHA-256 of each shard file of `tokens`
-A store is assembled in a hidden build directory and renamed into place when complete
-(modtrain/data/build.py), so a store that opens is a finished one.
+The layout is the contract in format.py (schema in docs/data_format.md). A store is
+assembled in a hidden build directory and renamed into place when complete (the writer
+in modtrain/data/build.py), so a store that opens is a finished one.
 """
 
 from __future__ import annotations
@@ -19,66 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from modtrain.data.chunks import ChunkReader
 from modtrain.data.chunks import supports as direct_reads
+from modtrain.data.format import (
+    DOC_OFFSETS,
+    FORMAT_NAME,
+    GROUP_METADATA,
+    READABLE_VERSIONS,
+    TOKENS,
+    build_dir_for,
+)
 from modtrain.errors import ModtrainError
-
-FORMAT_NAME = "modtrain.tokens"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: no shard checksums, otherwise the same
-CHUNK_TOKENS = 1 << 16  # one chunk: the unit of compression and of random reads
-SHARD_CHUNKS = 64  # chunks per shard file: 4,194,304 tokens
-# zarr skips writing all-fill chunks by default; every shard file must exist to be checksummed.
-WRITE_ALL_CHUNKS = {"array.write_empty_chunks": True}
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """Smallest unsigned dtype that holds every id below `vocab_size`."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if vocab_size - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.uint64)
-
-
-def tokens_layout(num_tokens: int, chunk_tokens: int = CHUNK_TOKENS,
-                  shard_chunks: int = SHARD_CHUNKS) -> tuple[int, int]:
-    """(chunk, shard) lengths in tokens for an array of `num_tokens`."""
-    chunk = max(1, min(chunk_tokens, num_tokens))
-    shard = max(chunk, min(shard_chunks * chunk, -(-num_tokens // chunk) * chunk))
-    return chunk, shard
-
-
-def create_tokens_array(group: zarr.Group, num_tokens: int, dtype: np.dtype, chunk: int,
-                        shard: int) -> zarr.Array:
-    return group.create_array(
-        "tokens", shape=(num_tokens,), dtype=dtype, chunks=(chunk,), shards=(shard,),
-        # crc32c per chunk: a corrupted chunk fails loudly on every read, not only on --verify
-        compressors=[ZstdCodec(level=3), Crc32cCodec()], fill_value=0,
-        dimension_names=["token"], overwrite=True,
-    )
-
-
-def shard_file(store_path: Path, tokens: zarr.Array, shard: int) -> Path:
-    return store_path / "tokens" / tokens.metadata.encode_chunk_key((shard,))
-
-
-def file_digest(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.digest()
-
-
-def write_shard(store_path: Path, shard: int, data: np.ndarray) -> bytes:
-    """Write one whole shard of `tokens` (data = its tokens); returns the file's SHA-256."""
-    tokens = zarr.open_array(store_path / "tokens", mode="r+", zarr_format=3)
-    size = int(tokens.shards[0])
-    with zarr.config.set(WRITE_ALL_CHUNKS):
-        tokens[shard * size : shard * size + len(data)] = data
-    return file_digest(shard_file(store_path, tokens, shard))
 
 
 class TokenStore:
@@ -86,9 +34,7 @@ class TokenStore:
 
     def __init__(self, path: str | Path, cache_chunks: int = 64) -> None:
         path = Path(path)
-        if not (path / "zarr.json").is_file():
-            from modtrain.data.build import build_dir_for
-
+        if not (path / GROUP_METADATA).is_file():
             partial = build_dir_for(path)
             hint = (
                 f"; a partial build is at {partial}: rerun the same 'modtrain data prepare' "
@@ -107,7 +53,7 @@ class TokenStore:
         self.path = path
         self.attrs = attrs
         self.group = group
-        self.tokens = group["tokens"]
+        self.tokens = group[TOKENS]
         self.chunk = int(self.tokens.chunks[0])
         # the fast path for modtrain's own layout; zarr reads anything else
         self._direct = ChunkReader(path, self.tokens) if direct_reads(self.tokens) else None
@@ -118,7 +64,7 @@ class TokenStore:
     @functools.cached_property
     def doc_offsets(self) -> np.ndarray:
         """Document boundaries (num_documents + 1), read on first use: training needs none."""
-        return np.asarray(self.group["doc_offsets"][:], dtype=np.int64)
+        return np.asarray(self.group[DOC_OFFSETS][:], dtype=np.int64)
 
     @property
     def num_tokens(self) -> int:

@@ -3,13 +3,12 @@ vocabulary, the document offsets against the token stream."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 
-from modtrain.data.build import content_digest
-from modtrain.data.store import TokenStore, file_digest, shard_file
+from modtrain.data.format import SHARD_SHA256, content_digest, file_digest, ids_digest, shard_file
+from modtrain.data.store import TokenStore
 from modtrain.errors import ModtrainError
 
 
@@ -22,12 +21,12 @@ def _damaged(store: TokenStore, what: str) -> ModtrainError:
 
 def check_checksums(store: TokenStore) -> int:
     """Compare each shard file with its recorded SHA-256; returns the number of shards."""
-    if "shard_sha256" not in store.group:
+    if SHARD_SHA256 not in store.group:
         raise ModtrainError(
             f"store {store.path} has format version {store.attrs.get('format_version')} without "
             "shard checksums; re-run 'modtrain data prepare' to rebuild it with them"
         )
-    expected = store.group["shard_sha256"][:]
+    expected = store.group[SHARD_SHA256][:]
     size = int(store.tokens.shards[0])
     num_shards = -(-store.num_tokens // size)
     if expected.shape != (num_shards, 32):
@@ -57,7 +56,7 @@ def verify_store(store: TokenStore) -> dict[str, Any]:
     for s in range(num_shards):
         a, b = s * size, min(n, (s + 1) * size)
         data = store.tokens[a:b]
-        raw.append(hashlib.sha256(data.astype(data.dtype.newbyteorder("<")).tobytes()).digest())
+        raw.append(ids_digest(data))
         top = int(data.max())
         if top >= vocab:
             at = a + int(np.argmax(data >= vocab))

@@ -5,10 +5,10 @@ import pytest
 
 from modtrain.config import load_config
 from modtrain.data.blend import BlendedSequences, BlendSchedule
+from modtrain.data.build import write_store
 from modtrain.data.dataset import BatchLoader, TrainSequences, train_val_split
 from modtrain.data.loading import build_training_data
 from modtrain.data.prepare import prepare_store
-from modtrain.data.build import write_store
 from modtrain.data.store import TokenStore
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError

@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 import modtrain.data.prepare as prep
-from modtrain.data.build import build_dir_for
+from modtrain.data.format import build_dir_for
 from modtrain.data.prepare import prepare_store
 from modtrain.data.store import TokenStore
 from modtrain.data.tokenizer import Tokenizer

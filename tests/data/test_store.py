@@ -5,8 +5,9 @@ import pytest
 import zarr
 
 from modtrain.data.chunks import supports as direct_reads
+from modtrain.data.format import shard_file, token_dtype
 from modtrain.data.prepare import prepare_store
-from modtrain.data.store import TokenStore, shard_file, token_dtype
+from modtrain.data.store import TokenStore
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
 

@@ -7,9 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from modtrain.data.prepare import prepare_store
 from modtrain.data.build import write_store
-from modtrain.data.store import TokenStore, shard_file
+from modtrain.data.format import shard_file
+from modtrain.data.prepare import prepare_store
+from modtrain.data.store import TokenStore
 from modtrain.data.verify import verify_store
 from modtrain.errors import ModtrainError
 from tests.conftest import cli_env
