@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modtrain.config import load_config  # noqa: E402
-from modtrain.data.build import write_store  # noqa: E402
-from modtrain.data.loading import build_training_data  # noqa: E402
-from modtrain.data.prepare import prepare_store  # noqa: E402
+from modtrain.data.read.loading import build_training_data  # noqa: E402
 from modtrain.data.tokenizer import train_tokenizer  # noqa: E402
+from modtrain.data.write.build import write_store  # noqa: E402
+from modtrain.data.write.prepare import prepare_store  # noqa: E402
 from modtrain.resources import TINYSHAKESPEARE  # noqa: E402
 from modtrain.train.inputs import check_inputs  # noqa: E402
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modtrain.data.dataset import train_val_split
-from modtrain.data.store import TokenStore
+from modtrain.data.read.dataset import train_val_split
+from modtrain.data.read.store import TokenStore
 from modtrain.inference.export import load_export
 from modtrain.inference.hf_template.modtrain_core import ModtrainLM, tokens_per_row
 from modtrain.inference.routing_counter import count_causal_decisions

@@ -40,7 +40,7 @@ def char_tokenizer(tmp_path_factory, corpus) -> Path:
 
 @pytest.fixture(scope="session")
 def char_store(tmp_path_factory, char_tokenizer, corpus) -> Path:
-    from modtrain.data.prepare import prepare_store
+    from modtrain.data.write.prepare import prepare_store
 
     return prepare_store(char_tokenizer, [corpus], tmp_path_factory.mktemp("store") / "s.zarr")
 

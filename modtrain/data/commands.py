@@ -15,9 +15,9 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def _data_prepare(args: argparse.Namespace) -> None:
-    from modtrain.data.mpi import mpi_world
-    from modtrain.data.prepare import prepare_store
-    from modtrain.data.store import TokenStore
+    from modtrain.data.read.store import TokenStore
+    from modtrain.data.write.mpi import mpi_world
+    from modtrain.data.write.prepare import prepare_store
 
     path = prepare_store(
         args.tokenizer, args.input, args.out, overwrite=args.overwrite, workers=args.workers,
@@ -31,7 +31,7 @@ def _data_prepare(args: argparse.Namespace) -> None:
 
 
 def _data_inspect(args: argparse.Namespace) -> None:
-    from modtrain.data.store import TokenStore
+    from modtrain.data.read.store import TokenStore
 
     store = TokenStore(args.store)
     info = dict(store.attrs)
@@ -40,7 +40,7 @@ def _data_inspect(args: argparse.Namespace) -> None:
         "chunks": list(store.tokens.chunks), "shards": list(store.tokens.shards or []),
     }
     if args.verify:
-        from modtrain.data.verify import verify_store
+        from modtrain.data.read.verify import verify_store
 
         info["verify"] = verify_store(store)
     print(json.dumps(info, indent=2))

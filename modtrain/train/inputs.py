@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from modtrain.config import Config
-from modtrain.data.loading import DataSources, open_sources
+from modtrain.data.read.loading import DataSources, open_sources
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from modtrain.data.dataset import ValidationSequences
+from modtrain.data.read.dataset import ValidationSequences
 
 
 @dataclass

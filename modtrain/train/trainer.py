@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from modtrain.config import Config, config_to_dict, save_config
-from modtrain.data.dataset import ValidationSequences
-from modtrain.data.loading import build_training_data
+from modtrain.data.read.dataset import ValidationSequences
+from modtrain.data.read.loading import build_training_data
 from modtrain.errors import ModtrainError
 from modtrain.model import GPT
 from modtrain.parallel import MegatronMPU, Topology, init_distributed

@@ -17,8 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from modtrain.data.index import SampleIndex, Split, train_val_split
-from modtrain.data.store import TokenStore
+from modtrain.data.read.index import SampleIndex, Split, train_val_split
+from modtrain.data.read.store import TokenStore
 from modtrain.errors import ModtrainError
 
 __all__ = ["BatchLoader", "Sequences", "Split", "TrainSequences", "ValidationSequences",

@@ -19,12 +19,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
 
-from modtrain.data import build as builder
-from modtrain.data.encode import encode_slice, part_done
 from modtrain.data.format import CHUNK_TOKENS, SHARD_CHUNKS
-from modtrain.data.mpi import mpi_world
-from modtrain.data.plan import Plan, make_plan
-from modtrain.data.progress import CounterFile, Display, Poller, clear_counters
+from modtrain.data.write import build as builder
+from modtrain.data.write.encode import encode_slice, part_done
+from modtrain.data.write.mpi import mpi_world
+from modtrain.data.write.plan import Plan, make_plan
+from modtrain.data.write.progress import CounterFile, Display, Poller, clear_counters
 from modtrain.errors import ModtrainError
 
 T = TypeVar("T")

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import zarr
 
-from modtrain.data.chunks import supports as direct_reads
 from modtrain.data.format import shard_file, token_dtype
-from modtrain.data.prepare import prepare_store
-from modtrain.data.store import TokenStore
+from modtrain.data.read.chunks import supports as direct_reads
+from modtrain.data.read.store import TokenStore
 from modtrain.data.tokenizer import Tokenizer
+from modtrain.data.write.prepare import prepare_store
 from modtrain.errors import ModtrainError
 
 

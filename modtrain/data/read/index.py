@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modtrain.data.store import TokenStore
+from modtrain.data.read.store import TokenStore
 
 INDEX_VERSION = 1
 

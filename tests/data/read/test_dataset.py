@@ -6,13 +6,13 @@ import sys
 import numpy as np
 import pytest
 
-from modtrain.data.dataset import (
+from modtrain.data.read.dataset import (
     BatchLoader,
     TrainSequences,
     ValidationSequences,
     train_val_split,
 )
-from modtrain.data.store import TokenStore
+from modtrain.data.read.store import TokenStore
 
 
 @pytest.fixture()
@@ -138,8 +138,8 @@ def test_sample_index_is_cached_beside_the_store(char_store, tmp_path):
 def test_samples_are_the_same_in_another_process(char_store, tmp_path):
     code = (
         "import sys, numpy as np\n"
-        "from modtrain.data.dataset import TrainSequences, train_val_split\n"
-        "from modtrain.data.store import TokenStore\n"
+        "from modtrain.data.read.dataset import TrainSequences, train_val_split\n"
+        "from modtrain.data.read.store import TokenStore\n"
         "s = TokenStore(sys.argv[1]); tr, _ = train_val_split(s.num_tokens, 0.1)\n"
         "q = TrainSequences(s, tr, 32, seed=5, cache_dir=sys.argv[2])\n"
         "np.save(sys.argv[3], np.stack([q[g] for g in (0, 7, 4000)]))\n"

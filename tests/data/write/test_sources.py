@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from modtrain.data.sources import Piece, expand_inputs, line_blocks, plan_slices
+from modtrain.data.write.sources import Piece, expand_inputs, line_blocks, plan_slices
 from modtrain.errors import ModtrainError
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from modtrain.data.plan import Plan
-from modtrain.data.sources import InputFile, Piece, decode_utf8, jsonl_texts, line_blocks
 from modtrain.data.tokenizer import Tokenizer
+from modtrain.data.write.plan import Plan
+from modtrain.data.write.sources import InputFile, Piece, decode_utf8, jsonl_texts, line_blocks
 from modtrain.errors import ModtrainError
 
 TOKENS, DOC_ENDS, INFO = "tokens.bin", "doc_ends.npy", "part.json"

@@ -1,5 +1,10 @@
 """`modtrain data inspect --verify`: every shard against its checksum, every id against the
-vocabulary, the document offsets against the token stream."""
+vocabulary, the document offsets against the token stream.
+
+It sits with the reader: it opens a finished store through TokenStore and checks it
+against the contract in format.py (shard naming and digests), needing nothing from the
+writer, so a store from any writer of the format can be verified.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from modtrain.data.format import SHARD_SHA256, content_digest, file_digest, ids_digest, shard_file
-from modtrain.data.store import TokenStore
+from modtrain.data.read.store import TokenStore
 from modtrain.errors import ModtrainError
 
 

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modtrain.config import Config
-from modtrain.data.blend import BlendedSequences, block_counts
-from modtrain.data.dataset import (
+from modtrain.data.read.blend import BlendedSequences, block_counts
+from modtrain.data.read.dataset import (
     BatchLoader,
     TrainSequences,
     ValidationSequences,
     ValidationSet,
     train_val_split,
 )
-from modtrain.data.store import TokenStore
+from modtrain.data.read.store import TokenStore
 from modtrain.errors import ModtrainError
 
 

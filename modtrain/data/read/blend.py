@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modtrain.data.dataset import TrainSequences, fingerprint
+from modtrain.data.read.dataset import TrainSequences, fingerprint
 from modtrain.errors import ModtrainError
 
 BLOCK = 1 << 16

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 from modtrain.config import load_config
-from modtrain.data.blend import BlendedSequences, BlendSchedule
-from modtrain.data.build import write_store
-from modtrain.data.dataset import BatchLoader, TrainSequences, train_val_split
-from modtrain.data.loading import build_training_data
-from modtrain.data.prepare import prepare_store
-from modtrain.data.store import TokenStore
+from modtrain.data.read.blend import BlendedSequences, BlendSchedule
+from modtrain.data.read.dataset import BatchLoader, TrainSequences, train_val_split
+from modtrain.data.read.loading import build_training_data
+from modtrain.data.read.store import TokenStore
 from modtrain.data.tokenizer import Tokenizer
+from modtrain.data.write.build import write_store
+from modtrain.data.write.prepare import prepare_store
 from modtrain.errors import ModtrainError
 from modtrain.train.inputs import check_inputs
 

@@ -2,7 +2,7 @@
 
 The layout is the contract in format.py (schema in docs/data_format.md). A store is
 assembled in a hidden build directory and renamed into place when complete (the writer
-in modtrain/data/build.py), so a store that opens is a finished one.
+in modtrain/data/write/build.py), so a store that opens is a finished one.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from modtrain.data.chunks import ChunkReader
-from modtrain.data.chunks import supports as direct_reads
 from modtrain.data.format import (
     DOC_OFFSETS,
     FORMAT_NAME,
@@ -26,6 +24,8 @@ from modtrain.data.format import (
     TOKENS,
     build_dir_for,
 )
+from modtrain.data.read.chunks import ChunkReader
+from modtrain.data.read.chunks import supports as direct_reads
 from modtrain.errors import ModtrainError
 
 

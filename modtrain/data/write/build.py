@@ -1,8 +1,8 @@
 """Assembling a store from parts, inside a hidden build directory, then renaming it into place.
 
 BUILD = .NAME.zarr.build/ beside the destination:
-  plan.json          what is being built (modtrain/data/plan.py)
-  parts/NNNNNN/      encoded slices (modtrain/data/encode.py), kept across interrupted runs
+  plan.json          what is being built (modtrain/data/write/plan.py)
+  parts/NNNNNN/      encoded slices (modtrain/data/write/encode.py), kept across interrupted runs
   progress/          per-worker counters for the progress display
   store.zarr/        the store being assembled; renamed to NAME.zarr when complete
 Shard s of `tokens` covers tokens [s * shard, (s + 1) * shard) and is written whole by one
@@ -21,7 +21,6 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from modtrain.data import encode
 from modtrain.data.format import (
     CHUNK_TOKENS,
     DOC_OFFSETS,
@@ -37,7 +36,8 @@ from modtrain.data.format import (
     shard_file,
     token_dtype,
 )
-from modtrain.data.plan import Plan
+from modtrain.data.write import encode
+from modtrain.data.write.plan import Plan
 from modtrain.errors import ModtrainError
 
 # zarr skips writing all-fill chunks by default; every shard file must exist to be checksummed.

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from modtrain.data import sources
 from modtrain.data.format import CHUNK_TOKENS, FORMAT_VERSION, SHARD_CHUNKS, token_dtype
-from modtrain.data.sources import InputFile, Piece
 from modtrain.data.tokenizer import Tokenizer
+from modtrain.data.write import sources
+from modtrain.data.write.sources import InputFile, Piece
 from modtrain.errors import ModtrainError
 
 

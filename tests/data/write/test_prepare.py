@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import zarr
 
-import modtrain.data.prepare as prep
+import modtrain.data.write.prepare as prep
 from modtrain.data.format import build_dir_for
-from modtrain.data.prepare import prepare_store
-from modtrain.data.store import TokenStore
+from modtrain.data.read.store import TokenStore
 from modtrain.data.tokenizer import Tokenizer
+from modtrain.data.write.prepare import prepare_store
 from modtrain.errors import ModtrainError
 from tests.conftest import cli_env
 

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from modtrain.data.build import write_store
 from modtrain.data.format import shard_file
-from modtrain.data.prepare import prepare_store
-from modtrain.data.store import TokenStore
-from modtrain.data.verify import verify_store
+from modtrain.data.read.store import TokenStore
+from modtrain.data.read.verify import verify_store
+from modtrain.data.write.build import write_store
+from modtrain.data.write.prepare import prepare_store
 from modtrain.errors import ModtrainError
 from tests.conftest import cli_env
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from modtrain.data.prepare import prepare_store
+from modtrain.data.write.prepare import prepare_store
 from tests.conftest import cli_env
 
 MPIRUN = Path(sys.executable).parent / "mpirun"

@@ -1,0 +1,1 @@
+"""Reading token stores: random access, sample indices, blends and the loaders training uses."""
