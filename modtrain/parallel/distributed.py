@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from modtrain import launcher
 from modtrain.errors import ModtrainError
 
 
@@ -67,22 +68,22 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
     Training goes through DeepSpeed's communication layer (its engine requires it);
     inference (`deepspeed_comm=False`) uses torch.distributed alone.
     """
-    if "WORLD_SIZE" not in os.environ:
-        # Launched without a launcher: a one-process group on loopback.
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    launch = launcher.detect()  # torchrun, deepspeed, srun, mpirun or one process
+    if launch.master_port is None:  # one process: any free loopback port
+        launch = replace(launch, master_port=_free_port())
+    # DeepSpeed and torch read env://; with all five set, DeepSpeed skips its MPI discovery.
+    launcher.export(launch)
     accelerator = select_accelerator()
     import deepspeed
     from megatron.core import parallel_state
 
-    world_size = int(os.environ["WORLD_SIZE"])
+    world_size = launch.world_size
     if world_size % (tensor * pipeline):
         raise ModtrainError(
             f"world size {world_size} is not divisible by parallel.tensor x parallel.pipeline "
             f"= {tensor} x {pipeline}; launch a multiple of {tensor * pipeline} processes"
         )
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = launch.local_rank
     if accelerator == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)

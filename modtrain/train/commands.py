@@ -4,10 +4,36 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+import time
+
+
+def defer_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
+    """Hold a stop signal that arrives before training installs its handlers, then re-send it.
+
+    Slurm's pre-timeout signal can come while DeepSpeed is still starting; Python's default
+    action would kill the rank without a checkpoint. Once training replaces this handler
+    (signals.StopFlag), the held signal is delivered again, so it saves and exits 75.
+    """
+
+    def redeliver(sig: int) -> None:
+        while signal.getsignal(sig) is handler:
+            time.sleep(0.05)
+        os.kill(os.getpid(), sig)
+
+    def handler(sig: int, frame) -> None:
+        threading.Thread(target=redeliver, args=(sig,), daemon=True).start()
+
+    for sig in signals:
+        signal.signal(sig, handler)
 
 
 def _train(args: argparse.Namespace) -> None:
+    from modtrain.train.signals import STOP_SIGNALS
+
+    defer_stop_signals(STOP_SIGNALS)
     from modtrain.config import load_config
 
     overrides = list(args.overrides)
@@ -17,6 +43,9 @@ def _train(args: argparse.Namespace) -> None:
     from modtrain.train.inputs import check_inputs
 
     check_inputs(config)  # bad files are reported before DeepSpeed and megatron start
+    from modtrain.launcher import detect
+
+    launch = detect()  # a contradictory launch is reported before DeepSpeed starts too
     from modtrain.parallel import destroy_distributed
     from modtrain.train.signals import EXIT_REQUEUE, RequeueRequested
     from modtrain.train.trainer import train
@@ -24,13 +53,14 @@ def _train(args: argparse.Namespace) -> None:
     try:
         result = train(config)
     except RequeueRequested as stop:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if launch.is_main:
             print(f"modtrain: {stop}", file=sys.stderr)
         destroy_distributed()
         sys.exit(EXIT_REQUEUE)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launch.is_main:
         print(
-            f"done: {result.steps} steps, train loss {result.final_loss:.4f}, "
+            f"done: {result.steps} steps, world size {launch.world_size} ({launch.launcher}), "
+            f"train loss {result.final_loss:.4f}, "
             f"val loss {result.val_loss:.4f}, {result.tokens_per_s:,.0f} tokens/s; "
             f"run directory {result.run_dir}"
         )
