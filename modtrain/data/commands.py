@@ -51,6 +51,9 @@ def _data_inspect(args: argparse.Namespace) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from modtrain.data.format import CHUNK_TOKENS, SHARD_CHUNKS
+    from modtrain.data.write import sources
+
     tok = sub.add_parser("tokenizer", help="train SentencePiece tokenizers")
     tok_sub = tok.add_subparsers(dest="action", required=True)
     t = tok_sub.add_parser("train", help="train a SentencePiece model on text files")
@@ -70,21 +73,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model")
     p.add_argument("--input", nargs="+", required=True,
-                   help="files, directories or glob patterns: text (one document per file) or "
-                        "JSON Lines (one document per line), optionally .gz or .zst")
+                   help=f"files, directories or glob patterns: {sources.describe_formats()}, "
+                        "optionally .gz or .zst")
     p.add_argument("--out", required=True, help="output STORE.zarr")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing store (and discard a partial build of other inputs)")
     p.add_argument("--workers", type=int, default=1, help="local encoding processes (default 1)")
-    p.add_argument("--format", default="auto", choices=["auto", "text", "jsonl"],
-                   help="input format; auto: .jsonl/.ndjson/.json are JSON Lines, others text")
+    p.add_argument("--format", default=sources.AUTO, choices=list(sources.format_choices()),
+                   help=f"input format; {sources.AUTO}: {sources.describe_detection()}")
     p.add_argument("--jsonl-field", default="text", help="JSON field holding the text")
     p.add_argument("--slice-size", type=float, default=64.0, metavar="MB",
                    help="input megabytes per unit of work (default 64)")
-    p.add_argument("--chunk-tokens", type=int, default=1 << 16,
-                   help="tokens per compressed chunk, the unit of random reads (default 65536)")
-    p.add_argument("--shard-chunks", type=int, default=64,
-                   help="chunks per shard file (default 64)")
+    p.add_argument("--chunk-tokens", type=int, default=CHUNK_TOKENS,
+                   help="tokens per compressed chunk, the unit of random reads "
+                        f"(default {CHUNK_TOKENS})")
+    p.add_argument("--shard-chunks", type=int, default=SHARD_CHUNKS,
+                   help=f"chunks per shard file (default {SHARD_CHUNKS})")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=_data_prepare)
     i = data_sub.add_parser("inspect", help="print a store's summary")

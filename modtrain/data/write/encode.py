@@ -19,12 +19,12 @@ import numpy as np
 
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.data.write.plan import Plan
-from modtrain.data.write.sources import InputFile, Piece, decode_utf8, jsonl_texts, line_blocks
+from modtrain.data.write.sources import FORMATS, InputFile, InputReader, Piece
 from modtrain.errors import ModtrainError
 
 TOKENS, DOC_ENDS, INFO = "tokens.bin", "doc_ends.npy", "part.json"
 SUB_BLOCK_CHARS = 1 << 16  # SentencePiece is fastest on many mid-sized strings
-BATCH_CHARS = 1 << 20  # JSON documents are encoded in batches of about this many characters
+BATCH_CHARS = 1 << 20  # records are encoded in batches of about this many characters
 
 Report = Callable[[int, int], None]  # (text bytes, tokens) just encoded
 
@@ -121,16 +121,18 @@ def _sub_blocks(text: str) -> list[str]:
     return out
 
 
-def _encode_text(tok: Tokenizer, w: PartWriter, f: InputFile, piece: Piece, report: Report) -> None:
+def _encode_one_document(tok: Tokenizer, w: PartWriter, reader: InputReader, f: InputFile,
+                         piece: Piece, field: str, report: Report) -> None:
+    """A piece of a file that is one document: its texts are consecutive fragments."""
     blank = True
-    for block in line_blocks(f, piece):
-        text = decode_utf8(block, f)
-        blank = blank and not text.strip()
+    for size, texts in reader.texts(f, piece, field):
         before = w.count
-        for ids in tok.encode_batch(_sub_blocks(text)):
-            w.add(ids)
-        w.text_bytes += len(block)
-        report(len(block), w.count - before)
+        for text in texts:
+            blank = blank and not text.strip()
+            for ids in tok.encode_batch(_sub_blocks(text)):
+                w.add(ids)
+        w.text_bytes += size
+        report(size, w.count - before)
     whole = piece.start == 0 and (f.compression != "none" or piece.stop == f.size)
     if whole and blank:
         raise ModtrainError(f"corpus file {f.path} is empty; remove it or add text")
@@ -139,10 +141,9 @@ def _encode_text(tok: Tokenizer, w: PartWriter, f: InputFile, piece: Piece, repo
         report(0, 1)
 
 
-def _encode_jsonl(
-    tok: Tokenizer, w: PartWriter, f: InputFile, piece: Piece, field: str, report: Report
-) -> None:
-    offset = piece.start if f.compression == "none" else 0
+def _encode_documents(tok: Tokenizer, w: PartWriter, reader: InputReader, f: InputFile,
+                      piece: Piece, field: str, report: Report) -> None:
+    """A piece of a file of records: each text is a document, an empty one is skipped."""
     batch: list[str] = []
     chars = 0
 
@@ -152,9 +153,9 @@ def _encode_jsonl(
         batch.clear()
         chars = 0
 
-    for block in line_blocks(f, piece):
+    for size, texts in reader.texts(f, piece, field):
         before = w.count
-        for text in jsonl_texts(block, f, field, offset):
+        for text in texts:
             if not text.strip():
                 w.skipped += 1
                 continue
@@ -163,9 +164,8 @@ def _encode_jsonl(
             if chars >= BATCH_CHARS:
                 flush()
         flush()
-        offset += len(block)
-        w.text_bytes += len(block)
-        report(len(block), w.count - before)
+        w.text_bytes += size
+        report(size, w.count - before)
 
 
 def encode_slice(build: Path, plan: Plan, index: int, report: Report | None = None) -> PartInfo:
@@ -182,10 +182,9 @@ def encode_slice(build: Path, plan: Plan, index: int, report: Report | None = No
     w = PartWriter(part_dir(build, index), plan.dtype, plan.eos_id)
     for piece in plan.slices[index]:
         f = plan.files[piece.file]
-        if f.kind == "jsonl":
-            _encode_jsonl(tok, w, f, piece, plan.jsonl_field, report)
-        else:
-            _encode_text(tok, w, f, piece, report)
+        reader = FORMATS[f.kind]
+        encode_piece = _encode_one_document if reader.whole_file_document else _encode_documents
+        encode_piece(tok, w, reader, f, piece, plan.jsonl_field, report)
     return w.close()
 
 

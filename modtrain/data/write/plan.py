@@ -86,7 +86,7 @@ def make_plan(
     tokenizer_path: str | Path,
     inputs: list[str | Path],
     *,
-    input_format: str = "auto",
+    input_format: str = sources.AUTO,
     jsonl_field: str = "text",
     slice_mb: float = 64.0,
     chunk_tokens: int = CHUNK_TOKENS,

@@ -25,6 +25,7 @@ from modtrain.data.write.encode import encode_slice, part_done
 from modtrain.data.write.mpi import mpi_world
 from modtrain.data.write.plan import Plan, make_plan
 from modtrain.data.write.progress import CounterFile, Display, Poller, clear_counters
+from modtrain.data.write.sources import AUTO, FORMATS
 from modtrain.errors import ModtrainError
 
 T = TypeVar("T")
@@ -37,7 +38,7 @@ def prepare_store(
     overwrite: bool = False,
     *,
     workers: int = 1,
-    input_format: str = "auto",
+    input_format: str = AUTO,
     jsonl_field: str = "text",
     slice_mb: float = 64.0,
     chunk_tokens: int = CHUNK_TOKENS,
@@ -77,7 +78,7 @@ def _attrs(plan: Plan) -> dict[str, Any]:
         "tokenizer_sha256": plan.tokenizer_sha256, "vocab_size": plan.vocab_size,
         "eos_id": plan.eos_id, "sources": [f.path for f in plan.files],
     }
-    if any(f.kind == "jsonl" for f in plan.files):
+    if any(FORMATS[f.kind].uses_field for f in plan.files):
         attrs["jsonl_field"] = plan.jsonl_field
     return attrs
 

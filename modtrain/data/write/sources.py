@@ -1,4 +1,9 @@
-"""Input corpora: expansion of files/directories/globs, formats, and byte-range pieces.
+"""Input corpora: the registry of input formats, expansion of files/directories/globs, pieces.
+
+Each input format is one InputReader subclass decorated with @register, here and nowhere
+else: its name (for --format), the file names it claims under --format auto, how a file
+is cut into pieces and which texts a piece holds. Everything else derives from FORMATS:
+the --format choices and help, detection by name, slicing, encoding, store attributes.
 
 A *text* file is one document. A *JSON Lines* file holds one document per line, in a
 configurable string field. Either may be gzip- or zstd-compressed (detected from the
@@ -14,15 +19,14 @@ import gzip
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 from modtrain.errors import ModtrainError
 
-FORMATS = ("auto", "text", "jsonl")
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+AUTO = "auto"  # --format auto: each file's format from its name
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 BLOCK_BYTES = 1 << 20  # read and encode in line-aligned blocks of about this size
 _GZIP_MAGIC, _ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
@@ -33,7 +37,7 @@ class InputFile:
     path: str
     size: int
     mtime_ns: int
-    kind: str  # "text" | "jsonl"
+    kind: str  # the name of its format, a key of FORMATS
     compression: str  # "none" | "gzip" | "zstd"
 
 
@@ -44,6 +48,101 @@ class Piece:
     file: int
     start: int
     stop: int
+
+
+class InputReader:
+    """One input format: subclass, set the class attributes, define `texts`, add @register."""
+
+    name: ClassVar[str]  # --format NAME; stored as InputFile.kind
+    title: ClassVar[str]  # in help texts, e.g. "JSON Lines"
+    documents: ClassVar[str]  # what a document is, for help texts: "one document per line"
+    # Names (less .gz/.zst) this format claims under --format auto; the longest match wins
+    # and "" matches every name; () claims none: the format is used only with --format NAME.
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    # True: the whole file is one document and `texts` yields consecutive fragments of it
+    # (an empty file is an error, an overlong line may be cut); False: each text is a
+    # document (an empty one is skipped and counted) and a line is never cut.
+    whole_file_document: ClassVar[bool] = False
+    uses_field: ClassVar[bool] = False  # the text is the record field --jsonl-field
+
+    def pieces(self, index: int, f: InputFile, slice_bytes: int) -> list[Piece]:
+        """Input file `index` cut into pieces of about `slice_bytes`, encoded independently.
+
+        At line starts, a compressed file whole (its stream cannot be entered midway).
+        """
+        if f.compression != "none" or f.size <= slice_bytes:
+            return [Piece(index, 0, f.size)]
+        pieces, start = [], 0
+        while start < f.size:
+            stop = _next_line_start(f.path, start + slice_bytes, f.size)
+            pieces.append(Piece(index, start, stop))
+            start = stop
+        return pieces
+
+    def texts(self, f: InputFile, piece: Piece, field: str) -> Iterator[tuple[int, Iterable[str]]]:
+        """For each block of the piece read in turn: (its size in bytes, its texts)."""
+        raise NotImplementedError
+
+
+FORMATS: dict[str, InputReader] = {}  # name -> reader, in registration order
+
+
+def register(cls: type[InputReader]) -> type[InputReader]:
+    """Class decorator: make an input format known to `modtrain data prepare`."""
+    if cls.name in FORMATS or cls.name == AUTO:
+        raise ValueError(f"input format {cls.name!r} is already taken")
+    FORMATS[cls.name] = cls()
+    return cls
+
+
+@register
+class TextReader(InputReader):
+    name = "text"
+    title = "text"
+    documents = "one document per file"
+    suffixes = ("",)
+    whole_file_document = True
+
+    def texts(self, f: InputFile, piece: Piece, field: str) -> Iterator[tuple[int, list[str]]]:
+        for block in line_blocks(f, piece):
+            yield len(block), [decode_utf8(block, f)]
+
+
+@register
+class JsonLinesReader(InputReader):
+    name = "jsonl"
+    title = "JSON Lines"
+    documents = "one document per line"
+    suffixes = (".jsonl", ".ndjson", ".json")
+    uses_field = True
+
+    def texts(self, f: InputFile, piece: Piece, field: str) -> Iterator[tuple[int, Iterator[str]]]:
+        offset = piece.start if f.compression == "none" else 0
+        for block in line_blocks(f, piece):
+            yield len(block), jsonl_texts(block, f, field, offset)
+            offset += len(block)
+
+
+def format_choices() -> tuple[str, ...]:
+    """What --format accepts."""
+    return (AUTO, *FORMATS)
+
+
+def describe_formats() -> str:
+    """The formats for help texts: 'text (one document per file) or JSON Lines (...)'."""
+    return _either([f"{r.title} ({r.documents})" for r in FORMATS.values()])
+
+
+def describe_detection() -> str:
+    """How --format auto decides: '.jsonl/.ndjson/.json are JSON Lines, others text'."""
+    named = [f"{'/'.join(s for s in r.suffixes if s)} are {r.title}"
+             for r in FORMATS.values() if any(r.suffixes)]
+    rest = [f"others {r.title}" for r in FORMATS.values() if "" in r.suffixes]
+    return ", ".join(named + rest)
+
+
+def _either(items: list[str]) -> str:
+    return " or ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 def _compression(path: Path) -> str:
@@ -57,12 +156,15 @@ def _compression(path: Path) -> str:
 
 
 def _kind(path: Path, input_format: str) -> str:
-    if input_format != "auto":
+    if input_format != AUTO:
         return input_format
     name = path.name
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
-    return "jsonl" if name.endswith(JSONL_SUFFIXES) else "text"
+    claims = [(len(s), r.name) for r in FORMATS.values() for s in r.suffixes if name.endswith(s)]
+    if not claims:
+        raise ModtrainError(f"the format of {path} is not known from its name; pass --format")
+    return max(claims, key=lambda c: c[0])[1]  # the longest suffix; ties: registered first
 
 
 def _expand_one(pattern: str) -> list[Path]:
@@ -85,13 +187,15 @@ def _expand_one(pattern: str) -> list[Path]:
     raise ModtrainError(f"corpus file {path} does not exist; pass existing text files")
 
 
-def expand_inputs(patterns: list[str | Path], input_format: str = "auto") -> list[InputFile]:
+def expand_inputs(patterns: list[str | Path], input_format: str = AUTO) -> list[InputFile]:
     """Files, directories (recursively, hidden files skipped) and globs -> sorted input files.
 
     Order: the order of `patterns`, each expanded in sorted order; duplicates kept once.
     """
-    if input_format not in FORMATS:
-        raise ModtrainError(f"input format {input_format!r} is unknown; use one of {FORMATS}")
+    if input_format not in format_choices():
+        raise ModtrainError(
+            f"input format {input_format!r} is unknown; use one of {format_choices()}"
+        )
     if not patterns:
         raise ModtrainError("no input files; pass --input FILE [FILE ...]")
     seen: set[str] = set()
@@ -104,7 +208,8 @@ def expand_inputs(patterns: list[str | Path], input_format: str = "auto") -> lis
             seen.add(key)
             st = path.stat()
             kind, compression = _kind(path, input_format), _compression(path)
-            if kind == "text" and compression == "none" and _blank(path, st.st_size):
+            blank_document = FORMATS[kind].whole_file_document and compression == "none"
+            if blank_document and _blank(path, st.st_size):
                 raise ModtrainError(f"corpus file {path} is empty; remove it or add text")
             files.append(InputFile(str(path), st.st_size, st.st_mtime_ns, kind, compression))
     return files
@@ -137,16 +242,7 @@ def plan_slices(files: list[InputFile], slice_bytes: int) -> list[list[Piece]]:
     Depends only on the files and `slice_bytes`, never on the number of processes, so a
     resumed run sees the same slices and any process count gives the same store.
     """
-    pieces: list[Piece] = []
-    for i, f in enumerate(files):
-        if f.compression != "none" or f.size <= slice_bytes:
-            pieces.append(Piece(i, 0, f.size))
-            continue
-        start = 0
-        while start < f.size:
-            stop = _next_line_start(f.path, start + slice_bytes, f.size)
-            pieces.append(Piece(i, start, stop))
-            start = stop
+    pieces = [p for i, f in enumerate(files) for p in FORMATS[f.kind].pieces(i, f, slice_bytes)]
     slices: list[list[Piece]] = []
     current: list[Piece] = []
     size = 0
@@ -175,10 +271,11 @@ def _open(f: InputFile) -> BinaryIO:
 def line_blocks(f: InputFile, piece: Piece) -> Iterator[bytes]:
     """The piece's bytes in blocks that end at a newline, except the last.
 
-    A text line longer than a few blocks is cut at a UTF-8 character boundary (the one
-    place where piecewise encoding may differ from whole-text encoding); a JSON line is
-    never cut.
+    A line longer than a few blocks of a file that is one document (text) is cut at a
+    UTF-8 character boundary (the one place where piecewise encoding may differ from
+    whole-text encoding); a line of a format of records (JSON Lines) is never cut.
     """
+    cut_long_lines = FORMATS[f.kind].whole_file_document
     with _open(f) as stream:
         remaining = -1
         if f.compression == "none":
@@ -197,7 +294,7 @@ def line_blocks(f: InputFile, piece: Piece) -> Iterator[bytes]:
                 remaining -= len(block)
             block = carry + block
             cut = block.rfind(b"\n") + 1
-            if cut == 0 and (f.kind == "jsonl" or len(block) < 4 * BLOCK_BYTES):
+            if cut == 0 and (not cut_long_lines or len(block) < 4 * BLOCK_BYTES):
                 carry = block  # no newline yet: read on, up to a bound
                 continue
             if cut == 0:
