@@ -19,12 +19,12 @@ from collections import defaultdict
 import numpy as np
 import torch
 import torch.nn.functional as F
+from routing_counter import count_causal_decisions
 
 from modtrain.data.read.dataset import train_val_split
 from modtrain.data.read.store import TokenStore
 from modtrain.inference.export import load_export
 from modtrain.inference.hf_template.modtrain_core import ModtrainLM, tokens_per_row
-from modtrain.inference.routing_counter import count_causal_decisions
 
 
 def validation_windows(store: str, val_fraction: float, seq_length: int) -> torch.Tensor:

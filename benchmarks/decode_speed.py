@@ -22,11 +22,11 @@ import time
 from dataclasses import dataclass
 
 import torch
+from routing_counter import count_causal_decisions
 
 from modtrain.inference.export import load_export
 from modtrain.inference.generate import generate_ids
 from modtrain.inference.hf_template.modtrain_core import CoreConfig, ModtrainLM
-from modtrain.inference.routing_counter import count_causal_decisions
 
 
 @dataclass

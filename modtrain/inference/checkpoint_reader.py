@@ -18,10 +18,9 @@ import torch
 from modtrain.errors import ModtrainError
 from modtrain.inference.safe_load import load_weights_only
 from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
-from modtrain.model.names import gpt_name
-from modtrain.parallel.tensor_layout import merge as merge_tensor_shards
-
-STATE_FILE = "modtrain.json"
+from modtrain.model.param_layout import gpt_name
+from modtrain.model.tensor_split import merge as merge_tensor_shards
+from modtrain.run_dir import CHECKPOINTS, STATE_FILE, latest_tag
 
 
 @dataclass
@@ -37,10 +36,10 @@ class TrainingCheckpoint:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run dir, its checkpoints/ dir (both via `latest`) or a tag dir -> the tag dir."""
     path = Path(path)
-    if (path / "checkpoints" / "latest").is_file():
-        path = path / "checkpoints"
-    if (path / "latest").is_file():
-        path = path / (path / "latest").read_text().strip()
+    if latest_tag(path / CHECKPOINTS) is not None:
+        path = path / CHECKPOINTS
+    if (tag := latest_tag(path)) is not None:
+        path = path / tag
     if path.is_dir() and any(path.glob("*model_states.pt")):
         return path
     raise ModtrainError(

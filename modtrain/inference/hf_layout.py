@@ -2,17 +2,13 @@
 
 A dense model is a Llama checkpoint. A MoD model uses the same names and fields plus its
 routers (`model.layers.N.router.*`) and `mod_*` fields, with modelling code shipped in the
-export (`auto_map`). The training model's fused tensors are split:
-- megatron's linear_qkv rows are grouped per query group as [q heads of the group, k, v]
-  (head_dim rows each; with no GQA, one group per head: [q_h, k_h, v_h]);
-- linear_fc1 rows are [gate; up] (megatron's SwiGLU chunks its output in two).
-Vocabulary rows added as padding (model.vocab_multiple) are dropped: the export's
-vocabulary is the tokenizer's.
+export (`auto_map`). Tensor names, and how fused training tensors split into them (QKV,
+SwiGLU gate/up, padded vocabulary rows), come from the parameter table
+(`modtrain/model/param_layout.py`).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -20,6 +16,7 @@ import torch
 from modtrain.config import config_from_dict
 from modtrain.config.schema import ModelConfig
 from modtrain.errors import ModtrainError
+from modtrain.model.param_layout import hf_parameter_names, hf_tensors
 
 EXPORT_FORMAT = "modtrain.export"
 EXPORT_VERSION = 2
@@ -82,86 +79,25 @@ def hf_config(model: dict[str, Any], dtype: str, step: int, eos_id: int | None) 
     return config
 
 
-def _split_qkv(w: torch.Tensor, heads: int, groups: int, head_dim: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    per_group = heads // groups
-    w = w.view(groups, (per_group + 2) * head_dim, -1)
-    q, k, v = w.split([per_group * head_dim, head_dim, head_dim], dim=1)
-    hidden = w.shape[-1]
-    return (q.reshape(heads * head_dim, hidden), k.reshape(groups * head_dim, hidden),
-            v.reshape(groups * head_dim, hidden))
-
-
-_LAYER = re.compile(r"blocks\.(\d+)\.(.+)")
-_SIMPLE = {
-    "layer.input_layernorm.weight": "input_layernorm.weight",
-    "layer.pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
-    "layer.self_attention.linear_proj.weight": "self_attn.o_proj.weight",
-    "layer.mlp.linear_fc2.weight": "mlp.down_proj.weight",
-    "router.proj.weight": "router.proj.weight",
-    "router.predictor.0.weight": "router.predictor.0.weight",
-    "router.predictor.0.bias": "router.predictor.0.bias",
-    "router.predictor.2.weight": "router.predictor.2.weight",
-    "router.predictor.2.bias": "router.predictor.2.bias",
-}
-
-
 def to_hf_tensors(tensors: dict[str, torch.Tensor], model: dict[str, Any]
                   ) -> dict[str, torch.Tensor]:
-    """Training state dict -> export tensors. Every training tensor must map somewhere."""
+    """Training state dict -> export tensors (names and splits from the parameter table).
+    Every training tensor must map somewhere, and every export tensor must be filled."""
     m = model_config(model)
-    heads, head_dim = m.num_heads, m.hidden_size // m.num_heads
     out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
-        if name == "embedding.weight":  # rows past vocab_size pad the vocabulary for TP: drop
-            out["model.embed_tokens.weight"] = t[: m.vocab_size]
-        elif name == "final_norm.weight":
-            out["model.norm.weight"] = t
-        elif name == "output_layer.weight":
-            out["lm_head.weight"] = t[: m.vocab_size]
-        elif (match := _LAYER.fullmatch(name)) is None:
+        mapped = hf_tensors(name, t, m)
+        if not mapped:
             raise ModtrainError(f"checkpoint tensor {name!r} has no place in the export")
-        else:
-            prefix, rest = f"model.layers.{match.group(1)}.", match.group(2)
-            if rest == "layer.self_attention.linear_qkv.weight":
-                q, k, v = _split_qkv(t, heads, heads, head_dim)
-                out.update({prefix + "self_attn.q_proj.weight": q,
-                            prefix + "self_attn.k_proj.weight": k,
-                            prefix + "self_attn.v_proj.weight": v})
-            elif rest == "layer.mlp.linear_fc1.weight":
-                gate, up = t.chunk(2, dim=0)
-                out.update({prefix + "mlp.gate_proj.weight": gate,
-                            prefix + "mlp.up_proj.weight": up})
-            elif rest in _SIMPLE:
-                out[prefix + _SIMPLE[rest]] = t
-            else:
-                raise ModtrainError(f"checkpoint tensor {name!r} has no place in the export")
+        out.update(mapped)
     _check_complete(out, m)
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def expected_names(m: ModelConfig) -> set[str]:
-    names = {"model.embed_tokens.weight", "model.norm.weight"}
-    if not m.tie_embeddings:
-        names.add("lm_head.weight")
-    for i in range(m.num_layers):
-        p = f"model.layers.{i}."
-        names |= {p + s for s in ("input_layernorm.weight", "post_attention_layernorm.weight",
-                                  "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                                  "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                                  "mlp.gate_proj.weight", "mlp.up_proj.weight",
-                                  "mlp.down_proj.weight")}
-        if i in m.routed_layer_ids:
-            names.add(p + "router.proj.weight")
-            if m.mod.predictor:
-                names |= {p + f"router.predictor.{j}.{s}" for j in (0, 2)
-                          for s in ("weight", "bias")}
-    return names
-
-
 def _check_complete(out: dict[str, torch.Tensor], m: ModelConfig) -> None:
-    missing = expected_names(m) - set(out)
-    extra = set(out) - expected_names(m)
+    expected = hf_parameter_names(m)
+    missing = expected - set(out)
+    extra = set(out) - expected
     if missing or extra:
         raise ModtrainError(
             f"checkpoint tensors do not match its config: missing {sorted(missing)[:3]}, "

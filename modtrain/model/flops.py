@@ -12,9 +12,8 @@ part) of a dense one.
 
 from __future__ import annotations
 
-import math
-
 from modtrain.config.schema import ModelConfig
+from modtrain.model.router import tokens_per_row
 
 
 def block_flops(config: ModelConfig, tokens: int) -> float:
@@ -23,7 +22,7 @@ def block_flops(config: ModelConfig, tokens: int) -> float:
 
 
 def routed_block_flops(config: ModelConfig, tokens: int) -> float:
-    k = max(1, math.ceil(config.mod.capacity * tokens - 1e-9))
+    k = tokens_per_row(config.mod.capacity, tokens)  # the router's own k, never re-derived
     return block_flops(config, k) + 2 * tokens * config.hidden_size
 
 

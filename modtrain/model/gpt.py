@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import tensor_parallel
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
@@ -19,6 +19,7 @@ from modtrain.model.embedding_and_head import build_embedding, build_final_norm,
 from modtrain.model.init import initialize_parameters
 from modtrain.model.layer_spec import transformer_config
 from modtrain.model.rope import rope_frequencies
+from modtrain.model.tensor_split import TensorSlice
 
 _EXTRA_STATE = "_extra_state"
 
@@ -59,12 +60,15 @@ class GPTOutput:
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig, precision: str = "fp32", seed: int = 0) -> None:
+    def __init__(self, config: ModelConfig, seed: int = 0, tensor: TensorSlice | None = None
+                 ) -> None:
+        """`tensor`: this process's tensor-parallel slice (rank 0 of 1 by default); it must
+        match the tensor-parallel group megatron-core's layers were built in."""
         super().__init__()
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
         self.config = config
-        tc = transformer_config(config, precision)
+        tc = transformer_config(config)
         self.transformer_config = tc
         self.embedding = build_embedding(config, tc)
         self.blocks = nn.ModuleList(build_block(config, tc, i) for i in range(config.num_layers))
@@ -76,10 +80,7 @@ class GPT(nn.Module):
         self._extra_state_keys = [k for k in self.state_dict() if k.endswith(_EXTRA_STATE)]
         self.register_state_dict_post_hook(_drop_empty_extra_state)
         self.register_load_state_dict_pre_hook(_fill_extra_state)
-        initialize_parameters(
-            self, config, seed, parallel_state.get_tensor_model_parallel_rank(),
-            parallel_state.get_tensor_model_parallel_world_size(),
-        )
+        initialize_parameters(self, config, seed, tensor)
         head_dim = config.hidden_size // config.num_heads
         # A plain attribute, not a buffer: casting the module to bf16 must not round angles.
         self._rope = rope_frequencies(config.max_seq_length, head_dim, config.rope_base)

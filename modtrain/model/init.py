@@ -2,7 +2,8 @@
 
 Every parameter is drawn in full (TP=1 shape) from a generator seeded by the run seed and
 the parameter's name, then split like megatron-core splits it. Any tensor-parallel size
-(and, by name, any pipeline split) therefore starts from the same model.
+(and, by name, any pipeline split) therefore starts from the same model. How each kind of
+parameter is drawn is its row's `init` in the parameter table.
 """
 
 from __future__ import annotations
@@ -15,20 +16,21 @@ import torch
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
-from modtrain.parallel.tensor_layout import full_shape, partition_dim, shard
-
-_SCALED = ("linear_proj.weight", "linear_fc2.weight")  # residual-branch outputs
-_PREDICTOR = ".router.predictor."
+from modtrain.model.param_layout import Init, param_kind
+from modtrain.model.tensor_split import TensorSlice, full_shape, partition_dim, shard
 
 
 def _full_init(name: str, shape: torch.Size, config: ModelConfig, gen: torch.Generator):
-    if "norm" in name:  # RMSNorm gains
+    kind = param_kind(name)
+    if kind is None:
+        raise ValueError(f"{name} has no row in modtrain.model.param_layout.PARAMETERS")
+    if kind.init is Init.ONES:
         return torch.ones(shape)
-    if _PREDICTOR in name:  # a small MLP: PyTorch's default (Kaiming-uniform) scale
+    if kind.init is Init.FAN_IN_UNIFORM:
         bound = 1.0 / math.sqrt(shape[1] if len(shape) == 2 else shape[0])
         return (torch.rand(shape, generator=gen) * 2 - 1) * bound
     std = config.init_std
-    if name.endswith(_SCALED):  # GPT-2 / megatron: scale by depth
+    if kind.init is Init.NORMAL_DEPTH_SCALED:  # GPT-2 / megatron: scale by depth
         std = std / math.sqrt(2.0 * config.num_layers)
     return torch.randn(shape, generator=gen) * std
 
@@ -38,17 +40,17 @@ def initialize_parameters(
     model: nn.Module,
     config: ModelConfig,
     seed: int,
-    tp_rank: int = 0,
-    tp_size: int = 1,
+    tensor: TensorSlice | None = None,
     rename: Callable[[str], str] | None = None,
 ) -> None:
-    """Draw every parameter from (seed, canonical GPT name); `rename` maps other module
-    trees (pipeline stages) onto GPT's names."""
+    """Draw every parameter from (seed, canonical GPT name), and keep `tensor`'s shard;
+    `rename` maps other module trees (pipeline stages) onto GPT's names."""
+    tensor = tensor or TensorSlice()
     for module_name, param in model.named_parameters():
         name = rename(module_name) if rename else module_name
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-        full = _full_init(name, full_shape(param.shape, name, tp_size), config, gen)
-        param.copy_(shard(full, name, tp_rank, tp_size).to(param.dtype))
+        full = _full_init(name, full_shape(param.shape, name, tensor.size), config, gen)
+        param.copy_(shard(full, name, tensor.rank, tensor.size).to(param.dtype))
         dim = partition_dim(name)
         if dim is not None and not hasattr(param, "tensor_model_parallel"):
             # megatron sets these only when it initialises; DeepSpeed's gradient norm reads

@@ -6,7 +6,6 @@ is a parameter so that MoE / MoDE can swap it later.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -24,11 +23,12 @@ from megatron.core.transformer.transformer_layer import (
 from modtrain.config.schema import ModelConfig
 from modtrain.model.attention import SDPACoreAttention
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+def transformer_config(model: ModelConfig) -> TransformerConfig:
+    """Translate modtrain's model section into megatron-core's TransformerConfig.
 
-def transformer_config(model: ModelConfig, precision: str = "fp32") -> TransformerConfig:
-    """Translate modtrain's model section into megatron-core's TransformerConfig."""
+    Parameters are fp32: under bf16/fp16 training DeepSpeed casts the module and keeps
+    fp32 master weights itself (train.precision reaches only its config)."""
     return TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -42,9 +42,6 @@ def transformer_config(model: ModelConfig, precision: str = "fp32") -> Transform
         hidden_dropout=model.dropout,
         attention_dropout=model.dropout,
         init_method_std=model.init_std,
-        params_dtype=_DTYPES[precision],
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
         # Parameters are allocated on CPU; their values come from modtrain.model.init, which
         # draws layout-independent weights (any TP size starts from the same model).
         use_cpu_initialization=True,

@@ -23,31 +23,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from modtrain.model.names import gpt_name, pipeline_name
-from modtrain.parallel.tensor_layout import universal_checkpoint_info
+from modtrain.model.param_layout import gpt_name, pipeline_name
+from modtrain.model.tensor_split import universal_checkpoint_info
+from modtrain.run_dir import (
+    LATEST,
+    STATE_FILE,
+    complete_tags,
+    latest_tag,
+    read_state,
+    step_of,
+    tag_for,
+)
 
 TMP_PREFIX = ".tmp-"
 UNIVERSAL_PREFIX = ".universal-"  # parameter folders named as in GPT
 UNIVERSAL_PIPELINE_PREFIX = ".universal-pipeline-"  # named as in the pipeline module
-STATE_FILE = "modtrain.json"
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def step_of(tag: str) -> int:
-    return int(tag.removeprefix("step_"))
-
-
-def latest_tag(checkpoint_dir: str | Path) -> str | None:
-    pointer = Path(checkpoint_dir) / "latest"
-    return pointer.read_text().strip() if pointer.is_file() else None
-
-
-def read_state(checkpoint_dir: str | Path, tag: str) -> dict[str, Any]:
-    """modtrain's own state of one checkpoint (JSON, no pickle)."""
-    return json.loads((Path(checkpoint_dir) / tag / STATE_FILE).read_text())
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -78,14 +68,6 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def complete_tags(checkpoint_dir: str | Path) -> list[str]:
-    """Tags of complete checkpoints, oldest first."""
-    root = Path(checkpoint_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.glob("step_*") if (p / STATE_FILE).is_file())
 
 
 def prune(checkpoint_dir: str | Path, keep_last: int, keep_every: int) -> list[str]:
@@ -140,7 +122,7 @@ def save(
         _remove_universal_copies(root, tag)  # made from an earlier save of this step
         os.replace(tmp, final)
         _fsync_dir(root)
-        _write_atomic(root / "latest", tag)
+        _write_atomic(root / LATEST, tag)
         prune(root, keep_last, keep_every)
     dist.barrier()
     return tag

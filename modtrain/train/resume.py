@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modtrain.errors import ModtrainError
+from modtrain.run_dir import STATE_FILE, latest_tag, read_state, step_of
 from modtrain.train import checkpoint
 
 
@@ -45,15 +46,15 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int],
                 log: Callable[[str], None] = lambda _: None) -> ResumePlan | None:
     """None when there is nothing to resume; raises on a layout that cannot be loaded.
     Collective when the layout changed: rank 0 converts, the others wait."""
-    tag = checkpoint.latest_tag(checkpoint_dir)
+    tag = latest_tag(checkpoint_dir)
     if tag is None:
         return None
-    if not (checkpoint_dir / tag / checkpoint.STATE_FILE).is_file():
+    if not (checkpoint_dir / tag / STATE_FILE).is_file():
         raise ModtrainError(
             f"{checkpoint_dir / 'latest'} names {tag}, which is not a complete modtrain "
             "checkpoint; point 'latest' at a complete step_* directory"
         )
-    saved = checkpoint.read_state(checkpoint_dir, tag)["layout"]
+    saved = read_state(checkpoint_dir, tag)["layout"]
     universal = needs_universal(saved, layout)
     if universal and min(saved["zero_stage"], layout["zero_stage"]) == 0:
         # DeepSpeed writes and loads universal checkpoints through its ZeRO optimizer only.
@@ -79,7 +80,7 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int],
             f"resume with train.zero_stage={saved['zero_stage']}"
         )
     same = saved == layout
-    step = checkpoint.step_of(tag)
+    step = step_of(tag)
     if universal:
         pipeline = layout["pipeline"] > 1
         if not (checkpoint_dir / checkpoint.universal_tag(tag, pipeline) / "zero").is_dir():

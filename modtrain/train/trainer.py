@@ -15,7 +15,9 @@ from modtrain.data.read.dataset import ValidationSequences
 from modtrain.data.read.loading import build_training_data
 from modtrain.errors import ModtrainError
 from modtrain.model import GPT
+from modtrain.model.tensor_split import TensorSlice
 from modtrain.parallel import MegatronMPU, Topology, init_distributed
+from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, METRICS_FILE
 from modtrain.train import checkpoint
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.inputs import check_inputs
@@ -73,15 +75,16 @@ def build_engine(config: Config, topo: Topology, ds_config: dict, progress: Prog
 
     t = config.train
     if topo.pipeline > 1:
-        from modtrain.model.pipeline import AuxLossInjector, BlockLayer
-        from modtrain.parallel.pipeline import build_pipeline, format_stage_costs
+        from modtrain.model.pipeline_layers import AuxLossInjector, BlockLayer
+        from modtrain.parallel.pipeline_stages import build_pipeline, format_stage_costs
 
         model, table = build_pipeline(config, topo)
         progress.message("pipeline stages (balanced by forward FLOPs):\n"
                          + format_stage_costs(table))
         mpu = None  # the pipeline module carries its own topology
     else:
-        model = GPT(config.model, seed=config.run.seed)
+        model = GPT(config.model, seed=config.run.seed,
+                    tensor=TensorSlice(topo.tensor_rank, topo.tensor))
         mpu = MegatronMPU(topo)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)
@@ -111,13 +114,13 @@ def train(config: Config) -> TrainResult:
     t = config.train
     is_main = topo.rank == 0
     run_dir = Path(config.run.dir)
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = run_dir / CHECKPOINTS
     if is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+        save_config(config, run_dir / CONFIG_FILE)
     torch.distributed.barrier()
 
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=is_main)
+    metrics = MetricsWriter(run_dir / METRICS_FILE, enabled=is_main)
     progress = Progress(t.steps, enabled=is_main)
     layout = current_layout(topo.tensor, topo.pipeline, topo.data, t.zero_stage)
     plan = (plan_resume(ckpt_dir, layout, log=progress.message)

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from modtrain.config import load_config
-from modtrain.model.names import gpt_name
+from modtrain.model.param_layout import gpt_name
 from modtrain.parallel import init_distributed
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.metrics import Progress

@@ -11,7 +11,7 @@ import torch
 
 from modtrain.config import load_config
 from modtrain.model import GPT
-from modtrain.parallel.pipeline import layer_costs, partition, stage_costs
+from modtrain.parallel.pipeline_stages import layer_costs, partition, stage_costs
 from tests.conftest import cli_env
 from tests.parallel.tp_step_worker import batch
 from tests.train.helpers import deepspeed_command as ds_command

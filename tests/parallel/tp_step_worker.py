@@ -13,8 +13,8 @@ import torch.distributed as dist
 
 from modtrain.config import load_config
 from modtrain.model import GPT
+from modtrain.model.tensor_split import TensorSlice, merge
 from modtrain.parallel import init_distributed
-from modtrain.parallel.tensor_layout import merge
 
 
 def batch(vocab_size: int, seq: int) -> torch.Tensor:
@@ -38,11 +38,9 @@ def routing_agrees(model: GPT, group) -> bool:
 
 def main(out: str, overrides: list[str]) -> None:
     config = load_config(None, overrides)
-    init_distributed(config.parallel.tensor, deepspeed_comm=False)
-    from megatron.core import parallel_state as ps
-
-    group = ps.get_tensor_model_parallel_group()
-    model = GPT(config.model, seed=7)
+    topo = init_distributed(config.parallel.tensor, deepspeed_comm=False)
+    group = topo.groups.tensor
+    model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor))
     tokens = batch(config.model.vocab_size, config.data.seq_length)
     result = model(tokens[:, :-1], tokens[:, 1:])
     result.loss.backward()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from modtrain.parallel.tensor_layout import merge, partition_dim, shard
+from modtrain.model.tensor_split import merge, partition_dim, shard
 
 
 @pytest.mark.parametrize("name,dim", [
@@ -28,5 +28,5 @@ def test_shard_then_merge_is_identity(name, size):
 
 def test_gated_fc1_shards_hold_their_gate_and_up_rows():
     gate, up = torch.zeros(4, 3), torch.ones(4, 3)
-    part = shard(torch.cat([gate, up]), "mlp.linear_fc1.weight", 1, 2)
+    part = shard(torch.cat([gate, up]), "blocks.0.layer.mlp.linear_fc1.weight", 1, 2)
     assert torch.equal(part, torch.cat([gate[2:], up[2:]]))

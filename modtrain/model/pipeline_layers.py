@@ -1,6 +1,7 @@
-"""The GPT as a sequence of DeepSpeed pipeline layers.
+"""The GPT cut into layers that a pipeline can place on stages (the modules only; the
+DeepSpeed PipelineModule that cuts and places them is `parallel/pipeline_stages.py`).
 
-The same megatron-core parts as `GPT`, cut into layers that pass one tensor ([S, B, H]
+The same megatron-core parts as `GPT`, as layers that pass one tensor ([S, B, H]
 hidden states) from stage to stage: embedding, one layer per block, final norm, and the
 output projection (tied to the embedding through DeepSpeed's TiedLayerSpec). Routing aux
 losses cannot travel with the activations, so each routed block injects its aux-loss
@@ -22,6 +23,7 @@ from modtrain.model.embedding_and_head import (
 from modtrain.model.gpt import mask_padded_vocab
 from modtrain.model.layer_spec import transformer_config
 from modtrain.model.rope import rope_frequencies
+from modtrain.model.tensor_split import TensorSlice
 
 
 class AuxLossInjector(torch.autograd.Function):
@@ -46,9 +48,9 @@ class AuxLossInjector(torch.autograd.Function):
 class EmbeddingLayer(nn.Module):
     """First stage: tokens [B, S] -> hidden [S, B, H]; on the last stage, the tied head."""
 
-    def __init__(self, config: ModelConfig, precision: str = "fp32") -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        tc = transformer_config(config, precision)
+        tc = transformer_config(config)
         self.config = config
         self.embedding = build_embedding(config, tc)
         self.head = build_output_layer(config, tc, tied=True)
@@ -73,9 +75,9 @@ def tied_head(module: EmbeddingLayer, hidden: torch.Tensor) -> torch.Tensor:
 class BlockLayer(nn.Module):
     """One decoder block; accumulates its routing statistics between `pop_stats` calls."""
 
-    def __init__(self, config: ModelConfig, index: int, precision: str = "fp32") -> None:
+    def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
-        tc = transformer_config(config, precision)
+        tc = transformer_config(config)
         self.block = build_block(config, tc, index)
         self.index = index
         head_dim = config.hidden_size // config.num_heads
@@ -104,9 +106,9 @@ class BlockLayer(nn.Module):
 
 
 class FinalNormLayer(nn.Module):
-    def __init__(self, config: ModelConfig, precision: str = "fp32") -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        tc = transformer_config(config, precision)
+        tc = transformer_config(config)
         self.final_norm = build_final_norm(config, tc)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -114,42 +116,17 @@ class FinalNormLayer(nn.Module):
 
 
 class OutputLayer(nn.Module):
-    """Untied output projection (last stage)."""
+    """Untied output projection (last stage); `tensor` says which vocabulary shard it holds."""
 
-    def __init__(self, config: ModelConfig, precision: str = "fp32") -> None:
+    def __init__(self, config: ModelConfig, tensor: TensorSlice | None = None) -> None:
         super().__init__()
-        tc = transformer_config(config, precision)
+        tc = transformer_config(config)
         self.config = config
         self.output_layer = build_output_layer(config, tc, tied=False)
+        tensor = tensor or TensorSlice()
+        self.vocab_start = config.padded_vocab_size // tensor.size * tensor.rank
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits, _ = self.output_layer(hidden)
-        start = self.config.padded_vocab_size // tensor_parallel_size() * tensor_parallel_rank()
-        return mask_padded_vocab(logits, self.config.vocab_size, start)
+        return mask_padded_vocab(logits, self.config.vocab_size, self.vocab_start)
 
-
-def tensor_parallel_size() -> int:
-    from megatron.core import parallel_state
-
-    return parallel_state.get_tensor_model_parallel_world_size()
-
-
-def tensor_parallel_rank() -> int:
-    from megatron.core import parallel_state
-
-    return parallel_state.get_tensor_model_parallel_rank()
-
-
-def pipeline_layer_specs(config: ModelConfig, precision: str = "fp32") -> list:
-    """DeepSpeed LayerSpecs: embedding, blocks 0..L-1, final norm, output projection."""
-    from deepspeed.pipe import LayerSpec, TiedLayerSpec
-
-    if config.tie_embeddings:
-        first = TiedLayerSpec("embed", EmbeddingLayer, config, precision, tied_weight_attr="weight")
-        last = TiedLayerSpec("embed", EmbeddingLayer, config, precision, forward_fn=tied_head,
-                             tied_weight_attr="weight")
-    else:
-        first = LayerSpec(EmbeddingLayer, config, precision)
-        last = LayerSpec(OutputLayer, config, precision)
-    blocks = [LayerSpec(BlockLayer, config, i, precision) for i in range(config.num_layers)]
-    return [first, *blocks, LayerSpec(FinalNormLayer, config, precision), last]

@@ -1,4 +1,5 @@
-"""DeepSpeed pipeline module for the GPT, with stages balanced by analytic FLOPs."""
+"""The DeepSpeed PipelineModule over the GPT's pipeline layers, cut into stages balanced by
+analytic FLOPs (the layers themselves are `model/pipeline_layers.py`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ from modtrain.config import Config
 from modtrain.model.flops import head_flops, layer_flops
 from modtrain.model.gpt import lm_loss
 from modtrain.model.init import initialize_parameters
-from modtrain.model.names import gpt_name
-from modtrain.model.pipeline import pipeline_layer_specs
+from modtrain.model.param_layout import gpt_name
+from modtrain.model.pipeline_layers import (
+    BlockLayer,
+    EmbeddingLayer,
+    FinalNormLayer,
+    OutputLayer,
+    tied_head,
+)
+from modtrain.model.tensor_split import TensorSlice
 from modtrain.parallel.distributed import Topology
 
 
@@ -58,13 +66,29 @@ def format_stage_costs(table: list[StageCost]) -> str:
     return "\n".join(lines)
 
 
+def pipeline_layer_specs(config: Config, tensor: TensorSlice) -> list:
+    """DeepSpeed LayerSpecs: embedding, blocks 0..L-1, final norm, output projection."""
+    from deepspeed.pipe import LayerSpec, TiedLayerSpec
+
+    m = config.model
+    if m.tie_embeddings:
+        first = TiedLayerSpec("embed", EmbeddingLayer, m, tied_weight_attr="weight")
+        last = TiedLayerSpec("embed", EmbeddingLayer, m, forward_fn=tied_head,
+                             tied_weight_attr="weight")
+    else:
+        first = LayerSpec(EmbeddingLayer, m)
+        last = LayerSpec(OutputLayer, m, tensor)
+    blocks = [LayerSpec(BlockLayer, m, i) for i in range(m.num_layers)]
+    return [first, *blocks, LayerSpec(FinalNormLayer, m), last]
+
+
 def build_pipeline(config: Config, topo: Topology):
     """The DeepSpeed PipelineModule of `config.model` and its stage-cost table."""
     from deepspeed.pipe import PipelineModule
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
-    from megatron.core import parallel_state as ps
 
     _, costs = layer_costs(config)
+    tensor = TensorSlice(topo.tensor_rank, topo.tensor)
 
     class CostBalancedPipeline(PipelineModule):
         # DeepSpeed balances by parameter count or layer count; MoD layers cost less than
@@ -79,12 +103,11 @@ def build_pipeline(config: Config, topo: Topology):
         num_pp=topo.pipeline, num_mp=topo.tensor, num_dp=topo.data
     )
     pipe = CostBalancedPipeline(
-        layers=pipeline_layer_specs(config.model), topology=topology, loss_fn=lm_loss,
+        layers=pipeline_layer_specs(config, tensor), topology=topology, loss_fn=lm_loss,
         partition_method="cost",
     )
     initialize_parameters(
-        pipe, config.model, config.run.seed, ps.get_tensor_model_parallel_rank(),
-        ps.get_tensor_model_parallel_world_size(),
+        pipe, config.model, config.run.seed, tensor,
         rename=lambda name: gpt_name(name, config.model.num_layers),
     )
     return pipe, stage_costs(config, pipe.parts)

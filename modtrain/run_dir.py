@@ -1,0 +1,49 @@
+"""The run directory's layout: what training writes and what conversion, inspection and
+job status read.
+
+RUN_DIR/
+  config.yaml              the resolved config
+  metrics.jsonl            one JSON object per logged step (and per evaluation)
+  checkpoints/
+    step_00001000/         one complete checkpoint (DeepSpeed's files + modtrain.json)
+    latest                 the tag of the newest complete checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE_FILE = "modtrain.json"  # in each tag: step, data-loader state, config, layout (JSON)
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_of(tag: str) -> int:
+    return int(tag.removeprefix("step_"))
+
+
+def latest_tag(checkpoint_dir: str | Path) -> str | None:
+    """The tag `latest` names, or None before the first save."""
+    pointer = Path(checkpoint_dir) / LATEST
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def read_state(checkpoint_dir: str | Path, tag: str) -> dict[str, Any]:
+    """modtrain's own state of one checkpoint (JSON, no pickle)."""
+    return json.loads((Path(checkpoint_dir) / tag / STATE_FILE).read_text())
+
+
+def complete_tags(checkpoint_dir: str | Path) -> list[str]:
+    """Tags of complete checkpoints (their state file written last), oldest first."""
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.glob("step_*") if (p / STATE_FILE).is_file())
