@@ -82,7 +82,9 @@ class DataConfig:
 class TrainConfig:
     steps: int = 2000
     global_batch_size: int = 12
-    micro_batch_size: int = 12
+    # Samples per rank per forward pass; 0: global_batch_size / data-parallel size (one
+    # micro-batch per step, no gradient accumulation), so a config runs on any process count.
+    micro_batch_size: int = 0
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -104,6 +106,26 @@ class TrainConfig:
     zero_stage: int = 1
     # Optional DeepSpeed JSON (e.g. launch/ds_zero2.json) merged over the derived config.
     deepspeed_config: str | None = None
+
+    def micro_batch(self, data_parallel_size: int) -> int:
+        """The micro-batch on `data_parallel_size` ranks (micro_batch_size, or derived)."""
+        if self.micro_batch_size:
+            per_step = self.micro_batch_size * data_parallel_size
+            if self.global_batch_size % per_step:
+                raise ModtrainError(
+                    f"train.global_batch_size={self.global_batch_size} is not divisible by "
+                    f"train.micro_batch_size x data-parallel size = {self.micro_batch_size} x "
+                    f"{data_parallel_size}; set train.micro_batch_size=0 (derived) or change "
+                    "the batch sizes or the number of processes"
+                )
+            return self.micro_batch_size
+        if self.global_batch_size % data_parallel_size:
+            raise ModtrainError(
+                f"train.global_batch_size={self.global_batch_size} is not divisible by the "
+                f"data-parallel size {data_parallel_size}; choose a global batch that is a "
+                "multiple of it, or another number of processes"
+            )
+        return self.global_batch_size // data_parallel_size
 
 
 @dataclass
@@ -174,15 +196,17 @@ class Config:
             raise ModtrainError(f"train.precision={t.precision!r}; use fp32, bf16 or fp16")
         if t.zero_stage not in (0, 1, 2, 3):
             raise ModtrainError(f"train.zero_stage={t.zero_stage}; use 0, 1, 2 or 3")
-        if t.global_batch_size % t.micro_batch_size:
+        for name in ("steps", "global_batch_size", "log_interval", "eval_interval",
+                     "save_interval"):
+            if getattr(t, name) <= 0:
+                raise ModtrainError(f"train.{name} must be positive")
+        if t.micro_batch_size < 0:
+            raise ModtrainError("train.micro_batch_size must be positive, or 0 to derive it")
+        if t.micro_batch_size and t.global_batch_size % t.micro_batch_size:
             raise ModtrainError(
                 f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                 f"train.micro_batch_size={t.micro_batch_size}"
             )
-        for name in ("steps", "global_batch_size", "micro_batch_size", "log_interval",
-                     "eval_interval", "save_interval"):
-            if getattr(t, name) <= 0:
-                raise ModtrainError(f"train.{name} must be positive")
         if t.keep_last < 0 or t.keep_every < 0 or t.max_nonfinite_steps < 1:
             raise ModtrainError(
                 "train.keep_last and train.keep_every must be >= 0 and "

@@ -24,17 +24,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def deepspeed_config(config: Config, data_parallel_size: int) -> dict[str, Any]:
     t = config.train
-    per_step = t.micro_batch_size * data_parallel_size
-    if t.global_batch_size % per_step:
-        raise ModtrainError(
-            f"train.global_batch_size={t.global_batch_size} is not divisible by "
-            f"train.micro_batch_size x data-parallel size = {t.micro_batch_size} x "
-            f"{data_parallel_size}; change the batch sizes or the number of processes"
-        )
+    micro = t.micro_batch(data_parallel_size)
     derived: dict[str, Any] = {
         "train_batch_size": t.global_batch_size,
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": t.global_batch_size // per_step,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": t.global_batch_size // (micro * data_parallel_size),
         "gradient_clipping": t.grad_clip,
         "zero_optimization": {"stage": t.zero_stage},
         "bf16": {"enabled": t.precision == "bf16"},

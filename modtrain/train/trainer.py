@@ -126,6 +126,7 @@ def train(config: Config) -> TrainResult:
     plan = (plan_resume(ckpt_dir, layout, log=progress.message)
             if config.run.resume == "auto" else None)
     ds_config = deepspeed_config(config, topo.data)
+    micro_batch = t.micro_batch(topo.data)
     if plan is not None and plan.universal:
         ds_config["checkpoint"] = {"load_universal": True}
 
@@ -201,7 +202,7 @@ def train(config: Config) -> TrainResult:
                 tag = save(step)
                 raise RequeueRequested(step, str(ckpt_dir / tag))
             if step % t.eval_interval == 0 or step == t.steps:
-                val_loss = evaluate(stepper, val, t.micro_batch_size, dp_rank, topo.data, dp_group)
+                val_loss = evaluate(stepper, val, micro_batch, dp_rank, topo.data, dp_group)
                 metrics.write(_finite_or_none({"step": step, "val_loss": val_loss}))
                 progress.message(f"step {step}: val loss {val_loss:.4f}")
             if step % t.save_interval == 0 or step == t.steps:

@@ -26,7 +26,7 @@ def test_default_routing_is_every_other_block():
     ("data.seq_length=128", "larger than the model's model.max_seq_length=64"),
     ("train.lr=fast", "expects float"),
     ("model.num_layers=2.5", "expects int"),
-    ("train.global_batch_size=10", "not a multiple of train.micro_batch_size"),
+    ("train.micro_batch_size=5", "not a multiple of train.micro_batch_size=5"),
 ])
 def test_bad_values_name_the_key_and_the_fix(override, message):
     with pytest.raises(ModtrainError, match=message.replace("(", r"\(").replace(")", r"\)")

@@ -68,7 +68,8 @@ def build_training_data(
         train_split, val_split = train_val_split(only.num_tokens, d.val_fraction)
         sequences = TrainSequences(only, train_split, d.seq_length, config.run.seed,
                                    cache_dir=cache)
-        loader = BatchLoader(sequences, t.global_batch_size, t.micro_batch_size, dp_rank, dp_size)
+        loader = BatchLoader(sequences, t.global_batch_size, t.micro_batch(dp_size), dp_rank,
+                             dp_size)
         return loader, ValidationSequences(only, val_split, d.seq_length, val_total)
 
     parts, vals = [], []
@@ -80,7 +81,7 @@ def build_training_data(
         vals.append(ValidationSequences(s, val_split, d.seq_length,
                                         max(1, round(val_total * w / total_w))))
     blend = BlendedSequences(parts, sources.weights)
-    loader = BatchLoader(blend, t.global_batch_size, t.micro_batch_size, dp_rank, dp_size)
+    loader = BatchLoader(blend, t.global_batch_size, t.micro_batch(dp_size), dp_rank, dp_size)
     if dp_rank == 0:
         (log or print)(describe_blend(blend, t.steps * t.global_batch_size))
     return loader, ValidationSet(vals)
