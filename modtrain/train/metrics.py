@@ -12,12 +12,19 @@ from typing import Any
 
 class MetricsWriter:
     """Appends one JSON line per record, each in a single write, so a killed run keeps
-    every whole line it logged; a partial last line left by a kill is dropped on reopen."""
+    every whole line it logged; a partial last line left by a kill is dropped on reopen.
 
-    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+    `resumed_step`: records past it were logged by a run that was killed after its last
+    checkpoint; they are dropped on open (the file is rewritten atomically), so a resumed
+    run's curve holds each step once."""
+
+    def __init__(self, path: str | Path, enabled: bool = True,
+                 resumed_step: int | None = None) -> None:
         self._fd: int | None = None
         if enabled:
             _drop_partial_last_line(Path(path))
+            if resumed_step is not None:
+                _drop_records_after(Path(path), resumed_step)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     @property
@@ -42,6 +49,30 @@ def _drop_partial_last_line(path: Path) -> None:
         if f.read(1) != b"\n":  # only then read the file to find the last whole line
             f.seek(0)
             f.truncate(f.read().rfind(b"\n") + 1)
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept = [line for line in lines if _step_of(line) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _step_of(line: bytes) -> float:
+    """A record's step; a line that is not a record with a step sorts after every step."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return float("inf")
+    return step if isinstance(step, int) else float("inf")
 
 
 class Progress:

@@ -120,7 +120,6 @@ def train(config: Config) -> TrainResult:
         save_config(config, run_dir / CONFIG_FILE)
     torch.distributed.barrier()
 
-    metrics = MetricsWriter(run_dir / METRICS_FILE, enabled=is_main)
     progress = Progress(t.steps, enabled=is_main)
     layout = current_layout(topo.tensor, topo.pipeline, topo.data, t.zero_stage)
     plan = (plan_resume(ckpt_dir, layout, log=progress.message)
@@ -147,6 +146,7 @@ def train(config: Config) -> TrainResult:
         how = "" if plan.same_layout else " (layout changed: " + (
             "universal checkpoint)" if plan.universal else "no RNG restore)")
         progress.message(f"resumed from step {start_step}{how}")
+    metrics = MetricsWriter(run_dir / METRICS_FILE, enabled=is_main, resumed_step=start_step)
 
     def save(step: int) -> str:
         state = {"step": step, "data": loader.state_dict(), "config": config_to_dict(config),
