@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 
 def defer_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
@@ -43,6 +44,9 @@ def _train(args: argparse.Namespace) -> None:
     from modtrain.train.inputs import check_inputs
 
     check_inputs(config)  # bad files are reported before DeepSpeed and megatron start
+    from modtrain.train.run_guard import check_run_dir
+
+    check_run_dir(Path(config.run.dir), config.run.resume, args.overwrite)
     from modtrain.launcher import detect
 
     launch = detect()  # a contradictory launch is reported before DeepSpeed starts too
@@ -51,7 +55,7 @@ def _train(args: argparse.Namespace) -> None:
     from modtrain.train.trainer import train
 
     try:
-        result = train(config)
+        result = train(config, overwrite=args.overwrite)
     except RequeueRequested as stop:
         if launch.is_main:
             print(f"modtrain: {stop}", file=sys.stderr)
@@ -92,6 +96,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("overrides", nargs="*", help="dotted overrides: model.mod.capacity=0.25")
     tr.add_argument("--resume", choices=["auto", "none"], default=None,
                     help="auto: continue from the latest checkpoint in the run directory")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="move an earlier run in run.dir aside to RUN_DIR.old-<time> first")
     tr.set_defaults(func=_train)
 
     ck = sub.add_parser("checkpoint", help="training checkpoints")

@@ -29,6 +29,7 @@ from modtrain.train.optim import (
     untie_step_counters,
 )
 from modtrain.train.resume import current_layout, plan_resume
+from modtrain.train.run_guard import check_run_dir, move_aside, previous_run
 from modtrain.train.signals import RequeueRequested, StopFlag
 from modtrain.train.steps import EngineStep, PipelineStep
 
@@ -106,21 +107,27 @@ def build_engine(config: Config, topo: Topology, ds_config: dict, progress: Prog
     return engine, optimizer, EngineStep(engine, optimizer)
 
 
-def train(config: Config) -> TrainResult:
-    """Train to config.train.steps. Raises RequeueRequested after a signal-triggered save."""
+def train(config: Config, overwrite: bool = False) -> TrainResult:
+    """Train to config.train.steps. Raises RequeueRequested after a signal-triggered save.
+
+    An earlier run in config.run.dir is continued (run.resume=auto), moved aside
+    (`overwrite`), or refused."""
     store = check_inputs(config)
+    run_dir = Path(config.run.dir)
+    check_run_dir(run_dir, config.run.resume, overwrite)  # every rank, before any waits
     topo = init_distributed(config.parallel.tensor, config.parallel.pipeline)
 
     t = config.train
     is_main = topo.rank == 0
-    run_dir = Path(config.run.dir)
+    progress = Progress(t.steps, enabled=is_main)
     ckpt_dir = run_dir / CHECKPOINTS
     if is_main:
+        if overwrite and previous_run(run_dir):
+            progress.message(f"moved the earlier run aside to {move_aside(run_dir)}")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / CONFIG_FILE)
     torch.distributed.barrier()
 
-    progress = Progress(t.steps, enabled=is_main)
     layout = current_layout(topo.tensor, topo.pipeline, topo.data, t.zero_stage)
     plan = (plan_resume(ckpt_dir, layout, log=progress.message)
             if config.run.resume == "auto" else None)
