@@ -100,7 +100,38 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ModtrainError(f"config key '{key}' cannot be set: its parent is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ModtrainError(
+            f"override '{override}' has a value that is not valid YAML "
+            f"({_yaml_problem(e)}); quote the value or fix its syntax"
+        ) from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or "syntax error"
+    return " ".join(str(problem).split())
+
+
+def _read_yaml(path: Path) -> Any:
+    """The file's YAML; a syntax error is one line naming the file, line and column."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+        opened = (f" ({' '.join(context.split())} started at line {start.line + 1}, column "
+                  f"{start.column + 1})" if context and start and start is not mark else "")
+        raise ModtrainError(
+            f"{where}: invalid YAML, {_yaml_problem(e)}{opened}; fix the file there "
+            "(line:column)"
+        ) from None
+    except UnicodeDecodeError:
+        raise ModtrainError(f"config file {path} is not UTF-8 text; pass a YAML file") from None
+    except OSError as e:
+        raise ModtrainError(f"config file {path} cannot be read ({e.strerror or e})") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -112,7 +143,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ModtrainError(
                 f"config file {path} does not exist; pass a YAML file from configs/"
             )
-        loaded = yaml.safe_load(path.read_text())
+        loaded = _read_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
