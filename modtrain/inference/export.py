@@ -10,6 +10,7 @@ place, so an interrupted convert leaves no half export. Format: docs/export_form
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from importlib import resources
@@ -50,6 +51,36 @@ def _eos_id(tokenizer: Path) -> int | None:
     return eos if eos >= 0 else None
 
 
+def check_vocabulary(tokenizer_vocab: int, model_vocab: int, tokenizer: str | Path,
+                     fix: str) -> None:
+    """A tokenizer fits a model only with exactly the model's token ids: a smaller one cannot
+    decode what the model samples, a larger one encodes ids the model has no row for."""
+    if tokenizer_vocab != model_vocab:
+        raise ModtrainError(
+            f"tokenizer {tokenizer} has {tokenizer_vocab} tokens but the model was trained "
+            f"on {model_vocab}; {fix}"
+        )
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary exports of `out` whose convert was killed (its process is gone)."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # another convert to the same place is still writing
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished export to `out`, replacing an earlier export there."""
     if out.exists():
@@ -81,6 +112,11 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp
     ckpt = read_checkpoint(checkpoint)
     tok = _find_tokenizer(ckpt.config.get("data", {}).get("tokenizer", ""), ckpt.tag_dir,
                           tokenizer)
+    import sentencepiece as spm
+
+    check_vocabulary(spm.SentencePieceProcessor(model_file=str(tok)).vocab_size(),
+                     ckpt.config["model"]["vocab_size"], tok,
+                     "pass the tokenizer training used with --tokenizer PATH.model")
     return write_export(ckpt.tensors, ckpt.config["model"], out, tok, dtype, ckpt.step)
 
 
@@ -91,11 +127,14 @@ def write_export(tensors: dict[str, torch.Tensor], model: dict[str, Any], out: s
     config = hf_config(model, dtype, step, _eos_id(tokenizer))
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    _remove_stale_temporaries(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        save_file(hf_tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(hf_tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # safetensors creates its file private (0600); give it the mode (umask) of the rest.
+        os.chmod(tmp / "model.safetensors", (tmp / "config.json").stat().st_mode & 0o777)
         shutil.copyfile(tokenizer, tmp / "tokenizer.model")
         if "auto_map" in config:
             template = resources.files("modtrain.inference.hf_template")

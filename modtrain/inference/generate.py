@@ -20,7 +20,7 @@ import torch
 
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
-from modtrain.inference.export import load_export
+from modtrain.inference.export import check_vocabulary, load_export
 from modtrain.inference.hf_template.modtrain_core import ModtrainLM
 from modtrain.inference.sampling import Sampling, next_tokens
 
@@ -106,6 +106,8 @@ def generate_text(
         raise ModtrainError(f"{export_dir} has no tokenizer.model; convert the checkpoint "
                             "again with --tokenizer PATH.model")
     tokenizer = Tokenizer(Path(export_dir) / "tokenizer.model")
+    check_vocabulary(tokenizer.vocab_size, model.config.vocab_size, tokenizer.path,
+                     "convert the checkpoint again with --tokenizer set to the one training used")
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     prompt_ids = torch.tensor([ids] * num_samples, dtype=torch.long)
     stop_fn = None if stop is None else (lambda gen: stop in tokenizer.decode(gen))
