@@ -232,10 +232,26 @@ def export(launch: Launch, environ: dict[str, str] | os._Environ = os.environ) -
         environ["MASTER_PORT"] = str(launch.master_port)
 
 
-def check_mpi_size(launch: Launch, mpi_size: int) -> None:
+# Variables that announce how many processes a launcher started, for MPI programs.
+MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE",
+                 "SLURM_STEP_NUM_TASKS")
+
+
+def announced_world_size(env: Mapping[str, str] | None = None) -> int:
+    """How many processes mpirun/mpiexec/srun says it started (1 when none is seen). An MPI
+    program must then see that many ranks (`check_mpi_size`)."""
+    env = os.environ if env is None else env
+    for var in MPI_SIZE_VARS:
+        value = _int(env, var)
+        if value is not None:
+            return value
+    return 1
+
+
+def check_mpi_size(expected: int, mpi_size: int) -> None:
     """The world MPI reports must be the one the launcher started (else: singletons)."""
-    if mpi_size != launch.world_size:
+    if mpi_size != expected:
         raise ModtrainError(
-            f"the launcher ({launch.launcher}) started {launch.world_size} processes but MPI sees "
-            f"a world of {mpi_size}: the launcher and the MPI library do not match (with Open "
-            "MPI under Slurm use 'srun --mpi=pmix'; or use the mpirun of the MPI mpi4py loads)")
+            f"the launcher started {expected} processes but MPI sees a world of {mpi_size}: "
+            "the launcher and the MPI library do not match (with Open MPI under Slurm use "
+            "'srun --mpi=pmix'; or use the mpirun of the MPI mpi4py loads)")

@@ -6,7 +6,14 @@ import pytest
 
 from modtrain import launcher
 from modtrain.errors import ModtrainError
-from modtrain.launcher import Launch, check_mpi_size, detect, export, job_port
+from modtrain.launcher import (
+    Launch,
+    announced_world_size,
+    check_mpi_size,
+    detect,
+    export,
+    job_port,
+)
 
 
 def _detect(env: dict[str, str]) -> Launch:
@@ -124,6 +131,12 @@ def test_export_writes_torch_env_and_mpi_size_is_checked():
                    "MASTER_PORT": "20005"}
     assert detect({**SRUN, "SLURM_STEP_NUM_TASKS": "2", **env}) == Launch(
         "deepspeed", 1, 0, 2, "h", 20005)  # re-reading the exported launch keeps it
-    check_mpi_size(Launch("slurm", 0, 0, 2, "h", 1), 2)
+
+
+def test_mpi_programs_check_the_announced_size():
+    assert announced_world_size({}) == 1
+    assert announced_world_size(SRUN) == 4
+    assert announced_world_size({"OMPI_COMM_WORLD_SIZE": "2", **SRUN}) == 2
+    check_mpi_size(2, 2)
     with pytest.raises(ModtrainError, match="started 2 processes but MPI sees a world of 1"):
-        check_mpi_size(Launch("slurm", 0, 0, 2, "h", 1), 1)
+        check_mpi_size(2, 1)

