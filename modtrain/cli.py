@@ -9,6 +9,7 @@ import warnings
 from modtrain.data.commands import add_commands as add_data_commands
 from modtrain.errors import ModtrainError
 from modtrain.inference.commands import add_commands as add_inference_commands
+from modtrain.report.commands import add_commands as add_report_commands
 from modtrain.train.commands import add_commands as add_train_commands
 
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_train_commands(sub)
     add_inference_commands(sub)
+    add_report_commands(sub)
     return parser
 
 

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "config": 1,
     "run_dir": 1,
+    "checkpoint_files": 1,  # what checkpoint files may unpickle; their checksums
     "launcher": 1,  # reads the launcher environment (torchrun, Slurm, MPI)
     "resources": 1,
     "model": 2,
@@ -38,8 +39,9 @@ LAYERS: dict[str, int] = {
     "train": 6,
     "inference": 6,
     "cluster": 6,  # Slurm job scripts and submission
-    "cli": 7,
-    "__main__": 8,
+    "report": 7,  # curves, routing pictures, summaries: read what train/inference wrote
+    "cli": 8,
+    "__main__": 9,
 }
 # Pairs the layers alone would allow but the design rules out: inference runs on plain
 # torch and safetensors, without megatron-core or DeepSpeed (which `parallel` wraps).

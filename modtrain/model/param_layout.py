@@ -53,6 +53,8 @@ class Part(enum.Enum):
 Present = Callable[[ModelConfig, int], bool]
 # Training tensor -> export tensors, in the order of the row's `hf` names.
 ToHF = Callable[[torch.Tensor, ModelConfig], tuple[torch.Tensor, ...]]
+# The full (unsplit) shape of the parameter.
+Shape = Callable[[ModelConfig], tuple[int, ...]]
 
 
 def _always(m: ModelConfig, i: int) -> bool:
@@ -97,6 +99,7 @@ def _gate_up(t: torch.Tensor, m: ModelConfig) -> tuple[torch.Tensor, ...]:
 class ParamKind:
     part: Part
     local: str  # path inside the part; `GPT` name = part prefix + local
+    shape: Shape
     split: Split
     init: Init
     hf: tuple[str, ...]  # export names; in a block relative to `model.layers.N.`
@@ -104,34 +107,55 @@ class ParamKind:
     present: Present = _always
 
 
+def _vocab_by_width(m: ModelConfig) -> tuple[int, ...]:
+    return (m.padded_vocab_size, m.hidden_size)
+
+
+def _width(m: ModelConfig) -> tuple[int, ...]:
+    return (m.hidden_size,)
+
+
+def _predictor_shape(j: int, p: str) -> Shape:
+    def shape(m: ModelConfig) -> tuple[int, ...]:
+        d, h = m.hidden_size, m.mod.predictor_hidden
+        return {(0, "weight"): (h, d), (0, "bias"): (h,), (2, "weight"): (1, h),
+                (2, "bias"): (1,)}[(j, p)]
+    return shape
+
+
 _PREDICTOR = [
-    ParamKind(Part.BLOCK, f"router.predictor.{j}.{p}", Split.REPLICATED, Init.FAN_IN_UNIFORM,
+    ParamKind(Part.BLOCK, f"router.predictor.{j}.{p}", _predictor_shape(j, p),
+              Split.REPLICATED, Init.FAN_IN_UNIFORM,
               (f"router.predictor.{j}.{p}",), present=_routed_with_predictor)
     for j in (0, 2) for p in ("weight", "bias")
 ]
 
 PARAMETERS: tuple[ParamKind, ...] = (
-    ParamKind(Part.EMBEDDING, "embedding.weight", Split.COLUMN, Init.NORMAL,
+    ParamKind(Part.EMBEDDING, "embedding.weight", _vocab_by_width, Split.COLUMN, Init.NORMAL,
               ("model.embed_tokens.weight",), _vocab_rows),
-    ParamKind(Part.BLOCK, "layer.input_layernorm.weight", Split.REPLICATED, Init.ONES,
+    ParamKind(Part.BLOCK, "layer.input_layernorm.weight", _width, Split.REPLICATED, Init.ONES,
               ("input_layernorm.weight",)),
-    ParamKind(Part.BLOCK, "layer.self_attention.linear_qkv.weight", Split.COLUMN, Init.NORMAL,
+    ParamKind(Part.BLOCK, "layer.self_attention.linear_qkv.weight",
+              lambda m: (3 * m.hidden_size, m.hidden_size), Split.COLUMN, Init.NORMAL,
               ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
               _qkv),
-    ParamKind(Part.BLOCK, "layer.self_attention.linear_proj.weight", Split.ROW,
-              Init.NORMAL_DEPTH_SCALED, ("self_attn.o_proj.weight",)),
-    ParamKind(Part.BLOCK, "layer.pre_mlp_layernorm.weight", Split.REPLICATED, Init.ONES,
+    ParamKind(Part.BLOCK, "layer.self_attention.linear_proj.weight",
+              lambda m: (m.hidden_size, m.hidden_size), Split.ROW, Init.NORMAL_DEPTH_SCALED,
+              ("self_attn.o_proj.weight",)),
+    ParamKind(Part.BLOCK, "layer.pre_mlp_layernorm.weight", _width, Split.REPLICATED, Init.ONES,
               ("post_attention_layernorm.weight",)),
-    ParamKind(Part.BLOCK, "layer.mlp.linear_fc1.weight", Split.GATED, Init.NORMAL,
+    ParamKind(Part.BLOCK, "layer.mlp.linear_fc1.weight",
+              lambda m: (2 * m.ffn_size, m.hidden_size), Split.GATED, Init.NORMAL,
               ("mlp.gate_proj.weight", "mlp.up_proj.weight"), _gate_up),
-    ParamKind(Part.BLOCK, "layer.mlp.linear_fc2.weight", Split.ROW, Init.NORMAL_DEPTH_SCALED,
+    ParamKind(Part.BLOCK, "layer.mlp.linear_fc2.weight",
+              lambda m: (m.hidden_size, m.ffn_size), Split.ROW, Init.NORMAL_DEPTH_SCALED,
               ("mlp.down_proj.weight",)),
-    ParamKind(Part.BLOCK, "router.proj.weight", Split.REPLICATED, Init.NORMAL,
-              ("router.proj.weight",), present=_routed),
+    ParamKind(Part.BLOCK, "router.proj.weight", lambda m: (1, m.hidden_size), Split.REPLICATED,
+              Init.NORMAL, ("router.proj.weight",), present=_routed),
     *_PREDICTOR,
-    ParamKind(Part.FINAL_NORM, "final_norm.weight", Split.REPLICATED, Init.ONES,
+    ParamKind(Part.FINAL_NORM, "final_norm.weight", _width, Split.REPLICATED, Init.ONES,
               ("model.norm.weight",)),
-    ParamKind(Part.OUTPUT, "output_layer.weight", Split.COLUMN, Init.NORMAL,
+    ParamKind(Part.OUTPUT, "output_layer.weight", _vocab_by_width, Split.COLUMN, Init.NORMAL,
               ("lm_head.weight",), _vocab_rows, present=_untied),
 )
 
@@ -164,6 +188,17 @@ def gpt_parameter_names(m: ModelConfig) -> list[str]:
         names += [f"blocks.{i}.{kind.local}" for i in range(m.num_layers)
                   if kind.present(m, i)]
     return names
+
+
+def parameter_count(m: ModelConfig) -> int:
+    """Parameters of `GPT(m)` (padded vocabulary included), from the table's shapes."""
+    total = 0
+    for name in gpt_parameter_names(m):
+        count = 1
+        for size in param_kind(name).shape(m):
+            count *= size
+        total += count
+    return total
 
 
 def hf_names(name: str) -> tuple[str, ...]:

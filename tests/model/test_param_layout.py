@@ -41,13 +41,21 @@ def test_pipeline_name_rejects_unknown_names():
 def test_table_names_every_parameter_of_the_real_model(dist, overrides):
     """The table and `GPT` agree exactly: a parameter without a row (or a row for a
     parameter that does not exist) would break init, TP splits and the export."""
-    from modtrain.model.param_layout import gpt_parameter_names, hf_names, param_kind
+    from modtrain.model.param_layout import (
+        gpt_parameter_names,
+        hf_names,
+        param_kind,
+        parameter_count,
+    )
 
     config = load_config(None, [
         "model.vocab_size=67", "model.num_layers=3", "model.hidden_size=32",
         "model.num_heads=4", "model.max_seq_length=32", "data.seq_length=32",
         "model.mod.enabled=true", *overrides,
     ])
-    real = [n for n, _ in GPT(config.model).named_parameters()]
+    real = dict(GPT(config.model).named_parameters())
     assert sorted(gpt_parameter_names(config.model)) == sorted(real)
     assert all(param_kind(n) is not None and hf_names(n) for n in real)
+    assert {n: tuple(p.shape) for n, p in real.items()} == {
+        n: param_kind(n).shape(config.model) for n in real}
+    assert parameter_count(config.model) == sum(p.numel() for p in real.values())

@@ -1,0 +1,1 @@
+"""What users look at: training curves, routing pictures, one-command summaries."""

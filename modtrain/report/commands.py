@@ -1,0 +1,61 @@
+"""`modtrain plot`, `modtrain routing` and `modtrain inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from modtrain.report.curves import plot_runs
+
+    print(f"wrote {plot_runs(args.run_dirs, args.out, args.x)}")
+
+
+def _routing(args: argparse.Namespace) -> None:
+    from modtrain.report.routing_map import draw_routing
+
+    print(f"wrote {draw_routing(args.source, args.text, args.out, args.store, args.windows)}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from modtrain.report.inspect import format_summary, inspect_path
+
+    info = inspect_path(args.path)
+    print(json.dumps(info, indent=2) if args.json else format_summary(info))
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from modtrain.report.curves import X_AXES
+
+    p = sub.add_parser("plot", help="loss and validation curves of runs (PNG)",
+                       description="Training loss (solid) and validation loss (dashed) of "
+                       "each run directory, one colour per run, legend from the directory "
+                       "names.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, help="PNG to write, e.g. curves.png")
+    p.add_argument("--x", choices=X_AXES, default="step",
+                   help="x axis: step, tokens seen, training FLOPs (analytic) or wall time")
+    p.set_defaults(func=_plot)
+
+    r = sub.add_parser("routing", help="the routing picture of a text (PNG)",
+                       description="For a text: a token x routed-layer heat map of router "
+                       "weights with top-k choices framed and causal decisions dotted; and the "
+                       "fraction routed by position over validation windows of a store.")
+    r.add_argument("source", metavar="EXPORT_OR_RUN",
+                   help="an export directory, a run directory or a checkpoint directory")
+    r.add_argument("--text", required=True, help="the text to route")
+    r.add_argument("--out", required=True, help="PNG to write")
+    r.add_argument("--store", help="token store for the by-position panel (default: the "
+                   "run's store; none for an export)")
+    r.add_argument("--windows", type=int, default=64,
+                   help="validation windows for the by-position panel (default 64)")
+    r.set_defaults(func=_routing)
+
+    i = sub.add_parser("inspect", help="describe a run, checkpoint, export or token store",
+                       description="Config, step, parallel layout, parameter count, FLOPs "
+                       "per token, dataset and tokenizer identity; for a run the last "
+                       "metrics. Reads JSON, YAML and safetensors headers only.")
+    i.add_argument("path", metavar="PATH")
+    i.add_argument("--json", action="store_true", help="JSON instead of YAML-style lines")
+    i.set_defaults(func=_inspect)

@@ -1,0 +1,162 @@
+"""`modtrain inspect PATH`: what a run directory, checkpoint, export or token store holds.
+
+One command for every artifact: the config that made it, the step and parallel layout,
+parameter count and FLOPs per token (from the same table and formulas training uses),
+the dataset and tokenizer identity, and for a run the last logged metrics. Nothing is
+unpickled: checkpoints are described from their JSON state, exports from config.json and
+the safetensors header.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modtrain.config import config_from_dict
+from modtrain.config.schema import ModelConfig
+from modtrain.data.tokenizer import file_sha256
+from modtrain.errors import ModtrainError
+from modtrain.model.flops import model_flops
+from modtrain.model.param_layout import parameter_count
+from modtrain.run_dir import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    METRICS_FILE,
+    STATE_FILE,
+    complete_tags,
+    latest_tag,
+    read_state,
+)
+
+
+def _model_facts(model: dict[str, Any], seq_length: int) -> dict[str, Any]:
+    m: ModelConfig = config_from_dict({"model": model, "data": {"seq_length": seq_length}}).model
+    forward = model_flops(m, seq_length) / seq_length
+    return {
+        "layers": m.num_layers, "width": m.hidden_size, "heads": m.num_heads,
+        "vocabulary": m.vocab_size, "routed_layers": m.routed_layer_ids,
+        "capacity": m.mod.capacity if m.routed_layer_ids else None,
+        "parameters": parameter_count(m),
+        "forward_flops_per_token": forward, "training_flops_per_token": 3 * forward,
+    }
+
+
+def _last_metrics(path: Path) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                last.update({k: v for k, v in record.items() if v is not None})
+    return last
+
+
+def _identity(path: str, base: Path) -> dict[str, Any]:
+    for candidate in (Path(path), base / path):
+        if candidate.is_file():
+            return {"path": str(candidate), "sha256": file_sha256(candidate)}
+        if candidate.is_dir():
+            attrs = json.loads((candidate / "zarr.json").read_text()).get("attributes", {}) \
+                if (candidate / "zarr.json").is_file() else {}
+            return {"path": str(candidate), "content_sha256": attrs.get("content_sha256"),
+                    "tokenizer_sha256": attrs.get("tokenizer_sha256")}
+    return {"path": path, "missing": True}
+
+
+def _checkpoint(root: Path, tag: str) -> dict[str, Any]:
+    state = read_state(root, tag)
+    config = state["config"]
+    return {
+        "kind": "checkpoint", "path": str(root / tag), "step": state.get("step"),
+        "layout": state.get("layout"), "config": config,
+        "model": _model_facts(config["model"], config["data"]["seq_length"]),
+    }
+
+
+def inspect_path(path: str | Path) -> dict[str, Any]:
+    """A description of `path` as a JSON-ready dict; one-line error for anything else."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return _run(path)
+    if (path / STATE_FILE).is_file():
+        return _checkpoint(path.parent, path.name)
+    if latest_tag(path) is not None or complete_tags(path):
+        return _checkpoint(path, latest_tag(path) or complete_tags(path)[-1])
+    if (path / "config.json").is_file():
+        return _export(path)
+    if (path / "zarr.json").is_file():
+        return _store(path)
+    raise ModtrainError(f"{path} is not a run directory, checkpoint, export or token store; "
+                        "pass one of those")
+
+
+def _run(path: Path) -> dict[str, Any]:
+    config = yaml.safe_load((path / CONFIG_FILE).read_text())
+    ckpts = path / CHECKPOINTS
+    tag = latest_tag(ckpts)
+    info: dict[str, Any] = {
+        "kind": "run", "path": str(path),
+        "latest_checkpoint": _checkpoint(ckpts, tag) if tag else None,
+        "checkpoints": complete_tags(ckpts),
+        "last_metrics": _last_metrics(path / METRICS_FILE),
+        "parallel": config.get("parallel"),
+        "data": {"store": _identity(config["data"]["store"], path),
+                 "tokenizer": _identity(config["data"]["tokenizer"], path)},
+    }
+    model = dict(config["model"])
+    if info["latest_checkpoint"]:  # the saved config knows the store's vocabulary size
+        model = info["latest_checkpoint"]["config"]["model"]
+        info["latest_checkpoint"].pop("config")
+    if model.get("vocab_size", 0) > 0:
+        info["model"] = _model_facts(model, config["data"]["seq_length"])
+    return info
+
+
+def _export(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    from modtrain.inference.export import read_export_config
+
+    config = read_export_config(path)
+    meta = config["modtrain"]
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        names = f.keys()
+        shapes = [f.get_slice(k).get_shape() for k in names]  # read from the header only
+    stored = sum(_numel(s) for s in shapes)
+    return {
+        "kind": "export", "path": str(path), "step": meta.get("step"),
+        "architecture": config.get("architectures"), "dtype": config.get("torch_dtype"),
+        "stored_parameters": stored,
+        "model": _model_facts(meta["model"], meta["model"]["max_seq_length"]),
+        "tokenizer": _identity("tokenizer.model", path),
+    }
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _store(path: Path) -> dict[str, Any]:
+    from modtrain.data.read.store import TokenStore
+
+    store = TokenStore(path)
+    return {
+        "kind": "store", "path": str(path), "tokens": store.num_tokens,
+        "documents": store.num_documents, "vocabulary": store.vocab_size,
+        "dtype": str(store.tokens.dtype), "content_sha256": store.content_sha256,
+        "tokenizer_sha256": store.tokenizer_sha256,
+    }
+
+
+def format_summary(info: dict[str, Any]) -> str:
+    """The description as indented `key: value` lines (YAML)."""
+    return yaml.safe_dump(info, sort_keys=False, default_flow_style=False, width=100).rstrip()
