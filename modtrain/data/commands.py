@@ -17,13 +17,20 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 def _data_prepare(args: argparse.Namespace) -> None:
     from modtrain.data.read.store import TokenStore
     from modtrain.data.write.mpi import mpi_world
-    from modtrain.data.write.prepare import prepare_store
+    from modtrain.data.write.prepare import Interrupted, prepare_store
 
-    path = prepare_store(
-        args.tokenizer, args.input, args.out, overwrite=args.overwrite, workers=args.workers,
-        input_format=args.format, jsonl_field=args.jsonl_field, slice_mb=args.slice_size,
-        chunk_tokens=args.chunk_tokens, shard_chunks=args.shard_chunks, progress=not args.quiet,
-    )
+    try:
+        path = prepare_store(
+            args.tokenizer, args.input, args.out, overwrite=args.overwrite,
+            workers=args.workers, input_format=args.format, jsonl_field=args.jsonl_field,
+            slice_mb=args.slice_size, chunk_tokens=args.chunk_tokens,
+            shard_chunks=args.shard_chunks, progress=not args.quiet,
+        )
+    except Interrupted as stop:
+        end_line = "\n" if sys.stderr.isatty() else ""  # after the live progress line
+        print(f"{end_line}modtrain: data prepare {stop}; finished slices are kept, the same "
+              "command continues from them", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     comm = mpi_world()
     if comm is None or comm.Get_rank() == 0:
         store = TokenStore(path)

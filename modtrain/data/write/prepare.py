@@ -5,16 +5,20 @@ Two phases, run by N local worker processes (`workers`) or by the ranks of an MP
   2. assemble: each worker writes whole shards of the store from the parts;
 then one process (the parent, or rank 0) writes offsets, checksums and attributes and
 renames the finished store into place. Completed parts survive an interruption, and a
-rerun with the same inputs only encodes the rest.
+rerun with the same inputs only encodes the rest. SIGTERM or SIGINT stops the local workers
+and raises Interrupted; workers also exit when the parent dies (kill -9 included).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from contextlib import contextmanager, suppress
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +33,15 @@ from modtrain.data.write.sources import AUTO, FORMATS
 from modtrain.errors import ModtrainError
 
 T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(Exception):
+    """A stop signal ended a local prepare; its workers are gone, finished slices kept."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 def prepare_store(
@@ -56,7 +69,9 @@ def prepare_store(
                     chunk_tokens=chunk_tokens, shard_chunks=shard_chunks)
     comm = mpi_world()
     if comm is None:
-        return _prepare_local(tokenizer_path, inputs, out, overwrite, workers, settings, progress)
+        with _stop_on_signals():
+            return _prepare_local(tokenizer_path, inputs, out, overwrite, workers, settings,
+                                  progress)
     if workers != 1:
         raise ModtrainError(
             "--workers is for a single process; under mpirun/srun each rank is one worker: "
@@ -98,6 +113,18 @@ def balance(sizes: dict[int, int], n: int) -> list[list[int]]:
 _worker_state: dict[str, Any] = {}  # per spawned process; a pool lives for one prepare
 
 
+def _worker_start(lifeline) -> None:
+    """In each worker: Ctrl-C is the parent's to handle, and the parent's death is ours."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(lifeline,), daemon=True).start()
+
+
+def _exit_with_parent(lifeline) -> None:
+    with suppress(EOFError, OSError):
+        lifeline.recv_bytes()  # nothing is ever sent: this returns when the parent is gone
+    os._exit(1)
+
+
 def _encode_task(build: str, index: int, name: str) -> None:
     if _worker_state.get("build") != build:
         _worker_state.update(build=build, plan=Plan.load(Path(build) / "plan.json"),
@@ -129,7 +156,7 @@ def _prepare_local(tokenizer_path, inputs, out: Path, overwrite: bool, workers: 
         layout = _init(build, plan)
         digests = builder.write_shards(build, layout, list(range(layout.num_shards)))
     else:
-        with _pool(workers) as pool:  # one pool for both phases: workers start once
+        with _workers(workers) as pool:  # one pool for both phases: workers start once
             with Poller(build, display):
                 _run_all(pool, [(_encode_task, str(build), i, f"p{k}")
                                 for k, i in enumerate(todo)])
@@ -141,13 +168,55 @@ def _prepare_local(tokenizer_path, inputs, out: Path, overwrite: bool, workers: 
     return builder.finalize(build, layout, digests, out, _attrs(plan), overwrite)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+@contextmanager
+def _workers(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool whose workers are stopped, not waited for, when prepare fails or is stopped,
+    and exit on their own when this process dies (they watch a pipe only it writes to)."""
     # Not plain fork: zarr runs an event-loop thread, and forking a threaded process is
     # unsafe. The forkserver imports this module once and forks each worker from that
     # clean, single-threaded process, so N workers do not pay N imports.
     context = get_context("forkserver")
     context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    lifeline, keep = context.Pipe(duplex=False)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                               initializer=_worker_start, initargs=(lifeline,))
+    try:
+        yield pool
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        lifeline.close()
+        keep.close()
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGINT raise Interrupted in the main thread (once: a second is ignored while
+    the workers are stopped)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum: int, frame) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        received.append(signum)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    except Exception as e:  # a worker killed by the same signal (its process group got it)
+        if received and not isinstance(e, Interrupted):
+            raise Interrupted(received[0]) from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_all(pool: ProcessPoolExecutor, calls: list[tuple]) -> list:
