@@ -10,7 +10,9 @@ import sys
 def _tokenizer_train(args: argparse.Namespace) -> None:
     from modtrain.data.tokenizer import Tokenizer, train_tokenizer
 
-    path = train_tokenizer(args.input, args.out, args.type, args.vocab_size)
+    from modtrain.data.write.sources import text_files
+
+    path = train_tokenizer(text_files(args.input), args.out, args.type, args.vocab_size)
     print(f"wrote {path} (vocabulary {Tokenizer(path).vocab_size})")
 
 
@@ -64,7 +66,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tok = sub.add_parser("tokenizer", help="train SentencePiece tokenizers")
     tok_sub = tok.add_subparsers(dest="action", required=True)
     t = tok_sub.add_parser("train", help="train a SentencePiece model on text files")
-    t.add_argument("--input", nargs="+", required=True, help="text files")
+    t.add_argument("--input", nargs="+", required=True,
+                   help="plain text files, directories or glob patterns (as data prepare)")
     t.add_argument("--out", required=True, help="output prefix; writes PREFIX.model")
     t.add_argument("--type", default="bpe", choices=["char", "bpe", "unigram"])
     t.add_argument("--vocab-size", type=int, default=8000)

@@ -215,6 +215,18 @@ def expand_inputs(patterns: list[str | Path], input_format: str = AUTO) -> list[
     return files
 
 
+def text_files(patterns: list[str | Path]) -> list[Path]:
+    """Files, directories and globs expanded as `expand_inputs` does, for readers of plain
+    text only (the tokenizer trainer): other formats and compressed files are refused."""
+    files = expand_inputs(patterns)
+    for f in files:
+        if f.kind != TextReader.name or f.compression != "none":
+            what = f.compression if f.compression != "none" else FORMATS[f.kind].title
+            raise ModtrainError(f"corpus file {f.path} is {what}; tokenizer training reads "
+                                "plain text files, pass those (or a directory of them)")
+    return [Path(f.path) for f in files]
+
+
 def _blank(path: Path, size: int) -> bool:
     if size > BLOCK_BYTES:
         return False  # a large file with only whitespace is not worth a full read here
