@@ -36,15 +36,20 @@ def check_checksums(store: TokenStore) -> int:
     num_shards = -(-store.num_tokens // size)
     if expected.shape != (num_shards, 32):
         raise _damaged(store, f"{expected.shape[0]} checksums for {num_shards} shards")
-    bad = []
+    missing, bad = [], []
     for s in range(num_shards):
         path = shard_file(store.path, store.tokens, s)
-        if not path.is_file() or file_digest(path) != expected[s].tobytes():
+        if not path.is_file():
+            missing.append(s)
+        elif file_digest(path) != expected[s].tobytes():
             bad.append(s)
-    if bad:
-        first = shard_file(store.path, store.tokens, bad[0]).relative_to(store.path)
-        raise _damaged(store, f"{len(bad)} shard(s) fail their SHA-256 checksum: {bad[:10]} "
-                              f"(first: {first})")
+    problems = []
+    for shards, what in ((missing, "missing"), (bad, "fail their SHA-256 checksum")):
+        if shards:
+            first = shard_file(store.path, store.tokens, shards[0]).relative_to(store.path)
+            problems.append(f"{len(shards)} shard(s) {what}: {shards[:10]} (first: {first})")
+    if problems:
+        raise _damaged(store, "; ".join(problems))
     return num_shards
 
 

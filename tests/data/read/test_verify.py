@@ -58,7 +58,18 @@ def test_a_corrupted_shard_is_detected(sharded):
 def test_a_missing_shard_is_detected(sharded):
     store = TokenStore(sharded)
     shard_file(store.path, store.tokens, 12).unlink()
-    with pytest.raises(ModtrainError, match=r"fail their SHA-256 checksum: \[12\]"):
+    with pytest.raises(ModtrainError, match=r"1 shard\(s\) missing: \[12\] \(first: "
+                                            r"tokens/c/12\); the store is damaged"):
+        verify_store(TokenStore(sharded))
+
+
+def test_missing_and_corrupted_shards_are_told_apart(sharded):
+    store = TokenStore(sharded)
+    shard_file(store.path, store.tokens, 3).unlink()
+    path = shard_file(store.path, store.tokens, 7)
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ModtrainError, match=r"1 shard\(s\) missing: \[3\] .*; 1 shard\(s\) "
+                                            r"fail their SHA-256 checksum: \[7\]"):
         verify_store(TokenStore(sharded))
 
 
