@@ -8,11 +8,15 @@ import sys
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
-    from modtrain.data.tokenizer import Tokenizer, train_tokenizer
-
+    from modtrain.data.tokenizer import Tokenizer, load_spec, train_tokenizer
     from modtrain.data.write.sources import text_files
 
-    path = train_tokenizer(text_files(args.input), args.out, args.type, args.vocab_size)
+    settings = load_spec(args.spec) if args.spec else {}
+    if args.type is not None:
+        settings["model_type"] = args.type
+    if args.vocab_size is not None:
+        settings["vocab_size"] = args.vocab_size
+    path = train_tokenizer(text_files(args.input), args.out, **settings)
     print(f"wrote {path} (vocabulary {Tokenizer(path).vocab_size})")
 
 
@@ -69,8 +73,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--input", nargs="+", required=True,
                    help="plain text files, directories or glob patterns (as data prepare)")
     t.add_argument("--out", required=True, help="output prefix; writes PREFIX.model")
-    t.add_argument("--type", default="bpe", choices=["char", "bpe", "unigram"])
-    t.add_argument("--vocab-size", type=int, default=8000)
+    t.add_argument("--spec", help="tokenizer/NAME.yaml: type, vocabulary size, sentence "
+                   "sampling, threads (flags given here override it)")
+    t.add_argument("--type", choices=["char", "bpe", "unigram"], help="default: bpe")
+    t.add_argument("--vocab-size", type=int, help="default: 8000")
     t.set_defaults(func=_tokenizer_train)
 
     data = sub.add_parser("data", help="token stores")

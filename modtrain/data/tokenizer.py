@@ -7,8 +7,10 @@ symbol of its own), so decode(encode(text)) == text for any text the model cover
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
@@ -32,6 +34,36 @@ def _lines(paths: Iterable[Path]) -> Iterator[str]:
                     yield line
 
 
+# tokenizer/NAME.yaml keys -> train_tokenizer arguments
+SPEC_KEYS = {"type": "model_type", "vocab_size": "vocab_size",
+             "input_sentence_size": "max_sentences", "shuffle_input_sentence": "shuffle",
+             "character_coverage": "character_coverage", "num_threads": "num_threads",
+             "max_sentence_length": "max_sentence_length", "seed": "seed"}
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    """A tokenizer spec (tokenizer/NAME.yaml) as train_tokenizer keyword arguments."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModtrainError(f"tokenizer spec {path} does not exist; see tokenizer/*.yaml")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(spec) - set(SPEC_KEYS)) if isinstance(spec, dict) else ["(not a mapping)"]
+    if unknown:
+        raise ModtrainError(f"tokenizer spec {path}: unknown keys {unknown}; allowed: "
+                            + ", ".join(SPEC_KEYS))
+    return {SPEC_KEYS[k]: v for k, v in spec.items()}
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a Slurm allocation's, not the whole node's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def train_tokenizer(
     inputs: list[str | Path],
     out: str | Path,
@@ -39,8 +71,15 @@ def train_tokenizer(
     vocab_size: int = 8000,
     max_sentences: int = 2_000_000,
     seed: int = 0,
+    shuffle: bool = True,
+    character_coverage: float = 1.0,
+    num_threads: int = 0,
+    max_sentence_length: int = 0,
 ) -> Path:
-    """Train a SentencePiece model on text files; returns the path of `<out>.model`."""
+    """Train a SentencePiece model on text files; returns the path of `<out>.model`.
+
+    At most `max_sentences` lines, sampled uniformly when `shuffle`, are kept in memory;
+    `num_threads` 0 uses every usable core."""
     if model_type not in MODEL_TYPES:
         raise ModtrainError(f"tokenizer type {model_type!r} is unknown; use one of {MODEL_TYPES}")
     paths = [Path(p) for p in inputs]
@@ -54,7 +93,12 @@ def train_tokenizer(
     tmp_prefix = out.with_name(out.name + ".tmp")
     spm.set_random_generator_seed(seed)  # sentence sampling; same corpus -> same model
     try:
-        _train_spm(paths, tmp_prefix, model_type, vocab_size, max_sentences)
+        _train_spm(paths, tmp_prefix, model_type, vocab_size, max_sentences,
+                   {"shuffle_input_sentence": bool(shuffle),
+                    "character_coverage": float(character_coverage),
+                    "num_threads": int(num_threads) or usable_cores(),
+                    **({"max_sentence_length": int(max_sentence_length)}
+                       if max_sentence_length else {})})
     except RuntimeError as e:  # SentencePiece reports bad settings as RuntimeError
         reason = str(e).split("]")[-1].strip() or str(e)
         raise ModtrainError(f"SentencePiece training failed: {reason}") from None
@@ -65,7 +109,8 @@ def train_tokenizer(
 
 
 def _train_spm(
-    paths: list[Path], prefix: Path, model_type: str, vocab_size: int, max_sentences: int
+    paths: list[Path], prefix: Path, model_type: str, vocab_size: int, max_sentences: int,
+    sampling: dict[str, Any],
 ) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=_lines(paths),
@@ -74,7 +119,6 @@ def _train_spm(
         vocab_size=vocab_size,
         # A character model's vocabulary is the character set, whatever vocab_size says.
         hard_vocab_limit=model_type != "char",
-        character_coverage=1.0,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
         add_dummy_prefix=False,
@@ -87,8 +131,8 @@ def _train_spm(
         bos_id=-1,
         pad_id=-1,
         input_sentence_size=max_sentences,
-        shuffle_input_sentence=True,
         minloglevel=2,
+        **sampling,  # shuffle_input_sentence, character_coverage, num_threads, ...
     )
 
 
