@@ -98,8 +98,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default=sources.AUTO, choices=list(sources.format_choices()),
                    help=f"input format; {sources.AUTO}: {sources.describe_detection()}")
     p.add_argument("--jsonl-field", default="text", help="JSON field holding the text")
-    p.add_argument("--slice-size", type=float, default=64.0, metavar="MB",
-                   help="input megabytes per unit of work (default 64)")
+    p.add_argument("--slice-size", type=float, default=None, metavar="MB",
+                   help="input megabytes per unit of work (default: the corpus over 4 per "
+                        "worker, 1 to 64)")
     p.add_argument("--chunk-tokens", type=int, default=CHUNK_TOKENS,
                    help="tokens per compressed chunk, the unit of random reads "
                         f"(default {CHUNK_TOKENS})")

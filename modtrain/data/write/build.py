@@ -80,13 +80,15 @@ def check_destination(out: Path, overwrite: bool) -> None:
         raise ModtrainError(f"store {out} already exists; pass --overwrite or choose another --out")
 
 
-def open_build(out: Path, plan: Plan, overwrite: bool) -> Path:
-    """Create the build directory, or reuse one holding the same plan (resume)."""
+def open_build(out: Path, plan: Plan, overwrite: bool, any_slicing: bool = False) -> Path:
+    """Create the build directory, or reuse one holding the same plan (resume); its
+    plan.json is the plan to run. `any_slicing`: resume a build of the same inputs however
+    it was sliced (the slice size was derived, e.g. from another number of workers)."""
     check_destination(out, overwrite)
     build = build_dir_for(out)
     plan_file = build / "plan.json"
     if plan_file.is_file():
-        if Plan.load(plan_file).same_work(plan):
+        if Plan.load(plan_file).same_work(plan, any_slicing):
             return build
         finished = any(p.name.isdigit() for p in (build / "parts").glob("*"))
         if finished and not overwrite:  # a build with no finished part is not worth keeping

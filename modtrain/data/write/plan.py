@@ -19,6 +19,17 @@ from modtrain.data.write import sources
 from modtrain.data.write.sources import InputFile, Piece
 from modtrain.errors import ModtrainError
 
+MAX_SLICE_BYTES = 64_000_000  # the default slice size's bounds (--slice-size auto)
+MIN_SLICE_BYTES = 1_000_000
+SLICES_PER_WORKER = 4  # enough for the largest-first balance to even out the workers
+
+
+def auto_slice_bytes(total_bytes: int, workers: int) -> int:
+    """About SLICES_PER_WORKER slices per worker, each 1-64 MB: a small corpus still gives
+    every worker something to do, a large one is not cut finer than it needs."""
+    share = -(-total_bytes // (SLICES_PER_WORKER * max(1, workers)))
+    return min(MAX_SLICE_BYTES, max(MIN_SLICE_BYTES, share))
+
 
 @dataclass
 class Plan:
@@ -65,11 +76,14 @@ class Plan:
                 "slice_bytes", "chunk_tokens", "shard_chunks")
         return cls(**{k: data[k] for k in keys}, files=files, slices=slices)
 
-    def same_work(self, other: Plan) -> bool:
-        """Same content to encode; the tokenizer may have moved, its hash may not change."""
+    def same_work(self, other: Plan, any_slicing: bool = False) -> bool:
+        """Same content to encode; the tokenizer may have moved, its hash may not change.
+        `any_slicing`: the same content cut into other slices counts as the same."""
         a, b = self.to_json(), other.to_json()
-        a.pop("tokenizer")
-        b.pop("tokenizer")
+        ignored = ("tokenizer", "slice_bytes", "slices") if any_slicing else ("tokenizer",)
+        for key in ignored:
+            a.pop(key)
+            b.pop(key)
         return a == b
 
     def save(self, path: Path) -> None:
@@ -88,11 +102,13 @@ def make_plan(
     *,
     input_format: str = sources.AUTO,
     jsonl_field: str = "text",
-    slice_mb: float = 64.0,
+    slice_mb: float | None = None,
     chunk_tokens: int = CHUNK_TOKENS,
     shard_chunks: int = SHARD_CHUNKS,
+    workers: int = 1,
 ) -> Plan:
-    if slice_mb <= 0:
+    """`slice_mb` None: sized for `workers` processes (auto_slice_bytes)."""
+    if slice_mb is not None and slice_mb <= 0:
         raise ModtrainError(f"--slice-size {slice_mb} must be positive (megabytes per slice)")
     if chunk_tokens < 1 or shard_chunks < 1:
         raise ModtrainError("--chunk-tokens and --shard-chunks must be at least 1")
@@ -100,7 +116,8 @@ def make_plan(
         raise ModtrainError("--jsonl-field is empty; name the field that holds the text")
     files = sources.expand_inputs(inputs, input_format)
     tokenizer = Tokenizer(tokenizer_path)
-    slice_bytes = max(1, int(slice_mb * 1e6))
+    slice_bytes = (auto_slice_bytes(sum(f.size for f in files), workers) if slice_mb is None
+                   else max(1, int(slice_mb * 1e6)))
     return Plan(
         tokenizer=str(tokenizer.path),
         tokenizer_sha256=tokenizer.sha256,

@@ -53,14 +53,15 @@ def prepare_store(
     workers: int = 1,
     input_format: str = AUTO,
     jsonl_field: str = "text",
-    slice_mb: float = 64.0,
+    slice_mb: float | None = None,
     chunk_tokens: int = CHUNK_TOKENS,
     shard_chunks: int = SHARD_CHUNKS,
     progress: bool = False,
 ) -> Path:
     """Encode `inputs` (files, directories, globs) into the store `out`; returns its path.
 
-    Under an MPI launcher every rank must call this with the same arguments.
+    Under an MPI launcher every rank must call this with the same arguments. `slice_mb`
+    None: slices sized for the number of workers (or ranks), see plan.auto_slice_bytes.
     """
     if workers < 1:
         raise ModtrainError(f"--workers {workers} must be at least 1")
@@ -80,12 +81,13 @@ def prepare_store(
     return _prepare_mpi(comm, tokenizer_path, inputs, out, overwrite, settings, progress)
 
 
-def _start(tokenizer_path, inputs, out: Path, overwrite: bool, settings: dict) -> tuple[Plan, Path]:
+def _start(tokenizer_path, inputs, out: Path, overwrite: bool, settings: dict,
+           workers: int) -> tuple[Plan, Path]:
     builder.check_destination(out, overwrite)  # before any expensive planning
-    plan = make_plan(tokenizer_path, inputs, **settings)
-    build = builder.open_build(out, plan, overwrite)
+    plan = make_plan(tokenizer_path, inputs, **settings, workers=workers)
+    build = builder.open_build(out, plan, overwrite, any_slicing=settings["slice_mb"] is None)
     clear_counters(build)
-    return plan, build
+    return Plan.load(build / "plan.json"), build
 
 
 def _attrs(plan: Plan) -> dict[str, Any]:
@@ -143,7 +145,7 @@ def _shard_task(build: str, layout: builder.Layout, shards: list[int]) -> list:
 
 def _prepare_local(tokenizer_path, inputs, out: Path, overwrite: bool, workers: int,
                    settings: dict, progress: bool) -> Path:
-    plan, build = _start(tokenizer_path, inputs, out, overwrite, settings)
+    plan, build = _start(tokenizer_path, inputs, out, overwrite, settings, workers)
     todo = [i for i in range(len(plan.slices)) if not part_done(build, i)]
     display = Display(len(plan.slices), len(plan.slices) - len(todo), progress)
     workers = max(1, min(workers, len(todo)))
@@ -254,7 +256,7 @@ def _prepare_mpi(comm, tokenizer_path, inputs, out: Path, overwrite: bool, setti
         return [v for v, _ in gathered]
 
     def start() -> tuple[dict, str, list[list[int]], int]:
-        plan, build = _start(tokenizer_path, inputs, out, overwrite, settings)
+        plan, build = _start(tokenizer_path, inputs, out, overwrite, settings, size)
         todo = {i: plan.slice_size(i) for i in range(len(plan.slices)) if not part_done(build, i)}
         return plan.to_json(), str(build), balance(todo, size), len(plan.slices) - len(todo)
 
