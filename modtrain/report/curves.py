@@ -16,6 +16,7 @@ import yaml
 from modtrain.config import config_from_dict
 from modtrain.errors import ModtrainError
 from modtrain.model.flops import model_flops
+from modtrain.report import figures
 from modtrain.run_dir import CONFIG_FILE, METRICS_FILE
 
 X_AXES = ("step", "tokens", "flops", "time")
@@ -90,11 +91,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> P
     if x not in X_AXES:
         raise ModtrainError(f"--x {x} is unknown; use one of {', '.join(X_AXES)}")
     runs = [read_run(d) for d in run_dirs]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
@@ -110,8 +107,4 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> P
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return figures.save(fig, out)

@@ -23,6 +23,7 @@ from modtrain.inference.checkpoint_reader import read_checkpoint
 from modtrain.inference.export import load_export, read_export_config
 from modtrain.inference.hf_layout import hf_config, to_hf_tensors
 from modtrain.inference.hf_template.modtrain_core import CoreConfig, ModtrainLM, tokens_per_row
+from modtrain.report import figures
 
 
 @dataclass
@@ -136,11 +137,7 @@ def draw_routing(source: str | Path, text: str, out: str | Path, store: str | Pa
     if store is not None:
         fractions = position_fractions(loaded.model, store, windows, limit)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     rows = 2 if fractions is not None else 1
     width = max(8.0, 0.22 * len(ids) + 2)
     height = 1.2 + 0.5 * len(routing.layers) + 3 * (rows - 1)
@@ -173,8 +170,4 @@ def draw_routing(source: str | Path, text: str, out: str | Path, store: str | Pa
         ax2.set_title(f"routed fraction by position, {windows} validation windows of {store.name}")
         ax2.grid(alpha=0.3)
         ax2.legend()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return figures.save(fig, out)
