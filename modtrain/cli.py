@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 
+from modtrain.cluster.commands import add_commands as add_cluster_commands
 from modtrain.data.commands import add_commands as add_data_commands
 from modtrain.errors import ModtrainError
 from modtrain.inference.commands import add_commands as add_inference_commands
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_commands(sub)
     add_inference_commands(sub)
     add_report_commands(sub)
+    add_cluster_commands(sub)
     return parser
 
 
@@ -39,7 +41,13 @@ def _drop_local_rank(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_drop_local_rank(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args, extra = parser.parse_known_args(_drop_local_rank(sys.argv[1:] if argv is None else argv))
+    if extra and getattr(args, "trailing_overrides", False) and not any(
+            e.startswith("-") or "=" not in e for e in extra):
+        args.overrides = [*args.overrides, *extra]  # `submit CONFIG --nodes 2 key=value`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # megatron-core warns about optional CUDA extensions it cannot use on CPU.
     warnings.filterwarnings("ignore", module=r"megatron\..*")
     try:

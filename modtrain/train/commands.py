@@ -11,30 +11,42 @@ import time
 from pathlib import Path
 
 
-def defer_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
-    """Hold a stop signal that arrives before training installs its handlers, then re-send it.
+def shield_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
+    """Route stop signals to training only, and hold one that comes before training can act.
 
-    Slurm's pre-timeout signal can come while DeepSpeed is still starting; Python's default
-    action would kill the rank without a checkpoint. Once training replaces this handler
-    (signals.StopFlag), the held signal is delivered again, so it saves and exits 75.
+    Slurm passes a signal on to every process of a task, children included: the compiler
+    DeepSpeed runs while it starts would die of SIGUSR1. So the main thread blocks the
+    signals (every thread and child it starts inherits that) and one idle thread receives
+    them for the process; Python runs the handler in the main thread as usual. Until training
+    installs its handlers (signals.StopFlag), a signal is held and then delivered again, so
+    a pre-timeout signal during start-up still ends in a checkpoint and exit 75.
     """
+    started = threading.Event()
+
+    def receive() -> None:  # the one thread with the signals unblocked
+        started.set()
+        threading.Event().wait()
+
+    threading.Thread(target=receive, name="modtrain-signals", daemon=True).start()
+    started.wait()
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
 
     def redeliver(sig: int) -> None:
-        while signal.getsignal(sig) is handler:
+        while signal.getsignal(sig) is hold:
             time.sleep(0.05)
         os.kill(os.getpid(), sig)
 
-    def handler(sig: int, frame) -> None:
+    def hold(sig: int, frame) -> None:
         threading.Thread(target=redeliver, args=(sig,), daemon=True).start()
 
     for sig in signals:
-        signal.signal(sig, handler)
+        signal.signal(sig, hold)
 
 
 def _train(args: argparse.Namespace) -> None:
     from modtrain.train.signals import STOP_SIGNALS
 
-    defer_stop_signals(STOP_SIGNALS)
+    shield_stop_signals(STOP_SIGNALS)
     from modtrain.config import load_config
 
     overrides = list(args.overrides)

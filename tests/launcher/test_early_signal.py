@@ -1,27 +1,32 @@
-"""A stop signal that arrives before training installs its handlers is held, then delivered."""
+"""Stop signals reach training only: a child process survives them, and one that arrives
+before training installs its handlers is held, then delivered."""
 
 from __future__ import annotations
 
-import os
-import signal
-import time
+import subprocess
+import sys
 
-from modtrain.train.commands import defer_stop_signals
+SCRIPT = """
+import os, signal, subprocess, sys, time
+from modtrain.train.commands import shield_stop_signals
 from modtrain.train.signals import STOP_SIGNALS, StopFlag
 
+shield_stop_signals(STOP_SIGNALS)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+time.sleep(0.3)
+child.send_signal(signal.SIGUSR1)  # what srun does to every process of a task
+os.kill(os.getpid(), signal.SIGUSR1)  # still starting up: held, not fatal
+time.sleep(0.3)
+flag = StopFlag().install()
+deadline = time.monotonic() + 10
+while not flag.requested and time.monotonic() < deadline:
+    time.sleep(0.02)
+print("child", child.wait(), "flag", flag.requested, flag.signal_name)
+"""
 
-def test_an_early_signal_reaches_the_training_handler():
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    try:
-        defer_stop_signals(STOP_SIGNALS)
-        os.kill(os.getpid(), signal.SIGUSR1)  # still starting up: not fatal, held
-        time.sleep(0.2)
-        flag = StopFlag().install()
-        deadline = time.monotonic() + 5
-        while not flag.requested and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert flag.requested and flag.signal_name == "SIGUSR1"
-        flag.restore()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+def test_children_survive_and_an_early_signal_reaches_training():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["child", "0", "flag", "True", "SIGUSR1"]

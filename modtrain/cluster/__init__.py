@@ -1,0 +1,1 @@
+"""Slurm: job scripts rendered from templates, `modtrain submit` and `modtrain status`."""

@@ -1,0 +1,91 @@
+"""`modtrain status RUN_DIR`: the run's Slurm jobs (state, restarts, logs) and its progress."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from modtrain.cluster.submit import JOBS_FILE, LOG_DIR
+from modtrain.errors import ModtrainError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def job_state(job: str) -> dict[str, str]:
+    """State and restarts from scontrol (live and recently ended jobs), else from sacct."""
+    fields = dict(item.split("=", 1) for item in _run(
+        ["scontrol", "show", "job", "-o", job]).split() if "=" in item)
+    if "JobState" in fields:
+        return {"state": fields["JobState"], "restarts": fields.get("Restarts", "0"),
+                "reason": fields.get("Reason", "None"), "elapsed": fields.get("RunTime", "")}
+    line = _run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State,Elapsed"]).strip()
+    if line:
+        state, _, elapsed = line.splitlines()[-1].partition("|")
+        return {"state": state.split()[0], "restarts": "", "reason": "None", "elapsed": elapsed}
+    return {"state": "UNKNOWN (no longer known to Slurm)", "restarts": "", "reason": "None",
+            "elapsed": ""}
+
+
+def last_metrics(run_dir: Path) -> tuple[dict | None, float | None]:
+    """The last whole training record and the last val_loss in metrics.jsonl."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return None, None
+    text = path.read_text()
+    last, val = None, None
+    for line in text[: text.rfind("\n") + 1].splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            last = record
+        if record.get("val_loss") is not None:
+            val = record["val_loss"]
+    return last, val
+
+
+def status_lines(run_dir: Path) -> list[str]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModtrainError(f"{run_dir} is not a directory; pass the run directory (run.dir)")
+    lines = [f"run {run_dir.absolute()}"]
+    jobs_path = run_dir / LOG_DIR / JOBS_FILE
+    jobs = ([json.loads(x) for x in jobs_path.read_text().splitlines() if x.strip()]
+            if jobs_path.is_file() else [])
+    if not jobs:
+        lines.append("jobs: none submitted with `modtrain submit` for this run directory")
+    for job in jobs:
+        info = job_state(job["job"])
+        logs = sorted((run_dir / LOG_DIR).glob(f"{job['kind']}-{job['job']}.*.log"),
+                      key=lambda p: int(p.suffixes[-2].lstrip(".")))
+        restarts = info["restarts"] or str(max(len(logs) - 1, 0))
+        reason = f" ({info['reason']})" if info["reason"] not in ("None", "") else ""
+        lines.append(f"job {job['job']} {job['kind']}: {info['state']}{reason}, "
+                     f"{restarts} restart(s)"
+                     + (f", elapsed {info['elapsed']}" if info["elapsed"] else "")
+                     + (f", log {logs[-1]}" if logs else ""))
+    last, val = last_metrics(run_dir)
+    if last is None:
+        lines.append("training: no step logged yet")
+    else:
+        total = ""
+        config = run_dir / "config.yaml"
+        if config.is_file():
+            import yaml
+
+            steps = (yaml.safe_load(config.read_text()) or {}).get("train", {}).get("steps")
+            total = f"/{steps}" if steps else ""
+        loss = last.get("loss")
+        lines.append(f"training: step {last['step']}{total}, loss "
+                     + (f"{loss:.4f}" if isinstance(loss, float) else str(loss))
+                     + (f", val loss {val:.4f}" if val is not None else ""))
+    latest = run_dir / "checkpoints" / "latest"
+    lines.append("checkpoint: " + (latest.read_text().strip() if latest.is_file() else "none"))
+    return lines

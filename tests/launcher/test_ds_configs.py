@@ -1,0 +1,24 @@
+"""launch/ds_*.json: each merges into the DeepSpeed config modtrain derives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modtrain.config import load_config
+from modtrain.train.ds_config import deepspeed_config
+
+LAUNCH = Path(__file__).resolve().parents[2] / "launch"
+
+
+@pytest.mark.parametrize("name, stage, pipeline", [
+    ("ds_zero1", 1, 1), ("ds_zero2", 2, 1), ("ds_zero3", 3, 1), ("ds_zero1_pipeline", 1, 2)])
+def test_launch_configs_merge(name, stage, pipeline):
+    config = load_config(None, [f"train.zero_stage={stage}", f"parallel.pipeline={pipeline}",
+                                f"train.deepspeed_config={LAUNCH / name}.json",
+                                "train.global_batch_size=8", "train.micro_batch_size=4"])
+    ds = deepspeed_config(config, 2)
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["train_batch_size"] == 8 and ds["gradient_accumulation_steps"] == 1
+    assert ("pipeline" in ds) == (pipeline > 1)
