@@ -5,26 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
-from modtrain.cluster.commands import add_commands as add_cluster_commands
-from modtrain.data.commands import add_commands as add_data_commands
 from modtrain.errors import ModtrainError
-from modtrain.inference.commands import add_commands as add_inference_commands
-from modtrain.report.commands import add_commands as add_report_commands
-from modtrain.train.commands import add_commands as add_train_commands
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="modtrain", description="Pretraining of Mixture-of-Depths language models."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_data_commands(sub)
-    add_train_commands(sub)
-    add_inference_commands(sub)
-    add_report_commands(sub)
-    add_cluster_commands(sub)
-    return parser
+from modtrain.train.commands import shield_stop_signals
+from modtrain.train.signals import STOP_SIGNALS
 
 
 def _drop_local_rank(argv: list[str]) -> list[str]:
@@ -38,6 +23,32 @@ def _drop_local_rank(argv: list[str]) -> list[str]:
         elif not arg.startswith(("--local_rank=", "--local-rank=")):
             out.append(arg)
     return out
+
+
+# `modtrain train` under Slurm may be told to stop at any moment, even while the command
+# groups below still import torch: from here on a stop signal is held for training.
+if Path(sys.argv[0]).name in ("modtrain", "__main__.py") and \
+        _drop_local_rank(sys.argv[1:])[:1] == ["train"]:
+    shield_stop_signals(STOP_SIGNALS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modtrain", description="Pretraining of Mixture-of-Depths language models."
+    )
+    from modtrain.cluster.commands import add_commands as add_cluster_commands
+    from modtrain.data.commands import add_commands as add_data_commands
+    from modtrain.inference.commands import add_commands as add_inference_commands
+    from modtrain.report.commands import add_commands as add_report_commands
+    from modtrain.train.commands import add_commands as add_train_commands
+
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_data_commands(sub)
+    add_train_commands(sub)
+    add_inference_commands(sub)
+    add_report_commands(sub)
+    add_cluster_commands(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+_SHIELDED = False
+
 
 def shield_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
     """Route stop signals to training only, and hold one that comes before training can act.
@@ -21,6 +23,10 @@ def shield_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
     installs its handlers (signals.StopFlag), a signal is held and then delivered again, so
     a pre-timeout signal during start-up still ends in a checkpoint and exit 75.
     """
+    global _SHIELDED
+    if _SHIELDED:
+        return
+    _SHIELDED = True
     started = threading.Event()
 
     def receive() -> None:  # the one thread with the signals unblocked

@@ -3,8 +3,10 @@ before training installs its handlers is held, then delivered."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 SCRIPT = """
 import os, signal, subprocess, sys, time
@@ -30,3 +32,13 @@ def test_children_survive_and_an_early_signal_reaches_training():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["child", "0", "flag", "True", "SIGUSR1"]
+
+
+def test_modtrain_train_survives_a_stop_signal_while_importing(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "modtrain", "train",
+                             str(tmp_path / "missing.yaml")], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # the command groups (torch, megatron) are still importing
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr  # the config error, not death by SIGUSR1 (-10)
+    assert "modtrain: error:" in stderr
