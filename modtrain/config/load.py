@@ -29,7 +29,7 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 def _unknown_key_error(key: str) -> ModtrainError:
     close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else "; see docs/config.md for valid keys"
-    return ModtrainError(f"unknown config key '{key}'{hint}")
+    return ModtrainError(f"unknown config key {key!r}{hint}")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -90,7 +90,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 
 def _apply_override(data: dict[str, Any], override: str) -> None:
     if "=" not in override:
-        raise ModtrainError(f"override '{override}' is not of the form section.key=value")
+        raise ModtrainError(f"override {override!r} is not of the form section.key=value")
     key, raw = override.split("=", 1)
     if key not in _all_keys(Config):
         raise _unknown_key_error(key)
@@ -104,7 +104,7 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
         raise ModtrainError(
-            f"override '{override}' has a value that is not valid YAML "
+            f"override {override!r} has a value that is not valid YAML "
             f"({_yaml_problem(e)}); quote the value or fix its syntax"
         ) from None
 

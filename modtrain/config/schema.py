@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 
 from modtrain.errors import ModtrainError
 
@@ -141,6 +141,40 @@ class RunConfig:
     resume: str = "none"  # none | auto
 
 
+# Sizes that must be at least 1 (the others are counts that may be 0, see their comments).
+POSITIVE = ("model.num_layers", "model.hidden_size", "model.num_heads", "model.max_seq_length",
+            "model.mod.predictor_hidden", "train.eval_batches")
+NON_NEGATIVE = ("model.vocab_size", "model.ffn_hidden_size", "train.warmup_steps",
+                "train.decay_steps")
+
+
+def _check_numbers(config: Config) -> None:
+    """Every float finite, every size in range: later arithmetic never divides by zero."""
+    def value(key: str):
+        node = config
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    def walk(node, prefix: str) -> None:
+        for f in fields(node):
+            v = getattr(node, f.name)
+            if is_dataclass(v):
+                walk(v, f"{prefix}{f.name}.")
+            elif isinstance(v, float) and not math.isfinite(v):
+                raise ModtrainError(f"{prefix}{f.name}={v} is not a finite number")
+
+    walk(config, "")
+    for key in POSITIVE:
+        if value(key) < 1:
+            raise ModtrainError(f"{key}={value(key)} must be at least 1")
+    for key in NON_NEGATIVE:
+        if value(key) < 0:
+            raise ModtrainError(f"{key}={value(key)} must be 0 or more (0: derived)"
+                                if key in ("model.vocab_size", "model.ffn_hidden_size")
+                                else f"{key}={value(key)} must be 0 or more")
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -152,6 +186,7 @@ class Config:
     def validate(self) -> None:
         """Check cross-field constraints; raise ModtrainError naming the key and the fix."""
         m, t, d = self.model, self.train, self.data
+        _check_numbers(self)
         if not 0.0 < m.mod.capacity <= 1.0:
             raise ModtrainError(
                 f"model.mod.capacity={m.mod.capacity} is outside (0, 1]; "

@@ -29,6 +29,10 @@ from modtrain.data.read.chunks import supports as direct_reads
 from modtrain.errors import ModtrainError
 
 
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
 class TokenStore:
     """Random access to a token store without loading it: reads whole chunks, caches a few."""
 
@@ -41,8 +45,12 @@ class TokenStore:
                 "to finish it" if partial.is_dir() else "; create it with 'modtrain data prepare'"
             )
             raise ModtrainError(f"token store {path} does not exist or is incomplete{hint}")
-        group = zarr.open_group(path, mode="r", zarr_format=3)
-        attrs = dict(group.attrs)
+        self.path = path
+        try:
+            group = zarr.open_group(path, mode="r", zarr_format=3)
+            attrs = dict(group.attrs)
+        except Exception as e:  # zarr reports unreadable metadata in many types
+            raise self._damaged(f"its metadata cannot be read: {_one_line(e)}") from None
         if attrs.get("format") != FORMAT_NAME:
             raise ModtrainError(f"{path} is a zarr group but not a modtrain token store")
         if attrs.get("format_version") not in READABLE_VERSIONS:
@@ -50,21 +58,41 @@ class TokenStore:
                 f"store {path} has format version {attrs.get('format_version')}, this modtrain "
                 f"reads {READABLE_VERSIONS}; re-run 'modtrain data prepare' or upgrade modtrain"
             )
-        self.path = path
         self.attrs = attrs
         self.group = group
-        self.tokens = group[TOKENS]
-        self.chunk = int(self.tokens.chunks[0])
+        try:
+            self.tokens = group[TOKENS]
+            self.chunk = int(self.tokens.chunks[0])
+            counts = (int(attrs["num_tokens"]), int(attrs["num_documents"]))
+        except Exception as e:
+            raise self._damaged(f"its tokens array cannot be opened: {_one_line(e)}") from None
+        if self.tokens.shape != (counts[0],) or counts[1] < 0:
+            raise self._damaged(f"num_tokens {counts[0]} and num_documents {counts[1]} do not "
+                                f"match the tokens array of shape {self.tokens.shape}")
         # the fast path for modtrain's own layout; zarr reads anything else
         self._direct = ChunkReader(path, self.tokens) if direct_reads(self.tokens) else None
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_chunks = cache_chunks
         self._lock = threading.Lock()  # the cache is shared by training and validation reads
 
+    def _damaged(self, what: str) -> ModtrainError:
+        return ModtrainError(
+            f"store {self.path} is damaged: {what}; check it with 'modtrain data inspect "
+            f"{self.path} --verify', rebuild it with 'modtrain data prepare ... --overwrite'"
+        )
+
     @functools.cached_property
     def doc_offsets(self) -> np.ndarray:
-        """Document boundaries (num_documents + 1), read on first use: training needs none."""
-        return np.asarray(self.group[DOC_OFFSETS][:], dtype=np.int64)
+        """Document boundaries (num_documents + 1), read on first use: training needs none.
+        Checked to cut all tokens into non-empty documents (a missing chunk reads as 0s)."""
+        try:
+            offsets = np.asarray(self.group[DOC_OFFSETS][:], dtype=np.int64)
+        except Exception as e:
+            raise self._damaged(f"doc_offsets cannot be read: {_one_line(e)}") from None
+        if (offsets.shape != (self.num_documents + 1,) or offsets[0] != 0
+                or offsets[-1] != self.num_tokens or np.any(np.diff(offsets) <= 0)):
+            raise self._damaged("doc_offsets do not cut the tokens into its documents")
+        return offsets
 
     @property
     def num_tokens(self) -> int:
@@ -105,8 +133,8 @@ class TokenStore:
                 data = self.tokens[i * self.chunk : (i + 1) * self.chunk]
         except Exception as e:  # codec errors (crc32c, zstd) come in many types
             raise ModtrainError(
-                f"store {self.path} cannot be read at tokens chunk {i} ({type(e).__name__}: "
-                f"{e}); check it with 'modtrain data inspect {self.path} --verify'"
+                f"store {self.path} cannot be read at tokens chunk {i} ({_one_line(e)}); "
+                f"check it with 'modtrain data inspect {self.path} --verify'"
             ) from None
         with self._lock:
             self._cache[i] = data

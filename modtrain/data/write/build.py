@@ -184,7 +184,9 @@ def finalize(
     group = zarr.open_group(store_dir(build), mode="r+", zarr_format=3)
     off = group.create_array(
         DOC_OFFSETS, shape=offsets.shape, dtype=np.uint64,
-        chunks=(min(CHUNK_TOKENS, len(offsets)),), compressors=ZstdCodec(level=3),
+        chunks=(min(CHUNK_TOKENS, len(offsets)),),
+        # crc32c: a damaged chunk fails the read instead of decoding to other offsets
+        compressors=[ZstdCodec(level=3), Crc32cCodec()],
         dimension_names=["document_boundary"], overwrite=True,
     )
     off[:] = offsets
