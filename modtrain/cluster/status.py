@@ -8,8 +8,7 @@ from pathlib import Path
 
 from modtrain.cluster.submit import JOBS_FILE, LOG_DIR
 from modtrain.errors import ModtrainError
-
-METRICS_FILE = "metrics.jsonl"
+from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, METRICS_FILE, latest_tag
 
 
 def _run(cmd: list[str]) -> str:
@@ -76,7 +75,7 @@ def status_lines(run_dir: Path) -> list[str]:
         lines.append("training: no step logged yet")
     else:
         total = ""
-        config = run_dir / "config.yaml"
+        config = run_dir / CONFIG_FILE
         if config.is_file():
             import yaml
 
@@ -86,6 +85,5 @@ def status_lines(run_dir: Path) -> list[str]:
         lines.append(f"training: step {last['step']}{total}, loss "
                      + (f"{loss:.4f}" if isinstance(loss, float) else str(loss))
                      + (f", val loss {val:.4f}" if val is not None else ""))
-    latest = run_dir / "checkpoints" / "latest"
-    lines.append("checkpoint: " + (latest.read_text().strip() if latest.is_file() else "none"))
+    lines.append(f"checkpoint: {latest_tag(run_dir / CHECKPOINTS) or 'none'}")
     return lines
