@@ -4,10 +4,13 @@ Matmuls count 2 FLOPs per multiply-add. For a sequence of T tokens, width d, Swi
 width f, vocabulary V:
   dense block   T(8d^2 + 6df) + 2T^2 d      (QKV + output projection, 3 MLP matmuls,
                                              causal attention scores and values)
-  routed block  the dense block at cT tokens, plus the router's 2Td
+  routed block  the dense block at cT tokens, plus the router's 2Td and, when the causal
+                predictor is on, its MLP on every token: 2T(dh + h) for hidden width h
   head          2TdV
 A routed layer at capacity c therefore costs about c (linear part) and c^2 (attention
-part) of a dense one.
+part) of a dense one. Attention counts the causal half of the score matrix (what flash
+kernels compute); the matmul terms equal torch's FlopCounterMode exactly
+(tests/model/test_flops.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ def block_flops(config: ModelConfig, tokens: int) -> float:
 
 def routed_block_flops(config: ModelConfig, tokens: int) -> float:
     k = tokens_per_row(config.mod.capacity, tokens)  # the router's own k, never re-derived
-    return block_flops(config, k) + 2 * tokens * config.hidden_size
+    router = 2 * tokens * config.hidden_size
+    if config.mod.predictor:
+        h = config.mod.predictor_hidden
+        router += 2 * tokens * (config.hidden_size * h + h)
+    return block_flops(config, k) + router
 
 
 def head_flops(config: ModelConfig, tokens: int) -> float:
