@@ -8,13 +8,10 @@ imported or executed, and any other object in a file is refused.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from modtrain.errors import ModtrainError
+from modtrain.checkpoint_files import DEEPSPEED_GLOBALS, restricted_load
 
 
 class PickledObject:
@@ -41,25 +38,17 @@ def _zero_stage(value: int) -> int:
     return int(value)
 
 
-STAND_INS: list[tuple[Any, str]] = [
-    (LossScaler, "deepspeed.runtime.fp16.loss_scaler.LossScaler"),
-    (DynamicLossScaler, "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler"),
-    (FragmentAddress, "deepspeed.utils.tensor_fragment.fragment_address"),
-    (_zero_stage, "deepspeed.runtime.zero.config.ZeroStageEnum"),
-]
+_STAND_IN_FOR: dict[str, Any] = {
+    "LossScaler": LossScaler,
+    "DynamicLossScaler": DynamicLossScaler,
+    "fragment_address": FragmentAddress,
+    "ZeroStageEnum": _zero_stage,
+}
+# One stand-in per allow-listed name (a name without one fails here, at import).
+STAND_INS: list[tuple[Any, str]] = [(_STAND_IN_FOR[name.rpartition(".")[2]], name)
+                                    for name in DEEPSPEED_GLOBALS]
 
 
 def load_weights_only(path: str | Path) -> dict[str, Any]:
     """Load one checkpoint file with torch.load(weights_only=True) and the stand-ins above."""
-    try:
-        with torch.serialization.safe_globals(STAND_INS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:
-        detail = str(e).split("Unsupported global: ")[-1].split(" was not")[0].strip()
-        raise ModtrainError(
-            f"{path} holds a Python object that modtrain will not unpickle ({detail[:200]}); "
-            "only tensors, containers and DeepSpeed's loss scaler / ZeRO metadata are read"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as e:
-        raise ModtrainError(f"{path} cannot be read as a torch checkpoint ({e}); "
-                            "is the checkpoint complete?") from None
+    return restricted_load(path, STAND_INS, map_location="cpu", mmap=True)

@@ -7,22 +7,44 @@ RUN/checkpoints/
     modtrain.json           step, data-loader state, resolved config, parallel layout
   latest                    the tag of the newest complete checkpoint
   .universal[-pipeline]-step_00001000/   DeepSpeed universal copy, for another layout
-Every rank writes into `.tmp-<tag>`; after a barrier rank 0 renames it to `<tag>` and only
-then rewrites `latest` (write + rename), so a crash or kill -9 mid-save leaves the previous
-checkpoint intact and `latest` pointing at it.
+    checksums.json          size and sha256 of every other file (modtrain.checkpoint_files)
+Every rank writes into `.tmp-<tag>`; after a barrier the ranks hash the files, rank 0 writes
+checksums.json, renames the folder to `<tag>` and only then rewrites `latest` (write +
+rename), so a crash or kill -9 mid-save leaves the previous checkpoint intact and `latest`
+pointing at it.
+
+DeepSpeed reads its files with torch.load(weights_only=False), which runs whatever code a
+pickle names: through its checkpoint engine, and past it in the universal converter
+(ds_to_universal), the universal loader and ZeRO-3's universal path. So replacing
+`engine.checkpoint_engine` would not be enough: while DeepSpeed loads or converts,
+`weights_only_loads` makes every torch.load in the process a weights-only load that allows
+the few DeepSpeed objects its checkpoints hold, and refuses anything else in one line.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from modtrain.checkpoint_files import (
+    DEEPSPEED_GLOBALS,
+    RECOVERY_SCRIPTS,
+    checksums,
+    restricted_load,
+    share,
+    tag_files,
+    write_manifest,
+)
+from modtrain.errors import ModtrainError
 from modtrain.model.param_layout import gpt_name, pipeline_name
 from modtrain.model.tensor_split import universal_checkpoint_info
 from modtrain.run_dir import (
@@ -115,7 +137,11 @@ def save(
     if rank == 0:
         _write_atomic(tmp / STATE_FILE, json.dumps(state, indent=1))
     dist.barrier()  # every rank's shards are on disk
+    files = _hash_together(tmp)
     if rank == 0:
+        for script in RECOVERY_SCRIPTS:  # they unpickle freely; `modtrain convert` is safe
+            (tmp / script).unlink(missing_ok=True)
+        write_manifest(tmp, files)
         final = root / tag
         if final.exists():  # the same step saved again (e.g. a resumed run re-reaching it)
             shutil.rmtree(final)
@@ -126,6 +152,63 @@ def save(
         prune(root, keep_last, keep_every)
     dist.barrier()
     return tag
+
+
+def _hash_together(tag_dir: Path) -> dict[str, dict[str, Any]]:
+    """Collective: every rank hashes a share of the tag's files; all get every checksum."""
+    mine = checksums(tag_dir, share(tag_files(tag_dir), dist.get_rank(), dist.get_world_size()))
+    parts: list[dict[str, dict[str, Any]]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, mine)
+    return {name: entry for part in parts for name, entry in part.items()}
+
+
+def _deepspeed_globals() -> list[Any]:
+    """The objects DEEPSPEED_GLOBALS names (imported: DeepSpeed's loaders need them real)."""
+    out = []
+    for name in DEEPSPEED_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        out.append(getattr(importlib.import_module(module), attr))
+    return out
+
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Within it, torch.load is a weights-only load allowing DEEPSPEED_GLOBALS, whatever its
+    caller passes as weights_only; a file pickling anything else raises ModtrainError."""
+    allowed = _deepspeed_globals()
+
+    original = torch.load
+
+    def load(f, map_location=None, **kwargs):
+        kwargs.pop("weights_only", None)
+        return restricted_load(f, allowed, original, map_location=map_location, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+T = TypeVar("T")
+
+
+def _on_rank0(fn: Callable[[], T]) -> T:
+    """Collective: rank 0 runs `fn`, the others wait; every rank returns its result, or raises
+    its ModtrainError (so no rank is left waiting in a barrier)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return fn()
+    outcome: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            outcome = [("ok", fn())]
+        except ModtrainError as e:
+            outcome = [("error", str(e))]
+    dist.broadcast_object_list(outcome, src=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise ModtrainError(value)
+    return value
 
 
 def universal_tag(tag: str, pipeline: bool) -> str:
@@ -169,10 +252,12 @@ def write_universal(checkpoint_dir: str | Path, tag: str, pipeline: bool) -> Pat
     saved_pipeline = state["layout"]["pipeline"] > 1
     tmp = root / (TMP_PREFIX + target.name)
     shutil.rmtree(tmp, ignore_errors=True)
-    ds_to_universal(Namespace(
-        input_folder=str(root / tag), output_folder=str(tmp), num_extract_workers=1,
-        num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False,
-    ))
+    with weights_only_loads():  # one worker each: no process escapes the swapped torch.load
+        ds_to_universal(Namespace(
+            input_folder=str(root / tag), output_folder=str(tmp), num_extract_workers=1,
+            num_merge_workers=1, keep_temp_folder=False, strict=True,
+            inject_missing_state=False,
+        ))
     # DeepSpeed also writes `latest_universal` naming the temporary folder; modtrain always
     # passes the tag, so a pointer would only mislead.
     (root / "latest_universal").unlink(missing_ok=True)
@@ -194,16 +279,15 @@ def write_universal(checkpoint_dir: str | Path, tag: str, pipeline: bool) -> Pat
 def convert_to_universal(checkpoint_dir: str | Path, tag: str, pipeline: bool) -> str:
     """Collective: rank 0 writes the universal checkpoint of `tag` (unless an earlier run or
     `modtrain checkpoint universal` did), the others wait. Returns the tag to load."""
-    if dist.get_rank() == 0:
-        write_universal(checkpoint_dir, tag, pipeline)
-    dist.barrier()
+    _on_rank0(lambda: write_universal(checkpoint_dir, tag, pipeline))
     return universal_tag(tag, pipeline)
 
 
 def load(engine, checkpoint_dir: str | Path, tag: str, same_layout: bool) -> dict[str, Any]:
     """Load `tag` into `engine`; restore this rank's RNG when the layout is unchanged."""
     root = Path(checkpoint_dir)
-    path, _ = engine.load_checkpoint(str(root), tag=tag)
+    with weights_only_loads():
+        path, _ = engine.load_checkpoint(str(root), tag=tag)
     if path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint {root / tag}")
     source = original_tag(tag)

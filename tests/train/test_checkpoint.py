@@ -58,11 +58,11 @@ def test_kill_9_and_resume_is_bitwise_identical(tmp_path, char_store, char_token
     assert got == ref  # bitwise: every float equal
 
 
-def _engine(tmp_path, char_store, char_tokenizer):
+def _engine(tmp_path, char_store, char_tokenizer, *overrides: str):
     import deepspeed
 
     cfg = load_config(tiny_config(tmp_path, char_store, char_tokenizer, "eng"),
-                      ["model.vocab_size=67"])
+                      ["model.vocab_size=67", *overrides])
     torch.manual_seed(0)
     model = GPT(cfg.model)
     engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg.train),
