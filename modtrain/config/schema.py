@@ -139,6 +139,9 @@ class RunConfig:
     dir: str = "runs/default"
     seed: int = 1337
     resume: str = "none"  # none | auto
+    # resume=auto and `latest` fails its checksums: resume from the newest older checkpoint
+    # that verifies (true) or stop (false). docs/fault_tolerance.md
+    resume_fallback: bool = True
 
 
 # Sizes that must be at least 1 (the others are counts that may be 0, see their comments).

@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 
+from modtrain.checkpoint_files import check_tag
 from modtrain.errors import ModtrainError
 from modtrain.inference.safe_load import load_weights_only
 from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
 from modtrain.model.param_layout import gpt_name
 from modtrain.model.tensor_split import merge as merge_tensor_shards
-from modtrain.run_dir import CHECKPOINTS, STATE_FILE, latest_tag
+from modtrain.run_dir import CHECKPOINTS, STATE_FILE, complete_tags, latest_tag
 
 
 @dataclass
@@ -117,8 +118,28 @@ def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, dict[str, 
     return stage, len(optim_files), tensors
 
 
+def _verify(tag_dir: Path) -> None:
+    """Refuse a tag whose files pickle code or do not match their saved checksums; for a
+    damaged one, name the older tags beside it that verify."""
+    problems, _ = check_tag(tag_dir)
+    for problem in problems:
+        if problem.kind == "unsafe":
+            raise ModtrainError(problem.text)
+    if not problems:
+        return
+    older = [t for t in reversed(complete_tags(tag_dir.parent))
+             if t < tag_dir.name and not check_tag(tag_dir.parent / t)[0]]
+    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+    raise ModtrainError(
+        f"{tag_dir} is damaged ({problems[0].text}{more}); "
+        + (f"these older checkpoints verify: {', '.join(older)} (pass one, e.g. "
+           f"{tag_dir.parent / older[0]})" if older else "no older checkpoint beside it verifies")
+    )
+
+
 def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     tag_dir = resolve_checkpoint(path)
+    _verify(tag_dir)
     model_files = sorted(tag_dir.glob("*model_states.pt"), key=lambda f: _rank(f, "pp_rank"))
     state = _modtrain_state(tag_dir, load_weights_only(model_files[0]))
     config = state["config"]

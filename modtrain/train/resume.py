@@ -1,5 +1,11 @@
 """Which checkpoint a run resumes from, and how (same layout, or through a universal
-checkpoint when the parallel layout changed)."""
+checkpoint when the parallel layout changed).
+
+The tag `latest` names is checked first (files against their saved checksums, pickles
+against the allow-list); a damaged one is skipped for the newest older tag that verifies,
+saying which and why, unless run.resume_fallback=false. A file that pickles code is never
+skipped past: the run stops.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch.distributed as dist
+
+from modtrain.checkpoint_files import Problem, check_tag
 from modtrain.errors import ModtrainError
-from modtrain.run_dir import STATE_FILE, latest_tag, read_state, step_of
+from modtrain.run_dir import LATEST, STATE_FILE, complete_tags, latest_tag, read_state, step_of
 from modtrain.train import checkpoint
 
 
@@ -42,18 +51,75 @@ def needs_universal(saved: dict[str, int], layout: dict[str, int]) -> bool:
     )
 
 
+def _check_together(tag_dir: Path) -> tuple[list[Problem], bool]:
+    """Collective when distributed: each rank checks a share of the files, all get every
+    problem (and so all take the same decision)."""
+    if not dist.is_initialized():
+        return check_tag(tag_dir)
+    problems, verified = check_tag(tag_dir, dist.get_rank(), dist.get_world_size())
+    parts: list[list[Problem]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, problems)
+    return [p for part in parts for p in part], verified
+
+
+def _why_not(checkpoint_dir: Path, tag: str, log: Callable[[str], None]) -> str | None:
+    """Why `tag` cannot be resumed from (None: it can); raises on a file that pickles code."""
+    tag_dir = checkpoint_dir / tag
+    if not (tag_dir / STATE_FILE).is_file():
+        return (f"{checkpoint_dir / LATEST} names {tag}, which is not a complete modtrain "
+                "checkpoint")
+    problems, verified = _check_together(tag_dir)
+    for problem in problems:
+        if problem.kind == "unsafe":
+            raise ModtrainError(problem.text)
+    if problems:
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        return f"{tag} is damaged ({problems[0].text}{more})"
+    if not verified:
+        log(f"{tag} has no checksums (saved before modtrain recorded them): not verified")
+    return None
+
+
+def choose_tag(checkpoint_dir: Path, fallback: bool = True,
+               log: Callable[[str], None] = lambda _: None) -> str | None:
+    """The tag to resume from: `latest` if it verifies, else (with `fallback`) the newest
+    older complete tag that does. None when the directory holds no checkpoint."""
+    complete = complete_tags(checkpoint_dir)
+    latest = latest_tag(checkpoint_dir)
+    if latest is None and complete:  # killed between the rename and `latest`'s update
+        latest = complete[-1]
+    if latest is None:
+        log(f"--resume auto: no checkpoint in {checkpoint_dir} yet; starting from step 0")
+        return None
+    skipped: list[str] = []
+    for tag in [latest, *(t for t in reversed(complete) if t < latest)]:
+        why = _why_not(checkpoint_dir, tag, log)
+        if why is None:
+            if skipped:
+                log(f"resuming from {tag}, the newest checkpoint that verifies: "
+                    + "; ".join(skipped))
+            return tag
+        if not fallback:
+            raise ModtrainError(
+                f"{why}; run.resume_fallback=false: restore the file, or resume from the "
+                "newest checkpoint that verifies with run.resume_fallback=true"
+            )
+        skipped.append(why)
+    raise ModtrainError(
+        f"no checkpoint in {checkpoint_dir} can be resumed from: {'; '.join(skipped)}; "
+        "restore the files, or start afresh in a new run.dir"
+    )
+
+
 def plan_resume(checkpoint_dir: Path, layout: dict[str, int],
-                log: Callable[[str], None] = lambda _: None) -> ResumePlan | None:
-    """None when there is nothing to resume; raises on a layout that cannot be loaded.
-    Collective when the layout changed: rank 0 converts, the others wait."""
-    tag = latest_tag(checkpoint_dir)
+                log: Callable[[str], None] = lambda _: None,
+                fallback: bool = True) -> ResumePlan | None:
+    """None when there is nothing to resume; raises on a layout that cannot be loaded or
+    when no checkpoint verifies. Collective when distributed (the ranks check the files
+    together; rank 0 converts when the layout changed, the others wait)."""
+    tag = choose_tag(checkpoint_dir, fallback, log)
     if tag is None:
         return None
-    if not (checkpoint_dir / tag / STATE_FILE).is_file():
-        raise ModtrainError(
-            f"{checkpoint_dir / 'latest'} names {tag}, which is not a complete modtrain "
-            "checkpoint; point 'latest' at a complete step_* directory"
-        )
     saved = read_state(checkpoint_dir, tag)["layout"]
     universal = needs_universal(saved, layout)
     if universal and min(saved["zero_stage"], layout["zero_stage"]) == 0:

@@ -129,7 +129,8 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
     torch.distributed.barrier()
 
     layout = current_layout(topo.tensor, topo.pipeline, topo.data, t.zero_stage)
-    plan = (plan_resume(ckpt_dir, layout, log=progress.message)
+    plan = (plan_resume(ckpt_dir, layout, log=progress.message,
+                        fallback=config.run.resume_fallback)
             if config.run.resume == "auto" else None)
     ds_config = deepspeed_config(config, topo.data)
     micro_batch = t.micro_batch(topo.data)
