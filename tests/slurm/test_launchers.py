@@ -26,10 +26,11 @@ def launcher_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_wrapper(script: str, config: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_wrapper(script: str, config: Path, env: dict[str, str],
+                *overrides: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(["bash", str(ROOT / "launch" / script), str(config),
-                           f"train.steps={STEPS}"], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+                           f"train.steps={STEPS}", *overrides], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
@@ -58,16 +59,18 @@ def assert_two_ranks_match(run_dir: Path, stdout: str, launcher: str, reference)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script, launcher, extra", [
-    ("train_deepspeed.sh", "deepspeed", {}),
-    ("train_torchrun.sh", "torchrun", {}),
-    ("train_mpirun.sh", "openmpi",
+@pytest.mark.parametrize("script, launcher, zero, extra", [
+    ("train_deepspeed.sh", "deepspeed", 1, {}),
+    ("train_torchrun.sh", "torchrun", 2, {}),
+    ("train_mpirun.sh", "openmpi", 3,
      {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}),
 ])
 def test_local_launchers_train_two_ranks(tmp_path, char_store, char_tokenizer, reference,
-                                         script, launcher, extra):
+                                         script, launcher, zero, extra):
+    """Each wrapper, each with one of launch/ds_zero{1,2,3}.json."""
     cfg = tiny_config(tmp_path, char_store, char_tokenizer, "double", micro=4)
-    proc = run_wrapper(script, cfg, launcher_env(**extra))
+    proc = run_wrapper(script, cfg, launcher_env(**extra), f"train.zero_stage={zero}",
+                       f"train.deepspeed_config={ROOT / 'launch' / f'ds_zero{zero}.json'}")
     assert_two_ranks_match(tmp_path / "double", proc.stdout, launcher, reference)
 
 
