@@ -155,8 +155,11 @@ def save(
 
 
 def _hash_together(tag_dir: Path) -> dict[str, dict[str, Any]]:
-    """Collective: every rank hashes a share of the tag's files; all get every checksum."""
-    mine = checksums(tag_dir, share(tag_files(tag_dir), dist.get_rank(), dist.get_world_size()))
+    """Collective: every rank hashes a share of the tag's files (as rank 0 lists them, the
+    rank that renames the tag); all get every checksum."""
+    names = [tag_files(tag_dir) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(names, src=0)
+    mine = checksums(tag_dir, share(names[0], dist.get_rank(), dist.get_world_size()))
     parts: list[dict[str, dict[str, Any]]] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(parts, mine)
     return {name: entry for part in parts for name, entry in part.items()}
