@@ -12,7 +12,7 @@ from modtrain.errors import ModtrainError
 class MoDConfig:
     """Mixture-of-Depths routing (Raposo et al. 2024)."""
 
-    enabled: bool = False
+    enabled: bool = False  # route blocks with Mixture-of-Depths
     # Fraction of the sequence each routed block processes: k = ceil(capacity * S).
     capacity: float = 0.125
     # 0-based indices of routed layers; None means every other block, starting at block 1.
@@ -21,8 +21,8 @@ class MoDConfig:
     router_bce_coef: float = 0.01
     # Causal-routing aid (B): a stop-gradient MLP that predicts top-k membership.
     predictor: bool = True
-    predictor_hidden: int = 64
-    predictor_loss_coef: float = 1.0
+    predictor_hidden: int = 64  # width of the predictor MLP
+    predictor_loss_coef: float = 1.0  # weight of the predictor's BCE (its input is detached)
     # Which decision sampling uses: "predictor" or "router" (sigmoid(r) > 0.5).
     inference_routing: str = "predictor"
 
@@ -33,16 +33,16 @@ class ModelConfig:
     # Embedding rows are padded to a multiple of this (must be divisible by parallel.tensor);
     # padded ids are masked out of the softmax, so padding never changes the loss.
     vocab_multiple: int = 1
-    num_layers: int = 4
-    hidden_size: int = 128
-    num_heads: int = 4
+    num_layers: int = 4  # decoder blocks
+    hidden_size: int = 128  # model width d
+    num_heads: int = 4  # attention heads; hidden_size must be a multiple
     ffn_hidden_size: int = 0  # 0: SwiGLU default, 8/3 * hidden rounded up to a multiple of 32
-    max_seq_length: int = 64
-    rope_base: float = 10000.0
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
+    max_seq_length: int = 64  # longest sequence the model takes (RoPE table size)
+    rope_base: float = 10000.0  # RoPE theta
+    tie_embeddings: bool = True  # the output projection reuses the embedding matrix
+    dropout: float = 0.0  # on attention probabilities and block outputs (0: off)
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    init_std: float = 0.02  # std of the normal init; residual outputs / sqrt(2 num_layers)
     mod: MoDConfig = field(default_factory=MoDConfig)
 
     @property
@@ -66,10 +66,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    store: str = "data/shakespeare_char.zarr"
-    tokenizer: str = "data/shakespeare_char.model"
-    seq_length: int = 64
-    val_fraction: float = 0.1
+    store: str = "data/shakespeare_char.zarr"  # token store written by modtrain data prepare
+    tokenizer: str = "data/shakespeare_char.model"  # the store's SentencePiece model (hash-checked)
+    seq_length: int = 64  # tokens per training sample (<= model.max_seq_length)
+    val_fraction: float = 0.1  # held-out tail of the token stream, for validation
     # Blend several stores (same tokenizer); when set, `store` is not used.
     stores: list[str] = field(default_factory=list)
     # Sampling weight of each of `stores`; empty: in proportion to their sizes.
@@ -80,30 +80,33 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    global_batch_size: int = 12
+    steps: int = 2000  # optimizer steps
+    global_batch_size: int = 12  # sequences per optimizer step, over all data-parallel ranks
     # Samples per rank per forward pass; 0: global_batch_size / data-parallel size (one
     # micro-batch per step, no gradient accumulation), so a config runs on any process count.
     micro_batch_size: int = 0
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
+    lr: float = 1e-3  # peak learning rate, reached after warm-up
+    min_lr: float = 1e-4  # learning rate at the end of the cosine decay
+    warmup_steps: int = 100  # linear warm-up from 0 to train.lr
     decay_steps: int = 0  # cosine decay ends here (0: at train.steps); lets a run stop early
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    eval_interval: int = 250
-    eval_batches: int = 20
-    log_interval: int = 10
-    save_interval: int = 1000
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only, not norms)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.99  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0: off)
+    eval_interval: int = 250  # steps between validation evaluations (and at the end)
+    eval_batches: int = 20  # validation batches per evaluation
+    log_interval: int = 10  # steps between metrics.jsonl records
+    save_interval: int = 1000  # steps between checkpoints (and at the end)
     keep_last: int = 3  # complete checkpoints kept (0: all)
     keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: off)
     # Consecutive steps with a non-finite loss (each skipped) before training stops.
     max_nonfinite_steps: int = 5
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    zero_stage: int = 1
+    # Peak TFLOP/s of one device, for MFU in metrics.jsonl; 0: known GPUs' dense bf16 peak
+    # (H100/H200 989), no MFU on others.
+    peak_tflops: float = 0.0
+    zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3 (pipeline: 0 or 1)
     # Optional DeepSpeed JSON (e.g. launch/ds_zero2.json) merged over the derived config.
     deepspeed_config: str | None = None
 
@@ -130,25 +133,28 @@ class TrainConfig:
 
 @dataclass
 class ParallelConfig:
-    tensor: int = 1
-    pipeline: int = 1
+    tensor: int = 1  # tensor-parallel size (megatron-core layers)
+    pipeline: int = 1  # pipeline stages (DeepSpeed pipeline engine)
 
 
 @dataclass
 class RunConfig:
-    dir: str = "runs/default"
-    seed: int = 1337
+    dir: str = "runs/default"  # where config.yaml, metrics.jsonl, tensorboard/ and checkpoints/ go
+    seed: int = 1337  # weights (the same on every layout), data order and dropout
     resume: str = "none"  # none | auto
     # resume=auto and `latest` fails its checksums: resume from the newest older checkpoint
     # that verifies (true) or stop (false). docs/fault_tolerance.md
     resume_fallback: bool = True
+    # TensorBoard event files in RUN_DIR/tensorboard/ beside metrics.jsonl (when the
+    # tensorboard package is installed: pip install modtrain[tensorboard]).
+    tensorboard: bool = True
 
 
 # Sizes that must be at least 1 (the others are counts that may be 0, see their comments).
 POSITIVE = ("model.num_layers", "model.hidden_size", "model.num_heads", "model.max_seq_length",
             "model.mod.predictor_hidden", "train.eval_batches")
 NON_NEGATIVE = ("model.vocab_size", "model.ffn_hidden_size", "train.warmup_steps",
-                "train.decay_steps")
+                "train.decay_steps", "train.peak_tflops")
 
 
 def _check_numbers(config: Config) -> None:

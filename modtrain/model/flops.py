@@ -47,3 +47,9 @@ def layer_flops(config: ModelConfig, tokens: int) -> list[float]:
 def model_flops(config: ModelConfig, tokens: int) -> float:
     """Forward FLOPs of the whole model for one sequence (x3 for forward + backward)."""
     return sum(layer_flops(config, tokens)) + head_flops(config, tokens)
+
+
+def training_flops_per_token(config: ModelConfig, seq_length: int) -> float:
+    """Forward + backward FLOPs per trained token (backward = 2x forward), routing included:
+    the numerator of MFU."""
+    return 3 * model_flops(config, seq_length) / seq_length

@@ -17,6 +17,15 @@ from torch import nn
 
 from modtrain.config.schema import MoDConfig
 
+# The statistics `MoDRouter.aux_losses` reports (logged per routed layer as NAME/layerN).
+ROUTER_STATS = ("routed_frac", "router_bce", "router_acc")
+PREDICTOR_STATS = ("predictor_bce", "predictor_acc")
+
+
+def stat_names(config: MoDConfig) -> tuple[str, ...]:
+    """What a routed block of this config reports in training (see aux_losses)."""
+    return ROUTER_STATS + (PREDICTOR_STATS if config.predictor else ())
+
 
 def tokens_per_row(capacity: float, seq_length: int) -> int:
     """k = ceil(capacity * S), fixed a priori so shapes and compute are static."""
@@ -70,16 +79,18 @@ class MoDRouter(nn.Module):
         """Causal-routing losses and their agreement with top-k; `selected` is [S, B] bool."""
         target = selected.to(logits.dtype)
         bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        routed_frac, router_bce, router_acc = ROUTER_STATS
         stats = {
-            "router_bce": bce.detach(),
-            "router_acc": ((logits > 0) == selected).float().mean(),
-            "routed_frac": target.float().mean(),
+            router_bce: bce.detach(),
+            router_acc: ((logits > 0) == selected).float().mean(),
+            routed_frac: target.float().mean(),
         }
         loss = self.config.router_bce_coef * bce
         if self.predictor is not None:
             pred = self.predictor_logits(x)
             pred_loss = F.binary_cross_entropy_with_logits(pred.float(), target.float())
-            stats["predictor_bce"] = pred_loss.detach()
-            stats["predictor_acc"] = ((pred > 0) == selected).float().mean()
+            predictor_bce, predictor_acc = PREDICTOR_STATS
+            stats[predictor_bce] = pred_loss.detach()
+            stats[predictor_acc] = ((pred > 0) == selected).float().mean()
             loss = loss + self.config.predictor_loss_coef * pred_loss
         return loss, stats

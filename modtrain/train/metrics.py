@@ -85,7 +85,9 @@ class Progress:
         self.start = time.monotonic()
         self.start_step: int | None = None
 
-    def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+    def update(self, step: int, loss: float, lr: float, tokens_per_s: float,
+               extra: str = "") -> None:
+        """The status line; `extra` (e.g. routed fraction, MFU) goes before the ETA."""
         if not self.enabled:
             return
         if self.start_step is None:
@@ -95,7 +97,8 @@ class Progress:
         eta = elapsed / max(done, 1) * (self.total - step)
         line = (
             f"step {step}/{self.total} | loss {loss:.4f} | lr {lr:.2e} | "
-            f"{tokens_per_s:,.0f} tok/s | eta {int(eta // 60)}m{int(eta % 60):02d}s"
+            f"{tokens_per_s:,.0f} tok/s | {extra + ' | ' if extra else ''}"
+            f"eta {int(eta // 60)}m{int(eta % 60):02d}s"
         )
         if self.tty:
             sys.stderr.write("\r\033[K" + line)

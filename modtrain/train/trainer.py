@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,26 +13,20 @@ from modtrain.config import Config, config_to_dict, save_config
 from modtrain.data.read.dataset import ValidationSequences
 from modtrain.data.read.loading import build_training_data
 from modtrain.errors import ModtrainError
-from modtrain.model import GPT
-from modtrain.model.tensor_split import TensorSlice
-from modtrain.parallel import MegatronMPU, Topology, init_distributed
+from modtrain.model.flops import training_flops_per_token
+from modtrain.parallel import init_distributed
 from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, METRICS_FILE
 from modtrain.train import checkpoint
 from modtrain.train.ds_config import deepspeed_config
+from modtrain.train.engine import build_engine
 from modtrain.train.inputs import check_inputs
-from modtrain.train.metrics import MetricsWriter, Progress
-from modtrain.train.optim import (
-    build_optimizer,
-    build_scheduler,
-    restore_group_settings,
-    untie_step_counters,
-)
+from modtrain.train.metrics import Progress
+from modtrain.train.optim import restore_group_settings, untie_step_counters
 from modtrain.train.resume import current_layout, plan_resume
 from modtrain.train.run_guard import check_run_dir, move_aside, previous_run
 from modtrain.train.signals import RequeueRequested, StopFlag
-from modtrain.train.steps import EngineStep, PipelineStep
-
-ROUTING_STATS = ("routed_frac", "router_bce", "router_acc", "predictor_bce", "predictor_acc")
+from modtrain.train.sinks import MetricSink, build_sinks
+from modtrain.train.throughput import device_peak_tflops, throughput_record
 
 
 @dataclass
@@ -55,12 +48,6 @@ def _dp_mean(values: dict[str, float], group) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
-def _finite_or_none(record: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN: non-finite numbers are logged as null."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in record.items()}
-
-
 def evaluate(stepper, val: ValidationSequences, micro_batch: int, dp_rank: int, dp_size: int,
              group) -> float:
     """Mean LM loss over the validation windows, split across data-parallel ranks."""
@@ -68,43 +55,6 @@ def evaluate(stepper, val: ValidationSequences, micro_batch: int, dp_rank: int, 
     sums = torch.tensor([total, count], dtype=torch.float64)
     torch.distributed.all_reduce(sums, group=group)
     return float(sums[0] / sums[1])
-
-
-def build_engine(config: Config, topo: Topology, ds_config: dict, progress: Progress):
-    """The DeepSpeed engine for this layout, its base optimizer, and the step runner."""
-    import deepspeed
-
-    t = config.train
-    if topo.pipeline > 1:
-        from modtrain.model.pipeline_layers import AuxLossInjector, BlockLayer
-        from modtrain.parallel.pipeline_stages import build_pipeline, format_stage_costs
-
-        model, table = build_pipeline(config, topo)
-        progress.message("pipeline stages (balanced by forward FLOPs):\n"
-                         + format_stage_costs(table))
-        mpu = None  # the pipeline module carries its own topology
-    else:
-        model = GPT(config.model, seed=config.run.seed,
-                    tensor=TensorSlice(topo.tensor_rank, topo.tensor))
-        mpu = MegatronMPU(topo)
-    optimizer = build_optimizer(model, t)
-    scheduler = build_scheduler(optimizer, t)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu,
-    )
-    if topo.pipeline > 1:
-        AuxLossInjector.scale = 1.0 / engine.gradient_accumulation_steps()
-        blocks = [m for m in model.modules() if isinstance(m, BlockLayer)]
-        keys = [f"{name}/layer{i}" for i in config.model.routed_layer_ids
-                for name in ROUTING_STATS
-                if config.model.mod.predictor or not name.startswith("predictor")]
-        return engine, optimizer, PipelineStep(engine, optimizer, blocks, keys,
-                                               topo.groups.pipeline)
-    if t.zero_stage == 3 and config.model.tie_embeddings:
-        # ZeRO-3 gathers a parameter only inside its own module's forward; the tied output
-        # projection reads the embedding weight from another module.
-        deepspeed.zero.register_external_parameter(model.output_layer, model.embedding.weight)
-    return engine, optimizer, EngineStep(engine, optimizer)
 
 
 def train(config: Config, overwrite: bool = False) -> TrainResult:
@@ -138,7 +88,7 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
         ds_config["checkpoint"] = {"load_universal": True}
 
     torch.manual_seed(config.run.seed)
-    engine, optimizer, stepper = build_engine(config, topo, ds_config, progress)
+    engine, optimizer, stepper = build_engine(config, topo, ds_config, progress.message)
 
     dp_rank, dp_group = topo.data_rank, topo.groups.data
     loader, val = build_training_data(config, store, dp_rank, topo.data,
@@ -154,7 +104,12 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
         how = "" if plan.same_layout else " (layout changed: " + (
             "universal checkpoint)" if plan.universal else "no RNG restore)")
         progress.message(f"resumed from step {start_step}{how}")
-    metrics = MetricsWriter(run_dir / METRICS_FILE, enabled=is_main, resumed_step=start_step)
+    sinks: list[MetricSink] = build_sinks(
+        run_dir, METRICS_FILE, config.run.tensorboard, start_step, progress) if is_main else []
+
+    def log(record: dict[str, Any]) -> None:
+        for sink in sinks:
+            sink.log(record)
 
     def save(step: int) -> str:
         state = {"step": step, "data": loader.state_dict(), "config": config_to_dict(config),
@@ -165,6 +120,8 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
 
     stop = StopFlag().install()
     tokens_per_step = t.global_batch_size * config.data.seq_length
+    flops_per_token = training_flops_per_token(config.model, config.data.seq_length)
+    peak = device_peak_tflops(t.peak_tflops, topo.device)
     val_loss, last = float("nan"), {}
     window_tokens, window_start = 0, time.perf_counter()
     bad_steps: list[int] = []
@@ -191,12 +148,12 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
                     "grad_norm": float(grad_norm) if grad_norm is not None else None,
                     "tokens_per_s": tokens_per_s,
                     "tokens": step * tokens_per_step,
+                    **throughput_record(tokens_per_s, flops_per_token, topo.world_size, peak),
                     **means,
                 }
                 if skip:
                     record["skipped"] = True
-                metrics.write(_finite_or_none(record))
-                progress.update(step, record["loss"], lr, tokens_per_s)
+                log(record)
                 last = record
             if len(bad_steps) >= t.max_nonfinite_steps:
                 tag = save(step)
@@ -211,8 +168,7 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
                 raise RequeueRequested(step, str(ckpt_dir / tag))
             if step % t.eval_interval == 0 or step == t.steps:
                 val_loss = evaluate(stepper, val, micro_batch, dp_rank, topo.data, dp_group)
-                metrics.write(_finite_or_none({"step": step, "val_loss": val_loss}))
-                progress.message(f"step {step}: val loss {val_loss:.4f}")
+                log({"step": step, "val_loss": val_loss})
             if step % t.save_interval == 0 or step == t.steps:
                 save(step)
             if step % t.eval_interval == 0 or step % t.save_interval == 0:
@@ -220,8 +176,8 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
                 window_tokens, window_start = 0, time.perf_counter()
     finally:
         stop.restore()
-        progress.close()
-        metrics.close()
+        for sink in sinks:
+            sink.close()
     return TrainResult(
         steps=t.steps,
         final_loss=float(last.get("loss", float("nan"))),

@@ -1,0 +1,54 @@
+"""The DeepSpeed engine for a layout: the model (GPT, or pipeline stages), its optimizer and
+schedule, and the step runner that fits the layout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from modtrain.config import Config
+from modtrain.model import GPT
+from modtrain.model.router import stat_names
+from modtrain.model.tensor_split import TensorSlice
+from modtrain.parallel import MegatronMPU, Topology
+from modtrain.train.optim import build_optimizer, build_scheduler
+from modtrain.train.steps import EngineStep, PipelineStep
+
+
+def routing_stat_keys(config: Config) -> list[str]:
+    """Every routing statistic the whole model logs: NAME/layerN per routed layer."""
+    m = config.model
+    return [f"{name}/layer{i}" for i in m.routed_layer_ids for name in stat_names(m.mod)]
+
+
+def build_engine(config: Config, topo: Topology, ds_config: dict,
+                 log: Callable[[str], None] = lambda _: None):
+    """The DeepSpeed engine for this layout, its base optimizer, and the step runner."""
+    import deepspeed
+
+    t = config.train
+    if topo.pipeline > 1:
+        from modtrain.model.pipeline_layers import AuxLossInjector, BlockLayer
+        from modtrain.parallel.pipeline_stages import build_pipeline, format_stage_costs
+
+        model, table = build_pipeline(config, topo)
+        log("pipeline stages (balanced by forward FLOPs):\n" + format_stage_costs(table))
+        mpu = None  # the pipeline module carries its own topology
+    else:
+        model = GPT(config.model, seed=config.run.seed,
+                    tensor=TensorSlice(topo.tensor_rank, topo.tensor))
+        mpu = MegatronMPU(topo)
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu,
+    )
+    if topo.pipeline > 1:
+        AuxLossInjector.scale = 1.0 / engine.gradient_accumulation_steps()
+        blocks = [m for m in model.modules() if isinstance(m, BlockLayer)]
+        return engine, optimizer, PipelineStep(engine, optimizer, blocks,
+                                               routing_stat_keys(config), topo.groups.pipeline)
+    if t.zero_stage == 3 and config.model.tie_embeddings:
+        # ZeRO-3 gathers a parameter only inside its own module's forward; the tied output
+        # projection reads the embedding weight from another module.
+        deepspeed.zero.register_external_parameter(model.output_layer, model.embedding.weight)
+    return engine, optimizer, EngineStep(engine, optimizer)
