@@ -12,6 +12,7 @@ RUN=$(python -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['run']
 modtrain tokenizer train --input "$CORPUS" --out data/shakespeare_char --type char
 modtrain data prepare --tokenizer data/shakespeare_char.model --input "$CORPUS" \
   --out data/shakespeare_char.zarr --overwrite
-modtrain train "$CONFIG" "$@"
+# A rerun starts afresh: the earlier run is moved aside to RUN_DIR.old-<time>, not deleted.
+modtrain train "$CONFIG" --overwrite "$@"
 modtrain convert "$RUN" --out "exports/$(basename "$RUN")"
 modtrain generate "exports/$(basename "$RUN")" --prompt "ROMEO:" --max-new-tokens 300
