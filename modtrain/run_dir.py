@@ -4,9 +4,12 @@ job status read.
 RUN_DIR/
   config.yaml              the resolved config
   metrics.jsonl            one JSON object per logged step (and per evaluation)
+  tensorboard/             TensorBoard event files
   checkpoints/
     step_00001000/         one complete checkpoint (DeepSpeed's files + modtrain.json)
     latest                 the tag of the newest complete checkpoint
+  logs/                    Slurm jobs: their scripts, slurm-JOBID.out, KIND-JOBID.RESTART.log
+    jobs.jsonl             one line per submitted job
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "modtrain.json"  # in each tag: step, data-loader state, config, layout (JSON)
+LOG_DIR = "logs"
+JOBS_FILE = "jobs.jsonl"  # in LOG_DIR
 
 
 def tag_for(step: int) -> str:

@@ -48,6 +48,9 @@ def char_store(tmp_path_factory, char_tokenizer, corpus) -> Path:
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(MASTER_ADDR="127.0.0.1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
+    # The venv's tools first: its ninja (pulled in by DeepSpeed) and a system ninja read each
+    # other's build logs as stale, so DeepSpeed's CPU op would be rebuilt again and again.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(key, None)
     return env

@@ -6,9 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from modtrain.cluster.submit import JOBS_FILE, LOG_DIR
 from modtrain.errors import ModtrainError
-from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, METRICS_FILE, latest_tag
+from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, JOBS_FILE, LOG_DIR, METRICS_FILE, latest_tag
 
 
 def _run(cmd: list[str]) -> str:

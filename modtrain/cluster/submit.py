@@ -18,9 +18,7 @@ from pathlib import Path
 from modtrain.cluster.scripts import JobScript, job_name, render, sbatch_option, time_seconds
 from modtrain.config import load_config
 from modtrain.errors import ModtrainError
-
-LOG_DIR = "logs"  # RUN_DIR/logs: job scripts, Slurm output, one log per job and restart
-JOBS_FILE = "jobs.jsonl"  # RUN_DIR/logs/jobs.jsonl: one line per submitted job
+from modtrain.run_dir import JOBS_FILE, LOG_DIR
 
 
 @dataclass

@@ -54,6 +54,13 @@ def deepspeed_config(config: Config, data_parallel_size: int) -> dict[str, Any]:
                 "remove batch sizes from the JSON and set train.global_batch_size / "
                 "train.micro_batch_size instead"
             )
+    stage = user.get("zero_optimization", {}).get("stage", t.zero_stage)
+    if stage != t.zero_stage:
+        # The checkpoint layout records train.zero_stage; a JSON stage would silently win.
+        raise ModtrainError(
+            f"{path} sets zero_optimization.stage={stage} but train.zero_stage={t.zero_stage}; "
+            f"set train.zero_stage={stage} (or remove the stage from the JSON)"
+        )
     if "optimizer" in user:
         raise ModtrainError(
             f"{path} defines an optimizer; modtrain builds AdamW from train.* settings, "

@@ -22,3 +22,13 @@ def test_launch_configs_merge(name, stage, pipeline):
     assert ds["zero_optimization"]["stage"] == stage
     assert ds["train_batch_size"] == 8 and ds["gradient_accumulation_steps"] == 1
     assert ("pipeline" in ds) == (pipeline > 1)
+
+
+def test_a_json_stage_that_differs_from_train_zero_stage_is_refused():
+    from modtrain.errors import ModtrainError
+
+    config = load_config(None, ["train.zero_stage=1",
+                                f"train.deepspeed_config={LAUNCH / 'ds_zero3'}.json"])
+    with pytest.raises(ModtrainError, match="set train.zero_stage=3") as err:
+        deepspeed_config(config, 1)
+    assert "\n" not in str(err.value)
