@@ -13,6 +13,10 @@ from modtrain.resources import TINYSHAKESPEARE as SHAKESPEARE
 # Test traffic stays on loopback; DeepSpeed would otherwise discover a routable address.
 os.environ["MASTER_ADDR"] = "127.0.0.1"
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# The venv's tools first, in this process and every launched one: its ninja (pulled in by
+# DeepSpeed) and a system ninja read each other's build logs as stale, so DeepSpeed's CPU
+# communication op would be rebuilt again and again (minutes each).
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +52,6 @@ def char_store(tmp_path_factory, char_tokenizer, corpus) -> Path:
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(MASTER_ADDR="127.0.0.1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
-    # The venv's tools first: its ninja (pulled in by DeepSpeed) and a system ninja read each
-    # other's build logs as stale, so DeepSpeed's CPU op would be rebuilt again and again.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(key, None)
     return env

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "run_dir": 1,
     "checkpoint_files": 1,  # what checkpoint files may unpickle; their checksums
     "launcher": 1,  # reads the launcher environment (torchrun, Slurm, MPI)
+    "progress_bar": 1,  # tqdm bars on a terminal
     "resources": 1,
     "model": 2,
     "data.format": 2,

@@ -21,6 +21,7 @@ from modtrain.inference.safe_load import load_weights_only
 from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
 from modtrain.model.param_layout import gpt_name
 from modtrain.model.tensor_split import merge as merge_tensor_shards
+from modtrain.progress_bar import bar
 from modtrain.run_dir import CHECKPOINTS, STATE_FILE, complete_tags, latest_tag
 
 
@@ -61,7 +62,7 @@ def _read_pipeline(tag_dir: Path, num_layers: int) -> dict[str, torch.Tensor]:
     """Weights of a pipeline checkpoint: DeepSpeed writes one file per layer (and per
     tensor rank) holding the module's own weights; names map back onto GPT's."""
     shards: dict[str, dict[int, torch.Tensor]] = {}
-    for path in tag_dir.glob("layer_*-model_states.pt"):
+    for path in bar(sorted(tag_dir.glob("layer_*-model_states.pt")), desc="read layers"):
         match = _LAYER_FILE.fullmatch(path.name)
         if match is None:
             continue
@@ -102,7 +103,7 @@ def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, dict[str, 
                          key=lambda f: _rank(f, "pp_rank"))
     if not optim_files:
         return 0, 1, _module_weights(model_state)
-    optim = [load_weights_only(f) for f in optim_files]
+    optim = [load_weights_only(f) for f in bar(optim_files, desc=f"read tensor rank {mp_rank}")]
     meta = optim[0][OPTIMIZER_STATE]
     stage = int(meta["zero_stage"])
     count = meta["partition_count"]

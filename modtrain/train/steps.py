@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from modtrain.data.read.dataset import ValidationSequences
+from modtrain.progress_bar import bar
 
 
 @dataclass
@@ -63,11 +64,12 @@ class EngineStep:
         return StepOutcome(loss, skip, stop, {k: v / n for k, v in sums.items()})
 
     @torch.no_grad()
-    def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int):
+    def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int,
+                 show_progress: bool = False):
         """(sum of per-sample mean losses, count) over this rank's validation windows."""
         self.engine.eval()
         total, count = 0.0, 0
-        for i in range(0, len(indices), micro_batch):
+        for i in bar(range(0, len(indices), micro_batch), desc="eval", enabled=show_progress):
             batch = np.stack([val[j] for j in indices[i : i + micro_batch]])
             x, y = _to_device(batch, self.engine.device)
             total += float(self.engine(x, y).lm_loss) * len(batch)
@@ -108,9 +110,11 @@ class PipelineStep:
         return StepOutcome(loss, skip, stop, self._stage_stats())
 
     @torch.no_grad()
-    def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int):
+    def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int,
+                 show_progress: bool = False):
         total, count = 0.0, 0
-        for i in range(0, len(indices) - micro_batch + 1, micro_batch):
+        for i in bar(range(0, len(indices) - micro_batch + 1, micro_batch), desc="eval",
+                     enabled=show_progress):
             batch = np.stack([val[j] for j in indices[i : i + micro_batch]])
             loss = self.engine.eval_batch(self._iterator([batch]), num_micro_batches=1)
             total += float(loss) * len(batch)

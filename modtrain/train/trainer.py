@@ -49,9 +49,10 @@ def _dp_mean(values: dict[str, float], group) -> dict[str, float]:
 
 
 def evaluate(stepper, val: ValidationSequences, micro_batch: int, dp_rank: int, dp_size: int,
-             group) -> float:
+             group, show_progress: bool = False) -> float:
     """Mean LM loss over the validation windows, split across data-parallel ranks."""
-    total, count = stepper.evaluate(val, list(range(dp_rank, len(val), dp_size)), micro_batch)
+    total, count = stepper.evaluate(val, list(range(dp_rank, len(val), dp_size)), micro_batch,
+                                    show_progress)
     sums = torch.tensor([total, count], dtype=torch.float64)
     torch.distributed.all_reduce(sums, group=group)
     return float(sums[0] / sums[1])
@@ -167,7 +168,8 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
                 tag = save(step)
                 raise RequeueRequested(step, str(ckpt_dir / tag))
             if step % t.eval_interval == 0 or step == t.steps:
-                val_loss = evaluate(stepper, val, micro_batch, dp_rank, topo.data, dp_group)
+                val_loss = evaluate(stepper, val, micro_batch, dp_rank, topo.data, dp_group,
+                                    show_progress=is_main)
                 log({"step": step, "val_loss": val_loss})
             if step % t.save_interval == 0 or step == t.steps:
                 save(step)

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from modtrain.progress_bar import bar
+
 REFRESH_S = 0.5  # terminal refresh and counter-file interval
 LOG_EVERY_S = 30.0  # without a terminal (batch jobs), one line this often
 
@@ -64,7 +66,8 @@ def clear_counters(build: Path) -> None:
 
 
 class Display:
-    """One status line: slices done, MB of text, tokens, MB/s and tokens/s of this run."""
+    """Slices done, MB of text, tokens, MB/s and tokens/s of this run: a progress bar with
+    the time left on a terminal, one plain line every LOG_EVERY_S in batch logs."""
 
     def __init__(self, num_slices: int, kept: int = 0, enabled: bool = True) -> None:
         self.num_slices = num_slices
@@ -73,15 +76,18 @@ class Display:
         self.tty = sys.stderr.isatty()
         self.start = time.monotonic()
         self._last = self.start if not self.tty else 0.0  # logs: first line after a while
+        self._bar = bar(total=num_slices, initial=kept, desc="prepare", unit="slice",
+                        enabled=enabled) if self.tty else None
+
+    def rates(self, text_bytes: int, tokens: int) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        return (f"{text_bytes / 1e6:,.1f} MB text | {tokens:,} tokens | "
+                f"{text_bytes / 1e6 / elapsed:.2f} MB/s | {tokens / elapsed:,.0f} tokens/s")
 
     def line(self, text_bytes: int, tokens: int, slices: int) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
         kept = f" ({self.kept} kept)" if self.kept else ""
-        return (
-            f"prepare: {self.kept + slices}/{self.num_slices} slices{kept} | "
-            f"{text_bytes / 1e6:,.1f} MB text | {tokens:,} tokens | "
-            f"{text_bytes / 1e6 / elapsed:.2f} MB/s | {tokens / elapsed:,.0f} tokens/s"
-        )
+        return (f"prepare: {self.kept + slices}/{self.num_slices} slices{kept} | "
+                + self.rates(text_bytes, tokens))
 
     def show(self, counters: tuple[int, int, int], force: bool = False) -> None:
         if not self.enabled:
@@ -90,14 +96,19 @@ class Display:
         if not force and now - self._last < (REFRESH_S if self.tty else LOG_EVERY_S):
             return
         self._last = now
-        text = self.line(*counters)
-        sys.stderr.write(("\r\033[K" + text) if self.tty else text + "\n")
+        if self._bar is not None:
+            self._bar.n = self.kept + counters[2]
+            self._bar.set_postfix_str(self.rates(*counters[:2]), refresh=True)
+            return
+        sys.stderr.write(self.line(*counters) + "\n")
         sys.stderr.flush()
 
     def close(self, counters: tuple[int, int, int]) -> None:
         self.show(counters, force=True)
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
+        if self._bar is not None:
+            self._bar.close()
+            if self.enabled:  # the bar leaves no trace: keep the totals
+                sys.stderr.write(self.line(*counters) + "\n")
 
 
 class Poller:
