@@ -148,6 +148,10 @@ class RunConfig:
     # TensorBoard event files in RUN_DIR/tensorboard/ beside metrics.jsonl (when the
     # tensorboard package is installed: pip install modtrain[tensorboard]).
     tensorboard: bool = True
+    # A Weights & Biases run in offline mode in RUN_DIR/wandb/ (pip install modtrain[wandb]);
+    # upload it later with `wandb sync`.
+    wandb: bool = False
+    wandb_project: str = "modtrain"  # the W&B project the offline run belongs to
 
 
 # Sizes that must be at least 1 (the others are counts that may be 0, see their comments).
@@ -191,6 +195,18 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but almost surely not meant, one line each with the fix.
+        Training prints them at start (rank 0); nothing else changes."""
+        t, found = self.train, []
+        if t.steps <= t.warmup_steps:
+            found.append(
+                f"train.steps={t.steps} is not more than train.warmup_steps={t.warmup_steps}: "
+                "the whole run is warm-up (the learning rate never reaches train.lr or decays); "
+                f"set train.warmup_steps below {t.steps} or raise train.steps"
+            )
+        return found
 
     def validate(self) -> None:
         """Check cross-field constraints; raise ModtrainError naming the key and the fix."""

@@ -3,7 +3,8 @@
 The training loop hands each record (a dict with `step` and numbers) to every sink; a new
 output (another logger, a dashboard) is one class with `log` and `close`. metrics.jsonl is
 always written; TensorBoard event files are written beside it when `tensorboard` is
-installed (`pip install modtrain[tensorboard]`) and not turned off.
+installed (`pip install modtrain[tensorboard]`) and not turned off; a Weights & Biases run
+in offline mode (RUN_DIR/wandb/, `wandb sync` uploads it later) when `run.wandb` is on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Protocol
 
+from modtrain.errors import ModtrainError
 from modtrain.train.metrics import MetricsWriter, Progress
 
 TENSORBOARD_DIR = "tensorboard"
@@ -90,6 +92,28 @@ class ProgressSink:
         self.progress.close()
 
 
+class WandbSink:
+    """A Weights & Biases run in offline mode under RUN_DIR/wandb: nothing leaves the machine
+    until `wandb sync RUN_DIR/wandb/offline-run-*` (compute nodes often have no internet)."""
+
+    def __init__(self, run_dir: Path, project: str, config: dict[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ModtrainError("run.wandb=true needs the wandb package: pip install "
+                                "modtrain[wandb], or set run.wandb=false") from None
+        self.run = wandb.init(mode="offline", dir=str(run_dir), project=project,
+                              name=run_dir.name, config=config, reinit="create_new")
+
+    def log(self, record: dict[str, Any]) -> None:
+        values = {k: v for k, v in record.items() if k != "step" and not isinstance(v, bool)
+                  and isinstance(v, int | float) and math.isfinite(v)}
+        self.run.log(values, step=int(record["step"]))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 def tensorboard_available() -> bool:
     try:
         import tensorboard  # noqa: F401
@@ -99,10 +123,11 @@ def tensorboard_available() -> bool:
 
 
 def build_sinks(run_dir: str | Path, metrics_file: str, tensorboard: bool = True,
-                resumed_step: int | None = None, progress: Progress | None = None
+                resumed_step: int | None = None, progress: Progress | None = None,
+                wandb_project: str | None = None, config: dict[str, Any] | None = None
                 ) -> list[MetricSink]:
-    """The sinks of the main rank: metrics.jsonl, the progress line when given, and
-    TensorBoard when wanted and installed."""
+    """The sinks of the main rank: metrics.jsonl, the progress line when given, TensorBoard
+    when wanted and installed, and W&B (offline) when given a project."""
     run_dir = Path(run_dir)
     sinks: list[MetricSink] = [JsonlSink(run_dir / metrics_file, resumed_step)]
     if progress is not None:
@@ -110,4 +135,6 @@ def build_sinks(run_dir: str | Path, metrics_file: str, tensorboard: bool = True
     if tensorboard and tensorboard_available():
         purge = None if resumed_step is None else resumed_step + 1
         sinks.append(TensorBoardSink(run_dir / TENSORBOARD_DIR, purge_step=purge))
+    if wandb_project:
+        sinks.append(WandbSink(run_dir, wandb_project, config or {}))
     return sinks

@@ -106,7 +106,9 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
             "universal checkpoint)" if plan.universal else "no RNG restore)")
         progress.message(f"resumed from step {start_step}{how}")
     sinks: list[MetricSink] = build_sinks(
-        run_dir, METRICS_FILE, config.run.tensorboard, start_step, progress) if is_main else []
+        run_dir, METRICS_FILE, config.run.tensorboard, start_step, progress,
+        config.run.wandb_project if config.run.wandb else None, config_to_dict(config),
+    ) if is_main else []
 
     def log(record: dict[str, Any]) -> None:
         for sink in sinks:

@@ -70,3 +70,24 @@ def test_progress_line_shows_routed_fraction_and_mfu(capsys):
     assert "step 10/100 | loss 2.5000 | lr 1.00e-03 | 1,000 tok/s | routed 0.188 | MFU 41.0%" \
         in err
     assert "step 10: val loss 2.2500" in err
+
+
+def test_wandb_offline_run_gets_the_records(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sinks = build_sinks(tmp_path, "metrics.jsonl", tensorboard=False, wandb_project="modtrain",
+                        config={"train": {"steps": 20}})
+    wandb_sink = sinks[-1]
+    records = [{"step": step, "loss": 5.0 - step / 10, "lr": 1e-3, "skipped": True,
+                "grad_norm": float("nan")} for step in (10, 20)]
+    # val_loss joins step 20's row; W&B writes a row when the step moves on (or at close).
+    for record in [*records, {"step": 20, "val_loss": 2.5}, {"step": 30, "loss": 2.0}]:
+        for sink in sinks:
+            sink.log(record)
+    summary = dict(wandb_sink.run.summary)
+    assert summary["loss"] == pytest.approx(3.0) and summary["val_loss"] == 2.5
+    assert "grad_norm" not in summary and "skipped" not in summary
+    assert wandb_sink.run.config["train"] == {"steps": 20}
+    for sink in sinks:
+        sink.close()
+    assert len(list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
