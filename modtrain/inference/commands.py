@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import codecs
+import re
 import sys
+
+from modtrain.errors import ModtrainError
+
+# Python's string escapes: \\ \' \" \a \b \f \n \r \t \v, octal, \xHH, \uHHHH, \UHHHHHHHH, \N{name}.
+_ESCAPE = re.compile(r"""\\(?:[\\'"abfnrtv]|[0-7]{1,3}|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}"""
+                     r"|U[0-9a-fA-F]{8}|N\{[^}]*\})")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -13,6 +21,23 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {out}/ (model.safetensors, config.json, tokenizer.model)")
 
 
+def unescape(text: str, option: str) -> str:
+    """Decode the escapes in `text` as a Python string literal would (`\\n` -> newline).
+
+    Each escape is decoded on its own, so every other character (non-ASCII included) stays
+    as typed, as does a backslash that starts no escape.
+    """
+
+    def decode(match: re.Match) -> str:
+        try:
+            return codecs.decode(match.group(), "unicode_escape")
+        except UnicodeDecodeError:
+            raise ModtrainError(f"{option} {text!r}: {match.group()} is not a valid escape; "
+                                "write a backslash itself as \\\\") from None
+
+    return _ESCAPE.sub(decode, text)
+
+
 def _generate(args: argparse.Namespace) -> None:
     from modtrain.inference.generate import generate_text
     from modtrain.inference.sampling import Sampling
@@ -20,7 +45,8 @@ def _generate(args: argparse.Namespace) -> None:
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
     texts, result = generate_text(
         args.export_dir, args.prompt, args.max_new_tokens, args.num_samples, sampling,
-        args.seed, args.stop, use_cache=not args.no_cache, routing=args.routing,
+        args.seed, None if args.stop is None else unescape(args.stop, "--stop"),
+        use_cache=not args.no_cache, routing=args.routing,
     )
     for i, text in enumerate(texts):
         if len(texts) > 1:
@@ -45,7 +71,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="SentencePiece model to ship (default: the one training used)")
     c.set_defaults(func=_convert)
 
-    g = sub.add_parser("generate", help="sample text from an export (KV-cached)")
+    g = sub.add_parser(
+        "generate", help="sample text from an export (KV-cached)",
+        description="Sample continuations of --prompt from an export. Sliding context window: "
+        "the model sees at most the window it was trained on (config.json's "
+        "max_position_embeddings, training's model.max_seq_length). A longer prompt keeps its "
+        "last half window (a warning on stderr says how many tokens), and when generation "
+        "fills the window the context restarts from its last half, so every token is "
+        "predicted from between half and a whole window of text.")
     g.add_argument("export_dir")
     g.add_argument("--prompt", default="\n")
     g.add_argument("--max-new-tokens", type=int, default=200)
@@ -54,9 +87,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--top-k", type=int, default=0, help="0: off")
     g.add_argument("--top-p", type=float, default=1.0, help="1: off")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--stop", default=None, help="end a sample before this text")
+    g.add_argument("--stop", default=None,
+                   help="end a sample before this text; Python escapes are decoded "
+                   "('\\n\\n': a blank line, '\\t', '\\\\': a backslash, '\\x41', '\\u00e9')")
     g.add_argument("--routing", default=None, choices=["predictor", "router"],
-                   help="causal routing of MoD layers (default: the export's)")
+                   help="causal routing of MoD layers (default: the export's; a dense export "
+                   "has none)")
     g.add_argument("--no-cache", action="store_true",
                    help="recompute the whole context every token (slow; for checking)")
     g.add_argument("--stats", action="store_true",

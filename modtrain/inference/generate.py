@@ -5,12 +5,14 @@ export; routed layers decide causally per token and cache only their routed toke
 Context window: the model was trained on at most max_position_embeddings tokens. When the
 context would grow past that, it restarts from its last half (one prefill of those tokens,
 positions from 0 again), so every prediction sees between half and all of a window.
-Without a cache (use_cache=False) each step recomputes exactly that context, which is what
-the tests compare against.
+A prompt longer than the window starts from its last half window too (generate_text says so
+on stderr). Without a cache (use_cache=False) each step recomputes exactly that context,
+which is what the tests compare against.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import torch
 
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
-from modtrain.inference.export import check_vocabulary, load_export
+from modtrain.inference.export import check_vocabulary, load_export, read_export_config
 from modtrain.inference.hf_template.modtrain_core import ModtrainLM
 from modtrain.inference.sampling import Sampling, next_tokens
 
@@ -37,6 +39,23 @@ class Generation:
     cache_allocated_bytes: int = 0  # largest key/value memory allocated
 
 
+def restart_length(window: int) -> int:
+    """Tokens the context keeps when it outgrows the window: the last half window."""
+    return max(1, window // 2)
+
+
+def warn(message: str) -> None:
+    print(f"modtrain: warning: {message}", file=sys.stderr)
+
+
+def unknown_characters(tokenizer: Tokenizer, text: str) -> list[str]:
+    """Characters of `text` that the tokenizer encodes as its unknown token, in order."""
+    unk = tokenizer.sp.unk_id()
+    if unk < 0 or unk not in tokenizer.encode(text):
+        return []
+    return [ch for ch in dict.fromkeys(text) if unk in tokenizer.encode(ch)]
+
+
 @torch.no_grad()
 def generate_ids(
     model: ModtrainLM,
@@ -51,7 +70,7 @@ def generate_ids(
     Rows route independently."""
     sampling = sampling or Sampling(temperature=0.0)
     window = model.config.max_position_embeddings
-    keep = max(1, window // 2)
+    keep = restart_length(window)
     batch, prompt_len = prompt.shape
     ids, start, cache = prompt, 0, None
     done = [False] * batch
@@ -101,6 +120,9 @@ def generate_text(
         raise ModtrainError(f"--num-samples {num_samples} must be at least 1")
     if stop == "":
         raise ModtrainError("--stop is empty; give the text that ends a sample")
+    if routing is not None and not read_export_config(export_dir).get("mod_routed_layers"):
+        raise ModtrainError(f"--routing {routing} does not apply: {export_dir} is a dense export "
+                            "(no routed layers); drop --routing")
     model = load_export(export_dir, inference_routing=routing)
     if not (Path(export_dir) / "tokenizer.model").is_file():
         raise ModtrainError(f"{export_dir} has no tokenizer.model; convert the checkpoint "
@@ -108,7 +130,16 @@ def generate_text(
     tokenizer = Tokenizer(Path(export_dir) / "tokenizer.model")
     check_vocabulary(tokenizer.vocab_size, model.config.vocab_size, tokenizer.path,
                      "convert the checkpoint again with --tokenizer set to the one training used")
+    unknown = unknown_characters(tokenizer, prompt)
+    if unknown:
+        warn(f"the prompt's characters {', '.join(map(repr, unknown))} are not in the "
+             "tokenizer's vocabulary; the model sees each as the unknown token (⁇)")
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
+    window = model.config.max_position_embeddings
+    if len(ids) > window and max_new_tokens > 0:
+        warn(f"the prompt is {len(ids)} tokens, longer than the model's {window}-token window; "
+             f"kept its last {restart_length(window)} of {len(ids)} tokens (see "
+             "'modtrain generate --help')")
     prompt_ids = torch.tensor([ids] * num_samples, dtype=torch.long)
     stop_fn = None if stop is None else (lambda gen: stop in tokenizer.decode(gen))
     generator = torch.Generator().manual_seed(seed)
