@@ -9,6 +9,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from modtrain.config import Config
 
 _SHIELDED = False
 
@@ -49,6 +53,13 @@ def shield_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
         signal.signal(sig, hold)
 
 
+def print_config_warnings(config: Config, is_main: bool) -> None:
+    """Config.warnings() on stderr, once per job (rank 0)."""
+    if is_main:
+        for message in config.warnings():
+            print(f"modtrain: warning: {message}", file=sys.stderr)
+
+
 def _train(args: argparse.Namespace) -> None:
     from modtrain.train.signals import STOP_SIGNALS
 
@@ -68,6 +79,7 @@ def _train(args: argparse.Namespace) -> None:
     from modtrain.launcher import detect
 
     launch = detect()  # a contradictory launch is reported before DeepSpeed starts too
+    print_config_warnings(config, launch.is_main)
     from modtrain.parallel import destroy_distributed
     from modtrain.train.signals import EXIT_REQUEUE, RequeueRequested
     from modtrain.train.trainer import train

@@ -68,3 +68,23 @@ def test_shipped_configs_share_dimensions():
         assert getattr(dense.model, key) == getattr(mod.model, key)
     assert (dense.model.num_layers, dense.model.num_heads, dense.model.hidden_size) == (4, 4, 128)
     assert dense.train == mod.train and dense.data == mod.data
+
+
+def test_steps_within_warm_up_are_warned_about():
+    assert load_config(None, ["train.steps=200", "train.warmup_steps=100"]).warnings() == []
+    (message,) = load_config(None, ["train.steps=50", "train.warmup_steps=100"]).warnings()
+    assert message.startswith("train.steps=50 is not more than train.warmup_steps=100: "
+                              "the whole run is warm-up")
+    assert "set train.warmup_steps below 50 or raise train.steps" in message
+
+
+def test_config_warnings_print_once_per_job(capsys):
+    from modtrain.train.commands import print_config_warnings
+
+    config = load_config(None, ["train.steps=5", "train.warmup_steps=10"])
+    print_config_warnings(config, is_main=False)
+    assert capsys.readouterr().err == ""
+    print_config_warnings(config, is_main=True)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("modtrain: warning: train.steps=5 is not more than "
+                           "train.warmup_steps=10")
