@@ -205,3 +205,42 @@ def test_padded_vocabulary_rows_are_dropped(dist, tmp_path, char_tokenizer):
         theirs = _hf(export)(ids).logits
     assert ours.shape[-1] == theirs.shape[-1] == vocab
     assert _max_diff(ours, ref) < TOLERANCE and _max_diff(theirs, ref) < TOLERANCE
+
+
+def test_mod_export_runs_without_cache_deprecations(mod_export):
+    """No transformers release the export supports warns about the cache's name, and
+    `generate` continues its cache (one new token per forward after the prompt)."""
+    import logging
+    import warnings
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    once = getattr(logging.Logger, "warning_once", None)  # transformers' once-only warnings
+    if hasattr(once, "cache_clear"):
+        once.cache_clear()
+    handler, hf_logger = Collect(logging.DEBUG), logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = _hf(mod_export)
+            lengths: list[int] = []
+            model.model.register_forward_pre_hook(lambda m, a: lengths.append(a[0].shape[1]))
+            prompt = token_batch(2, 6, _vocab(mod_export), seed=3)
+            with torch.no_grad():
+                model(prompt)
+                out = model(prompt, use_cache=True, routing="causal")
+                model(prompt[:, :1], cache=out.cache if hasattr(out, "cache") else out[1])
+            lengths.clear()
+            model.generate(prompt, max_new_tokens=5, do_sample=False,
+                           attention_mask=torch.ones_like(prompt))
+    finally:
+        hf_logger.removeHandler(handler)
+    messages = records + [str(w.message) for w in caught]
+    assert not [m for m in messages if "past_key_values" in m or "deprecat" in m.lower()], \
+        messages
+    assert lengths == [6, 1, 1, 1, 1]

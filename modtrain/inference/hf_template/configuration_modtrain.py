@@ -9,7 +9,7 @@ class ModtrainConfig(PretrainedConfig):
     """Llama's fields plus the Mixture-of-Depths ones (mod_*)."""
 
     model_type = "modtrain_mod"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
         self,
