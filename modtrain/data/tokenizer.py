@@ -16,6 +16,7 @@ import numpy as np
 import sentencepiece as spm
 
 from modtrain.errors import ModtrainError
+from modtrain.progress_bar import bar
 
 MODEL_TYPES = ("char", "bpe", "unigram")
 UNK_ID, EOS_ID = 0, 1
@@ -25,11 +26,14 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _lines(paths: Iterable[Path]) -> Iterator[str]:
+def _lines(paths: Iterable[Path], progress=None) -> Iterator[str]:
+    """Non-empty lines of the files; `progress` (a bar) advances by the bytes read."""
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.rstrip("\n")
+        with open(path, "rb") as f:
+            for raw in f:
+                if progress is not None:
+                    progress.update(len(raw))
+                line = raw.decode("utf-8").rstrip("\n")
                 if line:
                     yield line
 
@@ -112,8 +116,12 @@ def _train_spm(
     paths: list[Path], prefix: Path, model_type: str, vocab_size: int, max_sentences: int,
     sampling: dict[str, Any],
 ) -> None:
+    # SentencePiece reports no progress of its own: the bar shows the reading of the corpus
+    # (its sampling of sentences); training the vocabulary follows, without one.
+    reading = bar(total=sum(p.stat().st_size for p in paths), desc="tokenizer: reading",
+                  unit="B", unit_scale=True)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_lines(paths),
+        sentence_iterator=_lines(paths, reading),
         model_prefix=str(prefix),
         model_type=model_type,
         vocab_size=vocab_size,
@@ -134,6 +142,7 @@ def _train_spm(
         minloglevel=2,
         **sampling,  # shuffle_input_sentence, character_coverage, num_threads, ...
     )
+    reading.close()
 
 
 class Tokenizer:
