@@ -20,7 +20,10 @@ from tests.slurm.test_launchers import launcher_env
 from tests.train.helpers import step_losses, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = 150  # long enough that the signal (5-20 s after start) comes before the end
+# Long enough that the pre-timeout signal (5-30 s after start, by Slurm's periodic check)
+# comes well before the end on a fast, idle machine too (about 30 steps/s there: 150 steps
+# ended before the signal once, 1000 got it at step 635).
+STEPS = 2000
 TIMINGS: dict[str, float] = {}
 
 
@@ -57,8 +60,8 @@ def two_node_run(slurm, tmp_path_factory, char_store, char_tokenizer):
     tmp = tmp_path_factory.mktemp("job")
     cfg = job_config(tmp, char_store, char_tokenizer, "twonode")
     jobs = submit(slurm, tmp, str(cfg), "--nodes", "2", "--gpus-per-node", "1", "--cpu",
-                  "--time", "00:10:00")
-    state = slurm.wait(jobs["train"], timeout=600)
+                  "--time", "00:30:00")
+    state = slurm.wait(jobs["train"], timeout=1800)
     run_dir = tmp / "twonode"
     log = (run_dir / "logs" / f"train-{jobs['train']}.0.log").read_text()
     assert state == "COMPLETED", log[-3000:]
@@ -96,9 +99,9 @@ def test_time_limit_signal_saves_requeues_and_resumes(slurm, tmp_path, char_stor
         time.sleep(0.5)
     # The test's device: the resumed start gets time to finish (a real run just restarts
     # as often as it needs; each start makes progress).
-    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=00:10:00"],
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=00:30:00"],
                    env=slurm.env(), check=True, timeout=60)
-    state = slurm.wait(job, timeout=600)
+    state = slurm.wait(job, timeout=1800)
     run_dir = tmp_path / "preempt"
     first = (run_dir / "logs" / f"train-{job}.0.log").read_text()
     second = (run_dir / "logs" / f"train-{job}.1.log").read_text()
