@@ -46,6 +46,23 @@ def read_state(checkpoint_dir: str | Path, tag: str) -> dict[str, Any]:
     return json.loads((Path(checkpoint_dir) / tag / STATE_FILE).read_text())
 
 
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics file (whole JSON lines with a step); a last line that a kill
+    cut short is skipped. An absent file has none."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
+
+
 def complete_tags(checkpoint_dir: str | Path) -> list[str]:
     """Tags of complete checkpoints (their state file written last), oldest first."""
     root = Path(checkpoint_dir)

@@ -7,7 +7,15 @@ import subprocess
 from pathlib import Path
 
 from modtrain.errors import ModtrainError
-from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, JOBS_FILE, LOG_DIR, METRICS_FILE, latest_tag
+from modtrain.run_dir import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    JOBS_FILE,
+    LOG_DIR,
+    METRICS_FILE,
+    latest_tag,
+    read_metrics,
+)
 
 
 def _run(cmd: list[str]) -> str:
@@ -35,13 +43,8 @@ def job_state(job: str) -> dict[str, str]:
 
 def last_metrics(run_dir: Path) -> tuple[dict | None, float | None]:
     """The last whole training record and the last val_loss in metrics.jsonl."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return None, None
-    text = path.read_text()
     last, val = None, None
-    for line in text[: text.rfind("\n") + 1].splitlines():
-        record = json.loads(line)
+    for record in read_metrics(run_dir / METRICS_FILE):
         if "loss" in record:
             last = record
         if record.get("val_loss") is not None:

@@ -7,7 +7,6 @@ backward, routing included) or wall time (summed from each logged window's token
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from modtrain.config import config_from_dict
 from modtrain.errors import ModtrainError
 from modtrain.model.flops import model_flops
 from modtrain.report import figures
-from modtrain.run_dir import CONFIG_FILE, METRICS_FILE
+from modtrain.run_dir import CONFIG_FILE, METRICS_FILE, read_metrics
 
 X_AXES = ("step", "tokens", "flops", "time")
 _X_LABELS = {"step": "step", "tokens": "tokens", "flops": "training FLOPs",
@@ -32,19 +31,6 @@ class RunCurves:
     seconds_at: dict[int, float] = field(default_factory=dict)  # step -> wall seconds
     tokens_per_step: int = 0
     flops_per_step: float = 0.0
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The whole JSON lines of a metrics file; a last line cut by a kill is skipped."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "step" in record:
-            records.append(record)
-    return records
 
 
 def read_run(run_dir: str | Path) -> RunCurves:

@@ -28,6 +28,7 @@ from modtrain.run_dir import (
     STATE_FILE,
     complete_tags,
     latest_tag,
+    read_metrics,
     read_state,
 )
 
@@ -46,14 +47,8 @@ def _model_facts(model: dict[str, Any], seq_length: int) -> dict[str, Any]:
 
 def _last_metrics(path: Path) -> dict[str, Any]:
     last: dict[str, Any] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                last.update({k: v for k, v in record.items() if v is not None})
+    for record in read_metrics(path):
+        last.update({k: v for k, v in record.items() if v is not None})
     return last
 
 
