@@ -28,6 +28,31 @@ class MoDConfig:
 
 
 @dataclass
+class MoEConfig:
+    """Mixture-of-Experts MLPs (DeepSpeed's MoE layer) and, with no-op experts, integrated
+    MoDE (Raposo et al. 2024, section 3.6). docs/moe.md"""
+
+    enabled: bool = False  # replace the MLP of the expert layers with a Mixture-of-Experts
+    num_experts: int = 4  # MLP experts per expert layer (a multiple of parallel.expert)
+    # Integrated MoDE: identity ("no-op") experts in the same gate; a token that picks one
+    # skips the MLP and is never sent to another rank. 0: a plain MoE.
+    noop_experts: int = 0
+    top_k: int = 1  # experts per token: 1 (Switch) or 2 (GShard)
+    # Per-expert capacity C = ceil(top_k * tokens / (num_experts + noop_experts) * factor):
+    # the same on every rank, so every rank does the same routed work.
+    capacity_factor: float = 1.25
+    eval_capacity_factor: float = 2.0  # the factor in evaluation
+    min_capacity: int = 4  # capacity is never below this
+    # Drop tokens past an expert's capacity (static shapes); false: capacity grows to the
+    # largest expert load in the expert-parallel group (shapes vary from step to step).
+    drop_tokens: bool = True
+    balance_loss_coef: float = 0.01  # load-balancing loss (Switch/GShard form)
+    z_loss_coef: float = 0.001  # router z-loss (ST-MoE): mean logsumexp(gate logits)^2
+    layers: str = "all"  # which blocks hold experts: all | every_other (blocks 1, 3, ...)
+    ffn_hidden_size: int = 0  # width of each expert's SwiGLU; 0: the model's ffn size
+
+
+@dataclass
 class ModelConfig:
     vocab_size: int = 0  # 0: taken from the data store
     # Embedding rows are padded to a multiple of this (must be divisible by parallel.tensor);
@@ -44,6 +69,19 @@ class ModelConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     init_std: float = 0.02  # std of the normal init; residual outputs / sqrt(2 num_layers)
     mod: MoDConfig = field(default_factory=MoDConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+
+    @property
+    def expert_ffn_size(self) -> int:
+        return self.moe.ffn_hidden_size or self.ffn_size
+
+    @property
+    def moe_layer_ids(self) -> list[int]:
+        if not self.moe.enabled:
+            return []
+        start = 1 if self.moe.layers == "every_other" else 0
+        step = 2 if self.moe.layers == "every_other" else 1
+        return list(range(start, self.num_layers, step))
 
     @property
     def ffn_size(self) -> int:
@@ -137,6 +175,9 @@ class TrainConfig:
 class ParallelConfig:
     tensor: int = 1  # tensor-parallel size (megatron-core layers)
     pipeline: int = 1  # pipeline stages (DeepSpeed pipeline engine)
+    # Expert-parallel size: each group of this many data-parallel ranks splits the experts of
+    # every expert layer between them (model.moe); it divides the data-parallel size.
+    expert: int = 1
 
 
 @dataclass
@@ -158,9 +199,12 @@ class RunConfig:
 
 # Sizes that must be at least 1 (the others are counts that may be 0, see their comments).
 POSITIVE = ("model.num_layers", "model.hidden_size", "model.num_heads", "model.max_seq_length",
-            "model.mod.predictor_hidden", "train.eval_batches")
+            "model.mod.predictor_hidden", "train.eval_batches", "model.moe.num_experts",
+            "parallel.expert")
 NON_NEGATIVE = ("model.vocab_size", "model.ffn_hidden_size", "train.warmup_steps",
-                "train.decay_steps", "train.peak_tflops")
+                "train.decay_steps", "train.peak_tflops", "model.moe.noop_experts",
+                "model.moe.min_capacity", "model.moe.ffn_hidden_size",
+                "model.moe.balance_loss_coef", "model.moe.z_loss_coef")
 
 
 def _check_numbers(config: Config) -> None:
@@ -188,6 +232,43 @@ def _check_numbers(config: Config) -> None:
             raise ModtrainError(f"{key}={value(key)} must be 0 or more (0: derived)"
                                 if key in ("model.vocab_size", "model.ffn_hidden_size")
                                 else f"{key}={value(key)} must be 0 or more")
+
+
+def _check_experts(config: Config) -> None:
+    """model.moe and parallel.expert: values, and the layouts DeepSpeed's MoE layer supports
+    (docs/moe.md has the table)."""
+    moe, par, t = config.model.moe, config.parallel, config.train
+    if moe.layers not in ("all", "every_other"):
+        raise ModtrainError(f"model.moe.layers={moe.layers!r}; use 'all' or 'every_other'")
+    if moe.top_k not in (1, 2):
+        raise ModtrainError(f"model.moe.top_k={moe.top_k}; use 1 or 2")
+    if moe.top_k > moe.num_experts + moe.noop_experts:
+        raise ModtrainError(
+            f"model.moe.top_k={moe.top_k} exceeds the number of experts "
+            f"({moe.num_experts} + {moe.noop_experts} no-op); lower top_k or add experts")
+    for name in ("capacity_factor", "eval_capacity_factor"):
+        if getattr(moe, name) <= 0:
+            raise ModtrainError(f"model.moe.{name}={getattr(moe, name)} must be positive")
+    if not moe.enabled:
+        if par.expert > 1:
+            raise ModtrainError(
+                f"parallel.expert={par.expert} needs experts; set model.moe.enabled=true or "
+                "parallel.expert=1")
+        return
+    if moe.num_experts % par.expert:
+        raise ModtrainError(
+            f"model.moe.num_experts={moe.num_experts} is not divisible by parallel.expert="
+            f"{par.expert}; every expert-parallel rank holds the same number of experts")
+    if par.tensor > 1 or par.pipeline > 1:
+        raise ModtrainError(
+            "model.moe works with data and expert parallelism (parallel.expert) and ZeRO 0-2, "
+            f"not with parallel.tensor={par.tensor} or parallel.pipeline={par.pipeline}; set "
+            "both to 1 and spread the experts with parallel.expert instead (docs/moe.md)")
+    if t.zero_stage == 3:
+        raise ModtrainError(
+            "model.moe does not work with train.zero_stage=3 (DeepSpeed's MoE layer supports "
+            "ZeRO 0-2); use train.zero_stage=2, which also partitions the expert optimizer "
+            "state over the expert data-parallel group")
 
 
 @dataclass
@@ -296,6 +377,7 @@ class Config:
                 "train.zero_stage=0 with train.grad_clip>0 clips by a wrong gradient norm under "
                 "DeepSpeed's pipeline engine (parallel.pipeline > 1); use train.zero_stage=1"
             )
+        _check_experts(self)
         tp = self.parallel.tensor
         for name, value in (("model.num_heads", m.num_heads), ("model.ffn_size", m.ffn_size)):
             if value % tp:

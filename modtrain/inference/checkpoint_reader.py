@@ -19,7 +19,7 @@ from modtrain.checkpoint_files import check_tag
 from modtrain.errors import ModtrainError
 from modtrain.inference.safe_load import load_weights_only
 from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
-from modtrain.model.param_layout import gpt_name
+from modtrain.model.param_layout import expert_index, gpt_name
 from modtrain.model.tensor_split import merge as merge_tensor_shards
 from modtrain.progress_bar import bar
 from modtrain.run_dir import CHECKPOINTS, STATE_FILE, complete_tags, latest_tag
@@ -93,6 +93,21 @@ def _module_weights(model_state: dict[str, Any]) -> dict[str, torch.Tensor]:
             if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
 
 
+def _is_expert(name: str) -> bool:
+    return expert_index(name) is not None
+
+
+def _read_experts(tag_dir: Path, mp_rank: int) -> dict[str, torch.Tensor]:
+    """Expert weights (model.moe): DeepSpeed writes each expert of each expert layer to its
+    own file under its global id, in the training precision (exact for fp32 training)."""
+    files = sorted(tag_dir.glob(f"layer_*_expert_*_mp_rank_{mp_rank:02d}_model_states.pt"))
+    tensors: dict[str, torch.Tensor] = {}
+    for path in bar(files, desc="read experts"):
+        tensors.update({k: v.float() for k, v in load_weights_only(path).items()
+                        if isinstance(v, torch.Tensor)})
+    return tensors
+
+
 def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, dict[str, torch.Tensor]]:
     """(ZeRO stage, data-parallel size, full-precision weights) of one tensor-parallel rank."""
     name = f"mp_rank_{mp_rank:02d}_model_states.pt"
@@ -101,8 +116,9 @@ def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, dict[str, 
     model_state = load_weights_only(tag_dir / name)
     optim_files = sorted(tag_dir.glob(f"*zero_pp_rank_*_mp_rank_{mp_rank:02d}_optim_states.pt"),
                          key=lambda f: _rank(f, "pp_rank"))
+    experts = _read_experts(tag_dir, mp_rank)
     if not optim_files:
-        return 0, 1, _module_weights(model_state)
+        return 0, 1, {**_module_weights(model_state), **experts}
     optim = [load_weights_only(f) for f in bar(optim_files, desc=f"read tensor rank {mp_rank}")]
     meta = optim[0][OPTIMIZER_STATE]
     stage = int(meta["zero_stage"])
@@ -111,8 +127,9 @@ def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, dict[str, 
     if count != len(optim_files):
         raise ModtrainError(f"{tag_dir} has {len(optim_files)} ZeRO partitions of {count}; "
                             "the checkpoint is incomplete, use an earlier tag")
-    merge = merge_zero3 if stage == 3 else merge_zero12
-    tensors = merge(model_state, optim)
+    tensors = (merge_zero3(model_state, optim) if stage == 3
+               else merge_zero12(model_state, optim, skip=_is_expert))
+    tensors.update(experts)
     buffers = set(model_state.get("buffer_names") or [])
     tensors.update({k: v.float() for k, v in model_state["module"].items() if k in buffers})
     add_shared(model_state, tensors)

@@ -12,6 +12,7 @@ written here so that checkpoints are read with torch.load(weights_only=True):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,13 +34,17 @@ def _check_frozen(model_state: dict[str, Any]) -> None:
         )
 
 
-def merge_zero12(model_state: dict[str, Any], optim_states: list[dict[str, Any]]
-                 ) -> dict[str, torch.Tensor]:
+def merge_zero12(model_state: dict[str, Any], optim_states: list[dict[str, Any]],
+                 skip: Callable[[str], bool] = lambda name: False) -> dict[str, torch.Tensor]:
+    """`skip`: a name whose whole group is left out (experts: partitioned over their own
+    expert data-parallel group, read from their own files)."""
     _check_frozen(model_state)
     first = optim_states[0][OPTIMIZER_STATE]
     paddings = first.get("param_alignment_paddings")
     out: dict[str, torch.Tensor] = {}
     for g, shapes in enumerate(model_state["param_shapes"]):
+        if any(skip(name) for name in shapes):
+            continue
         flat = torch.cat([s[OPTIMIZER_STATE]["single_partition_of_fp32_groups"][g]
                           for s in optim_states])
         offset = 0

@@ -14,7 +14,8 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 from torch import nn
 
 from modtrain.config.schema import MoDConfig, ModelConfig
-from modtrain.model.layer_spec import decoder_layer_spec
+from modtrain.model.experts import ExpertMLP, ExpertSlice
+from modtrain.model.layer_spec import decoder_layer_spec, expert_mlp_spec
 from modtrain.model.rope import gather_positions
 from modtrain.model.router import MoDRouter, membership, tokens_per_row, topk_indices
 
@@ -31,6 +32,17 @@ def block_delta(layer: TransformerLayer, x: torch.Tensor, freqs: torch.Tensor) -
     return attn + F.dropout(mlp, p=p, training=layer.training)
 
 
+def add_aux(total: torch.Tensor | None, aux: torch.Tensor | None) -> torch.Tensor | None:
+    return aux if total is None else total if aux is None else total + aux
+
+
+def expert_outputs(layer: TransformerLayer) -> tuple[torch.Tensor | None, BlockStats]:
+    """The aux loss and statistics of the layer's last MLP call (experts only)."""
+    if isinstance(layer.mlp, ExpertMLP):
+        return layer.mlp.last_aux, dict(layer.mlp.last_stats)
+    return None, {}
+
+
 class DenseBlock(nn.Module):
     routed = False
 
@@ -41,7 +53,8 @@ class DenseBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, freqs: torch.Tensor, routing: str = "topk"
     ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
-        return x + block_delta(self.layer, x, freqs), None, {}
+        out = x + block_delta(self.layer, x, freqs)
+        return (out, *expert_outputs(self.layer))
 
 
 class RoutedBlock(nn.Module):
@@ -79,7 +92,9 @@ class RoutedBlock(nn.Module):
             index = topk_indices(logits, tokens_per_row(self.config.capacity, seq_length))
             self.last_index = index.detach()  # for routing maps and layout-equality checks
             aux_loss, stats = self.router.aux_losses(x, logits, membership(index, seq_length))
-            return self._route(x, logits, index, freqs), aux_loss, stats
+            out = self._route(x, logits, index, freqs)
+            expert_aux, expert_stats = expert_outputs(self.layer)
+            return out, add_aux(aux_loss, expert_aux), {**stats, **expert_stats}
         if routing != "causal":
             raise ValueError(f"unknown routing mode {routing!r}")
         # Causal routing: each row routes its own number of tokens, so rows run one by one.
@@ -94,9 +109,13 @@ class RoutedBlock(nn.Module):
         return torch.cat(rows, dim=1), None, stats
 
 
-def build_block(config: ModelConfig, tc, index: int) -> DenseBlock | RoutedBlock:
-    """Block `index` (0-based) of the model: megatron-core layer, routed if configured."""
-    layer = build_module(decoder_layer_spec(), config=tc, layer_number=index + 1)
+def build_block(config: ModelConfig, tc, index: int, expert: ExpertSlice | None = None
+                ) -> DenseBlock | RoutedBlock:
+    """Block `index` (0-based) of the model: megatron-core layer, routed if configured, with
+    experts in its MLP slot if it is an expert layer."""
+    mlp = (expert_mlp_spec(config, expert or ExpertSlice())
+           if index in config.moe_layer_ids else None)
+    layer = build_module(decoder_layer_spec(mlp), config=tc, layer_number=index + 1)
     if index in config.routed_layer_ids:
         return RoutedBlock(layer, config.mod, config.hidden_size, config.init_std)
     return DenseBlock(layer)

@@ -16,6 +16,7 @@ from torch import nn
 from modtrain.config.schema import ModelConfig
 from modtrain.model.blocks import build_block
 from modtrain.model.embedding_and_head import build_embedding, build_final_norm, build_output_layer
+from modtrain.model.experts import ExpertSlice
 from modtrain.model.init import initialize_parameters
 from modtrain.model.layer_spec import transformer_config
 from modtrain.model.rope import rope_frequencies
@@ -60,10 +61,11 @@ class GPTOutput:
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig, seed: int = 0, tensor: TensorSlice | None = None
-                 ) -> None:
+    def __init__(self, config: ModelConfig, seed: int = 0, tensor: TensorSlice | None = None,
+                 expert: ExpertSlice | None = None) -> None:
         """`tensor`: this process's tensor-parallel slice (rank 0 of 1 by default); it must
-        match the tensor-parallel group megatron-core's layers were built in."""
+        match the tensor-parallel group megatron-core's layers were built in. `expert`: its
+        expert-parallel slice (model.moe; all experts by default)."""
         super().__init__()
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
@@ -71,7 +73,8 @@ class GPT(nn.Module):
         tc = transformer_config(config)
         self.transformer_config = tc
         self.embedding = build_embedding(config, tc)
-        self.blocks = nn.ModuleList(build_block(config, tc, i) for i in range(config.num_layers))
+        self.blocks = nn.ModuleList(build_block(config, tc, i, expert)
+                                    for i in range(config.num_layers))
         self.final_norm = build_final_norm(config, tc)
         self.output_layer = build_output_layer(config, tc, tied=config.tie_embeddings)
         # megatron-core's parallel linears add `_extra_state` entries that are always None
@@ -80,7 +83,7 @@ class GPT(nn.Module):
         self._extra_state_keys = [k for k in self.state_dict() if k.endswith(_EXTRA_STATE)]
         self.register_state_dict_post_hook(_drop_empty_extra_state)
         self.register_load_state_dict_pre_hook(_fill_extra_state)
-        initialize_parameters(self, config, seed, tensor)
+        initialize_parameters(self, config, seed, tensor, expert=expert)
         head_dim = config.hidden_size // config.num_heads
         # A plain attribute, not a buffer: casting the module to bf16 must not round angles.
         self._rope = rope_frequencies(config.max_seq_length, head_dim, config.rope_base)

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
-from modtrain.model.param_layout import Init, param_kind
+from modtrain.model.experts import ExpertSlice
+from modtrain.model.param_layout import Init, expert_index, param_kind, with_expert_index
 from modtrain.model.tensor_split import TensorSlice, full_shape, partition_dim, shard
 
 
@@ -42,12 +43,20 @@ def initialize_parameters(
     seed: int,
     tensor: TensorSlice | None = None,
     rename: Callable[[str], str] | None = None,
+    expert: ExpertSlice | None = None,
 ) -> None:
     """Draw every parameter from (seed, canonical GPT name), and keep `tensor`'s shard;
-    `rename` maps other module trees (pipeline stages) onto GPT's names."""
+    `rename` maps other module trees (pipeline stages) onto GPT's names. An expert is drawn
+    under its global id (`expert`: this rank's expert-parallel slice), so any expert-parallel
+    size starts from the same experts."""
     tensor = tensor or TensorSlice()
+    expert = expert or ExpertSlice()
+    local_experts = config.moe.num_experts // expert.size
     for module_name, param in model.named_parameters():
         name = rename(module_name) if rename else module_name
+        local = expert_index(name)
+        if local is not None:
+            name = with_expert_index(name, expert.rank * local_experts + local)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         full = _full_init(name, full_shape(param.shape, name, tensor.size), config, gen)
         param.copy_(shard(full, name, tensor.rank, tensor.size).to(param.dtype))

@@ -1,7 +1,7 @@
 """megatron-core TransformerConfig and layer spec for modtrain's decoder blocks.
 
 RMSNorm, RoPE (applied by megatron's SelfAttention), SwiGLU MLP, no biases. The MLP slot
-is a parameter so that MoE / MoDE can swap it later.
+is a parameter: expert layers put a Mixture-of-Experts there (model/experts.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from megatron.core.transformer.transformer_layer import (
 
 from modtrain.config.schema import ModelConfig
 from modtrain.model.attention import SDPACoreAttention
+from modtrain.model.experts import ExpertMLP, ExpertSlice
 
 
 def transformer_config(model: ModelConfig) -> TransformerConfig:
@@ -60,6 +61,11 @@ def mlp_spec() -> ModuleSpec:
         module=MLP,
         submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
     )
+
+
+def expert_mlp_spec(model: ModelConfig, expert: ExpertSlice) -> ModuleSpec:
+    """The MLP slot holding a Mixture-of-Experts (model.moe) for this expert slice."""
+    return ModuleSpec(module=ExpertMLP, params={"model": model, "expert": expert})
 
 
 def decoder_layer_spec(mlp: ModuleSpec | None = None) -> ModuleSpec:

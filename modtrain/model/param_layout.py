@@ -15,6 +15,7 @@ path ends the parameter's name in the pipeline module, so rows match either nami
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,6 +66,14 @@ def _untied(m: ModelConfig, i: int) -> bool:
     return not m.tie_embeddings
 
 
+def _dense_mlp(m: ModelConfig, i: int) -> bool:
+    return i not in m.moe_layer_ids
+
+
+def _experts(m: ModelConfig, i: int) -> bool:
+    return i in m.moe_layer_ids
+
+
 def _routed(m: ModelConfig, i: int) -> bool:
     return i in m.routed_layer_ids
 
@@ -105,6 +114,22 @@ class ParamKind:
     hf: tuple[str, ...]  # export names; in a block relative to `model.layers.N.`
     to_hf: ToHF | None = None  # None: the tensor as it is
     present: Present = _always
+    # One parameter per expert: `local` and `hf` hold "{e}", the global expert id (model.moe).
+    per_expert: bool = False
+
+    def matches(self, name: str) -> re.Match | None:
+        """Match a GPT/pipeline name ending in this row's local path ("{e}": any id)."""
+        return _local_pattern(self.local).search(name)
+
+
+_PATTERNS: dict[str, re.Pattern] = {}
+
+
+def _local_pattern(local: str) -> re.Pattern:
+    if local not in _PATTERNS:
+        body = re.escape(local).replace(re.escape("{e}"), r"(\d+)")
+        _PATTERNS[local] = re.compile(r"(?:^|\.)" + body + "$")
+    return _PATTERNS[local]
 
 
 def _vocab_by_width(m: ModelConfig) -> tuple[int, ...]:
@@ -130,6 +155,22 @@ _PREDICTOR = [
     for j in (0, 2) for p in ("weight", "bias")
 ]
 
+_EXPERT = "layer.mlp.moe.deepspeed_moe.experts.deepspeed_experts.{e}."  # DeepSpeed's MoE tree
+
+_EXPERTS = [
+    ParamKind(Part.BLOCK, "layer.mlp.moe.deepspeed_moe.gate.weight",
+              lambda m: (m.moe.num_experts + m.moe.noop_experts, m.hidden_size),
+              Split.REPLICATED, Init.NORMAL, ("mlp.gate.weight",), present=_experts),
+    ParamKind(Part.BLOCK, _EXPERT + "fc1.weight",
+              lambda m: (2 * m.expert_ffn_size, m.hidden_size), Split.REPLICATED, Init.NORMAL,
+              ("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight"), _gate_up,
+              present=_experts, per_expert=True),
+    ParamKind(Part.BLOCK, _EXPERT + "fc2.weight",
+              lambda m: (m.hidden_size, m.expert_ffn_size), Split.REPLICATED,
+              Init.NORMAL_DEPTH_SCALED, ("mlp.experts.{e}.down_proj.weight",),
+              present=_experts, per_expert=True),
+]
+
 PARAMETERS: tuple[ParamKind, ...] = (
     ParamKind(Part.EMBEDDING, "embedding.weight", _vocab_by_width, Split.COLUMN, Init.NORMAL,
               ("model.embed_tokens.weight",), _vocab_rows),
@@ -146,10 +187,11 @@ PARAMETERS: tuple[ParamKind, ...] = (
               ("post_attention_layernorm.weight",)),
     ParamKind(Part.BLOCK, "layer.mlp.linear_fc1.weight",
               lambda m: (2 * m.ffn_size, m.hidden_size), Split.GATED, Init.NORMAL,
-              ("mlp.gate_proj.weight", "mlp.up_proj.weight"), _gate_up),
+              ("mlp.gate_proj.weight", "mlp.up_proj.weight"), _gate_up, present=_dense_mlp),
     ParamKind(Part.BLOCK, "layer.mlp.linear_fc2.weight",
               lambda m: (m.hidden_size, m.ffn_size), Split.ROW, Init.NORMAL_DEPTH_SCALED,
-              ("mlp.down_proj.weight",)),
+              ("mlp.down_proj.weight",), present=_dense_mlp),
+    *_EXPERTS,
     ParamKind(Part.BLOCK, "router.proj.weight", lambda m: (1, m.hidden_size), Split.REPLICATED,
               Init.NORMAL, ("router.proj.weight",), present=_routed),
     *_PREDICTOR,
@@ -166,9 +208,21 @@ TIED_PREFIX = "tied_modules.embed."  # DeepSpeed's name for the tied embedding/h
 def param_kind(name: str) -> ParamKind | None:
     """The row of a GPT or pipeline-module parameter name (matched by its local path)."""
     for kind in PARAMETERS:
-        if name == kind.local or name.endswith("." + kind.local):
+        if kind.matches(name):
             return kind
     return None
+
+
+def expert_index(name: str) -> int | None:
+    """The expert id in a per-expert parameter name (local or global, as the name has it)."""
+    kind = param_kind(name)
+    return int(kind.matches(name).group(1)) if kind is not None and kind.per_expert else None
+
+
+def with_expert_index(name: str, index: int) -> str:
+    """`name` with its expert id replaced (local <-> global ids under expert parallelism)."""
+    match = param_kind(name).matches(name)
+    return name[: match.start(1)] + str(index) + name[match.end(1):]
 
 
 def block_index(name: str) -> int | None:
@@ -185,8 +239,9 @@ def gpt_parameter_names(m: ModelConfig) -> list[str]:
             if kind.present(m, -1):
                 names.append(kind.local)
             continue
-        names += [f"blocks.{i}.{kind.local}" for i in range(m.num_layers)
-                  if kind.present(m, i)]
+        experts = range(m.moe.num_experts) if kind.per_expert else [None]
+        names += [f"blocks.{i}.{kind.local}".replace("{e}", str(e)) for i in range(m.num_layers)
+                  if kind.present(m, i) for e in experts]
     return names
 
 
@@ -209,7 +264,9 @@ def hf_names(name: str) -> tuple[str, ...]:
     if kind.part is not Part.BLOCK:
         return kind.hf
     prefix = _HF_LAYER.format(block_index(name))
-    return tuple(prefix + n for n in kind.hf)
+    expert = expert_index(name)
+    return tuple(prefix + (n.replace("{e}", str(expert)) if kind.per_expert else n)
+                 for n in kind.hf)
 
 
 def hf_tensors(name: str, tensor: torch.Tensor, m: ModelConfig) -> dict[str, torch.Tensor]:
@@ -247,7 +304,7 @@ def pipeline_name(name: str, num_layers: int, tie_embeddings: bool) -> str:
     if kind.part is Part.EMBEDDING:
         return (TIED_PREFIX if tie_embeddings else "0.") + name
     if kind.part is Part.BLOCK:
-        return f"{index + 1}.block.{kind.local}"
+        return f"{index + 1}.block.{name.split('.', 2)[2]}"
     if kind.part is Part.FINAL_NORM:
         return f"{num_layers + 1}.{name}"
     return f"{num_layers + 2}.{name}"

@@ -131,7 +131,10 @@ def save(
     stage_names: list[list[str]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(stage_names, [n for n, _ in engine.module.named_parameters()])
     names = sorted({n for names in stage_names for n in names})
-    client = {"modtrain": state, "universal_checkpoint_info": universal_checkpoint_info(names)}
+    client = {"modtrain": state}
+    if not getattr(engine, "has_moe_layers", False):
+        # DeepSpeed reserves this key in MoE checkpoints; those resume on their own layout.
+        client["universal_checkpoint_info"] = universal_checkpoint_info(names)
     engine.save_checkpoint(str(root), tag=tmp.name, client_state=client, save_latest=False)
     torch.save(_rng_state(), tmp / f"rng_rank_{rank:05d}.pt")
     if rank == 0:
@@ -141,6 +144,7 @@ def save(
     if rank == 0:
         for script in RECOVERY_SCRIPTS:  # they unpickle freely; `modtrain convert` is safe
             (tmp / script).unlink(missing_ok=True)
+            (root / script).unlink(missing_ok=True)  # where DeepSpeed's MoE save puts them
         write_manifest(tmp, files)
         final = root / tag
         if final.exists():  # the same step saved again (e.g. a resumed run re-reaching it)

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from modtrain.config import Config
+from modtrain.errors import ModtrainError
 from modtrain.model import GPT
+from modtrain.model.experts import ExpertSlice, expert_stat_names
 from modtrain.model.router import stat_names
 from modtrain.model.tensor_split import TensorSlice
 from modtrain.parallel import MegatronMPU, Topology
@@ -17,7 +19,21 @@ from modtrain.train.steps import EngineStep, PipelineStep
 def routing_stat_keys(config: Config) -> list[str]:
     """Every routing statistic the whole model logs: NAME/layerN per routed layer."""
     m = config.model
-    return [f"{name}/layer{i}" for i in m.routed_layer_ids for name in stat_names(m.mod)]
+    routed = [f"{name}/layer{i}" for i in m.routed_layer_ids for name in stat_names(m.mod)]
+    return routed + [f"{name}/layer{i}" for i in m.moe_layer_ids
+                     for name in expert_stat_names(m.moe)]
+
+
+def expert_slice(config: Config, topo: Topology) -> ExpertSlice:
+    """This rank's expert-parallel coordinates. DeepSpeed groups consecutive data-parallel
+    ranks into expert-parallel groups (with tensor and pipeline size 1, which model.moe
+    requires), so the expert-parallel rank is the data-parallel rank modulo its size."""
+    size = config.parallel.expert
+    if topo.data % size:
+        raise ModtrainError(
+            f"parallel.expert={size} does not divide the data-parallel size {topo.data}; "
+            f"launch a multiple of {size} processes or lower parallel.expert")
+    return ExpertSlice(topo.data_rank % size, size, topo.groups.data if topo.data > 1 else None)
 
 
 def build_engine(config: Config, topo: Topology, ds_config: dict,
@@ -35,7 +51,8 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         mpu = None  # the pipeline module carries its own topology
     else:
         model = GPT(config.model, seed=config.run.seed,
-                    tensor=TensorSlice(topo.tensor_rank, topo.tensor))
+                    tensor=TensorSlice(topo.tensor_rank, topo.tensor),
+                    expert=expert_slice(config, topo))
         mpu = MegatronMPU(topo)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)

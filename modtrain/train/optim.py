@@ -27,19 +27,33 @@ class GuardedAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-def _group_settings(train: TrainConfig) -> list[dict[str, Any]]:
-    """Per parameter group (matrices, then vectors): what the config sets."""
+def _group_settings(train: TrainConfig, groups: int = 2) -> list[dict[str, Any]]:
+    """Per parameter group (matrices, vectors, then expert matrices): what the config sets."""
     common = {"betas": (train.beta1, train.beta2), "eps": train.eps}
-    return [{"weight_decay": train.weight_decay, **common}, {"weight_decay": 0.0, **common}]
+    decay = {"weight_decay": train.weight_decay, **common}
+    return [decay, {"weight_decay": 0.0, **common}, decay][:groups]
+
+
+def _is_expert(p: torch.nn.Parameter) -> bool:
+    """DeepSpeed marks expert parameters: reduced over the expert data-parallel group only."""
+    return getattr(p, "allreduce", True) is False
 
 
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> GuardedAdamW:
-    decay, no_decay = [], []
+    """Matrices with weight decay, vectors without; expert matrices (model.moe) in a third
+    group that DeepSpeed partitions over their expert data-parallel group."""
+    decay, no_decay, experts = [], [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": params, **settings}
-              for params, settings in zip((decay, no_decay), _group_settings(train))]
+            (experts if _is_expert(p) else decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": params} for params in (decay, no_decay)]
+    if experts:
+        names = {p.group_name for p in experts}
+        if len(names) != 1:
+            raise ValueError(f"expert parameters of several expert-parallel sizes: {names}")
+        groups.append({"params": experts, "moe": True, "name": names.pop()})
+    for group, settings in zip(groups, _group_settings(train, len(groups)), strict=True):
+        group.update(settings)
     return GuardedAdamW(groups, lr=train.lr, foreach=False)
 
 
@@ -51,7 +65,8 @@ def restore_group_settings(optimizer: torch.optim.Optimizer, train: TrainConfig,
     config's schedule, and DeepSpeed's ZeRO-3 universal loader copies the first group's
     settings onto every group (weight decay on norms and biases) unless they are set again.
     """
-    for group, settings in zip(optimizer.param_groups, _group_settings(train), strict=True):
+    groups = optimizer.param_groups
+    for group, settings in zip(groups, _group_settings(train, len(groups)), strict=True):
         group.update(settings, lr=lr_at(step, train))
 
 

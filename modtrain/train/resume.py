@@ -120,8 +120,15 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int],
     tag = choose_tag(checkpoint_dir, fallback, log)
     if tag is None:
         return None
-    saved = read_state(checkpoint_dir, tag)["layout"]
+    saved_state = read_state(checkpoint_dir, tag)
+    saved = saved_state["layout"]
     universal = needs_universal(saved, layout)
+    if universal and saved_state["config"]["model"].get("moe", {}).get("enabled"):
+        raise ModtrainError(
+            f"checkpoint {tag} of an expert model (model.moe) was saved with {_describe(saved)} "
+            f"and this run has {_describe(layout)}: expert checkpoints resume only on the "
+            "layout they were saved with (DeepSpeed's universal checkpoints do not hold "
+            "experts); relaunch with the saved layout")
     if universal and min(saved["zero_stage"], layout["zero_stage"]) == 0:
         # DeepSpeed writes and loads universal checkpoints through its ZeRO optimizer only.
         stage = "saved with" if saved["zero_stage"] == 0 else "resumed with"
