@@ -1,9 +1,11 @@
 """The Hugging Face layout of an export: config.json fields and tensor names.
 
-A dense model is a Llama checkpoint. A MoD model uses the same names and fields plus its
-routers (`model.layers.N.router.*`) and `mod_*` fields, with modelling code shipped in the
-export (`auto_map`). Tensor names, and how fused training tensors split into them (QKV,
-SwiGLU gate/up, padded vocabulary rows), come from the parameter table
+A dense model is a Llama checkpoint. A MoD or MoE model uses the same names and fields plus
+its routers (`model.layers.N.router.*`) and `mod_*` fields, its experts
+(`model.layers.N.mlp.gate`, `model.layers.N.mlp.experts.E.*`) and `moe_*` fields, with
+modelling code shipped in the export (`auto_map`). Tensor names, and how fused training
+tensors split into them (QKV, SwiGLU gate/up, padded vocabulary rows), come from the
+parameter table
 (`modtrain/model/param_layout.py`).
 """
 
@@ -33,10 +35,11 @@ def model_config(model: dict[str, Any]) -> ModelConfig:
 def hf_config(model: dict[str, Any], dtype: str, step: int, eos_id: int | None) -> dict[str, Any]:
     m = model_config(model)
     head_dim = m.hidden_size // m.num_heads
-    routed = m.routed_layer_ids
+    routed, experts = m.routed_layer_ids, m.moe_layer_ids
+    remote = bool(routed or experts)  # Llama has neither routers nor experts
     config: dict[str, Any] = {
-        "architectures": ["ModtrainForCausalLM" if routed else "LlamaForCausalLM"],
-        "model_type": MOD_MODEL_TYPE if routed else "llama",
+        "architectures": ["ModtrainForCausalLM" if remote else "LlamaForCausalLM"],
+        "model_type": MOD_MODEL_TYPE if remote else "llama",
         "vocab_size": m.vocab_size,
         "hidden_size": m.hidden_size,
         "intermediate_size": m.ffn_size,
@@ -62,12 +65,17 @@ def hf_config(model: dict[str, Any], dtype: str, step: int, eos_id: int | None) 
         "torch_dtype": DTYPE_NAMES[dtype],
         "dtype": DTYPE_NAMES[dtype],
     }
-    if routed:
+    if remote:
         config.update({
             "auto_map": {
                 "AutoConfig": "configuration_modtrain.ModtrainConfig",
                 "AutoModelForCausalLM": "modeling_modtrain.ModtrainForCausalLM",
             },
+            "moe_layers": experts,
+            "moe_num_experts": m.moe.num_experts if experts else 0,
+            "moe_noop_experts": m.moe.noop_experts if experts else 0,
+            "moe_top_k": m.moe.top_k,
+            "moe_intermediate_size": m.expert_ffn_size if experts else 0,
             "mod_routed_layers": routed,
             "mod_capacity": m.mod.capacity,
             "mod_predictor_hidden": m.mod.predictor_hidden if m.mod.predictor else 0,

@@ -24,11 +24,24 @@ def test_every_other_block_is_routed_by_default():
     assert costs[0] == costs[2] > costs[1] == costs[3]
 
 
-@pytest.mark.parametrize("mod", [False, True])
-def test_matmul_flops_equal_torch_flop_counter(dist, mod):
+EXPERTS = ["model.moe.enabled=true", "model.moe.num_experts=4", "model.moe.capacity_factor=1",
+           "model.moe.min_capacity=1"]
+VARIANTS = {
+    "dense": [],
+    "mod": ["model.mod.enabled=true"],
+    "moe": EXPERTS,
+    "mode_staged": ["model.mod.enabled=true", *EXPERTS],
+    "mode_integrated": [*EXPERTS, "model.moe.num_experts=2", "model.moe.noop_experts=2"],
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_matmul_flops_equal_torch_flop_counter(dist, variant):
     """The formulas against torch's own count of a real forward pass. On CPU torch's
     FlopCounterMode does not count the SDPA kernel, so the attention term (2T^2 d per
-    block, the causal half) is compared by hand: everything else matches exactly."""
+    block, the causal half) is compared by hand: everything else matches exactly. Expert
+    capacities divide evenly here (the formula leaves out the ceil), and the count includes
+    the buffer slots no token fills: experts compute them too."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -39,7 +52,7 @@ def test_matmul_flops_equal_torch_flop_counter(dist, mod):
     config = load_config(None, [
         "model.vocab_size=67", "model.num_layers=4", f"model.hidden_size={d}",
         "model.num_heads=4", f"model.max_seq_length={seq}", f"data.seq_length={seq}",
-        f"model.mod.enabled={str(mod).lower()}", "model.mod.capacity=0.25"])
+        "model.mod.capacity=0.25", *VARIANTS[variant]])
     tokens = torch.randint(0, 67, (batch, seq), generator=torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
         GPT(config.model)(tokens, tokens)

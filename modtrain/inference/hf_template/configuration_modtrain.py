@@ -1,4 +1,5 @@
-"""Hugging Face configuration of a modtrain Mixture-of-Depths model (shipped in the export)."""
+"""Hugging Face configuration of a modtrain Mixture-of-Depths / Mixture-of-Experts model
+(shipped in the export)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from transformers import PretrainedConfig
 
 
 class ModtrainConfig(PretrainedConfig):
-    """Llama's fields plus the Mixture-of-Depths ones (mod_*)."""
+    """Llama's fields plus the Mixture-of-Depths ones (mod_*) and the experts' (moe_*)."""
 
     model_type = "modtrain_mod"
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
@@ -30,6 +31,11 @@ class ModtrainConfig(PretrainedConfig):
         mod_predictor_hidden: int = 0,
         mod_inference_routing: str = "predictor",
         mod_routing: str = "topk",
+        moe_layers: list[int] | None = None,
+        moe_num_experts: int = 0,
+        moe_noop_experts: int = 0,
+        moe_top_k: int = 1,
+        moe_intermediate_size: int = 0,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
         **kwargs,
@@ -54,5 +60,12 @@ class ModtrainConfig(PretrainedConfig):
         self.mod_inference_routing = mod_inference_routing
         # Routing of a plain forward: "topk" (as trained) or "causal".
         self.mod_routing = mod_routing
+        # 0-based indices of the layers whose MLP is a Mixture-of-Experts (moe_num_experts
+        # SwiGLU experts of width moe_intermediate_size, moe_noop_experts no-op experts).
+        self.moe_layers = list(moe_layers or [])
+        self.moe_num_experts = moe_num_experts
+        self.moe_noop_experts = moe_noop_experts
+        self.moe_top_k = moe_top_k
+        self.moe_intermediate_size = moe_intermediate_size
         self.use_cache = use_cache
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
