@@ -295,6 +295,7 @@ class Config:
         """Check cross-field constraints; raise ModtrainError naming the key and the fix."""
         m, t, d = self.model, self.train, self.data
         _check_numbers(self)
+        _check_experts(self)
         if not 0.0 < m.mod.capacity <= 1.0:
             raise ModtrainError(
                 f"model.mod.capacity={m.mod.capacity} is outside (0, 1]; "
@@ -377,7 +378,6 @@ class Config:
                 "train.zero_stage=0 with train.grad_clip>0 clips by a wrong gradient norm under "
                 "DeepSpeed's pipeline engine (parallel.pipeline > 1); use train.zero_stage=1"
             )
-        _check_experts(self)
         tp = self.parallel.tensor
         for name, value in (("model.num_heads", m.num_heads), ("model.ffn_size", m.ffn_size)):
             if value % tp:

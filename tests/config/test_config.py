@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from modtrain.config import config_from_dict, config_to_dict, load_config, save_config
@@ -88,3 +90,32 @@ def test_config_warnings_print_once_per_job(capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("modtrain: warning: train.steps=5 is not more than "
                            "train.warmup_steps=10")
+
+
+MOE = ["model.moe.enabled=true"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["parallel.tensor=2"], "not with parallel.tensor=2 or parallel.pipeline=1"),
+    (["parallel.pipeline=2"], "not with parallel.tensor=1 or parallel.pipeline=2"),
+    (["train.zero_stage=3"], "use train.zero_stage=2"),
+    (["parallel.expert=3"], "model.moe.num_experts=4 is not divisible by parallel.expert=3"),
+    (["model.moe.top_k=3"], "model.moe.top_k=3; use 1 or 2"),
+    (["model.moe.layers=odd"], "model.moe.layers='odd'; use 'all' or 'every_other'"),
+    (["model.moe.capacity_factor=0"], "model.moe.capacity_factor=0.0 must be positive"),
+    (["model.moe.enabled=false", "parallel.expert=2"], "parallel.expert=2 needs experts"),
+])
+def test_expert_layouts_deepspeed_cannot_run_are_refused(overrides, message):
+    with pytest.raises(ModtrainError, match=re.escape(message)):
+        load_config(None, [*MOE, *overrides])
+
+
+def test_expert_configs_are_the_dense_model_with_experts():
+    dense = load_config("configs/shakespeare_dense.yaml")
+    for name, mod, noop in (("moe", False, 0), ("mode_staged", True, 0),
+                            ("mode_integrated", False, 4)):
+        config = load_config(f"configs/shakespeare_{name}.yaml")
+        assert config.model.moe_layer_ids == [0, 1, 2, 3]
+        assert config.model.mod.enabled is mod and config.model.moe.noop_experts == noop
+        assert (config.model.hidden_size, config.model.num_layers) == (128, 4)
+        assert config.train == dense.train and config.data == dense.data
