@@ -1,0 +1,55 @@
+"""benchmarks/reference_gpt.py is modtrain's dense model, and framework_tax.py runs end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modtrain.config import load_config
+from modtrain.model.param_layout import parameter_count
+from tests.conftest import cli_env
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from reference_gpt import ReferenceGPT, lr_at  # noqa: E402
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.hidden_size=512", "model.num_heads=8",
+                                             "model.vocab_size=101", "model.vocab_multiple=8"]])
+def test_reference_has_modtrain_parameter_count(overrides):
+    config = load_config(ROOT / "configs" / "shakespeare_dense.yaml", overrides)
+    m = config.model
+    m.vocab_size = m.vocab_size or 65
+    ref = ReferenceGPT(m.vocab_size, m.num_layers, m.hidden_size, m.num_heads, m.ffn_size,
+                       config.data.seq_length, padded_vocab=m.padded_vocab_size)
+    assert sum(p.numel() for p in ref.parameters()) == parameter_count(m)
+
+
+def test_reference_schedule_is_modtrain_schedule():
+    from modtrain.train.optim import lr_at as modtrain_lr_at
+
+    t = load_config(ROOT / "configs" / "shakespeare_dense.yaml", ["train.steps=50",
+                                                                  "train.warmup_steps=5"]).train
+    for step in (0, 3, 5, 20, 49, 60):
+        assert lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.steps) == pytest.approx(
+            modtrain_lr_at(step, t))
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end(tmp_path, char_store, char_tokenizer):
+    results = tmp_path / "tax.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "framework_tax.py"), "--quick", "--store",
+         str(char_store), "--tokenizer", str(char_tokenizer), "--json", str(results)],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(results.read_text())["results"]
+    assert (row["shape"], row["procs"], row["compile"]) == ("tiny", 1, False)
+    assert row["reference_median"] > 0 and row["modtrain_median"] > 0
+    assert row["ratio"] == pytest.approx(row["modtrain_median"] / row["reference_median"])
+    assert "| tiny | 1 | off |" in proc.stdout
