@@ -40,6 +40,9 @@ def _model_facts(model: dict[str, Any], seq_length: int) -> dict[str, Any]:
         "layers": m.num_layers, "width": m.hidden_size, "heads": m.num_heads,
         "vocabulary": m.vocab_size, "routed_layers": m.routed_layer_ids,
         "capacity": m.mod.capacity if m.routed_layer_ids else None,
+        "expert_layers": m.moe_layer_ids,
+        "experts": (f"{m.moe.num_experts} + {m.moe.noop_experts} no-op, top-{m.moe.top_k}, "
+                    f"capacity factor {m.moe.capacity_factor}") if m.moe_layer_ids else None,
         "parameters": parameter_count(m),
         "forward_flops_per_token": forward, "training_flops_per_token": 3 * forward,
     }

@@ -290,9 +290,23 @@ def convert_to_universal(checkpoint_dir: str | Path, tag: str, pipeline: bool) -
     return universal_tag(tag, pipeline)
 
 
+def _check_expert_parallel_size(engine, state: dict[str, Any], tag: str) -> None:
+    """Experts' optimizer state is partitioned over their expert data-parallel group, whose
+    size follows parallel.expert: a checkpoint loads only with the size it was saved with."""
+    saved = state["config"].get("parallel", {}).get("expert", 1)
+    sizes = {m.ep_size for m in engine.module.modules() if hasattr(m, "deepspeed_moe")}
+    current = sizes.pop() if sizes else 1
+    if saved != current:
+        raise ModtrainError(
+            f"checkpoint {tag} was saved with parallel.expert={saved} and this run has "
+            f"parallel.expert={current}: expert checkpoints resume only on the layout they "
+            f"were saved with; set parallel.expert={saved}")
+
+
 def load(engine, checkpoint_dir: str | Path, tag: str, same_layout: bool) -> dict[str, Any]:
     """Load `tag` into `engine`; restore this rank's RNG when the layout is unchanged."""
     root = Path(checkpoint_dir)
+    _check_expert_parallel_size(engine, read_state(root, original_tag(tag)), tag)
     with weights_only_loads():
         path, _ = engine.load_checkpoint(str(root), tag=tag)
     if path is None:
