@@ -36,7 +36,7 @@ def flops_per_token(config: str, overrides: list[str]) -> float:
 def run(config: str, run_dir: Path, overrides: list[str]) -> dict:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "modtrain", "train", config, f"run.dir={run_dir}",
-                    "--overwrite", *overrides], check=True, stdout=subprocess.DEVNULL)
+                    *overrides, "--overwrite"], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     records = read_metrics(run_dir)
     val = [r["val_loss"] for r in records if "val_loss" in r]
