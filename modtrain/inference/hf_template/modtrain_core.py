@@ -15,6 +15,12 @@ Routing (Raposo et al. 2024), per routed layer and batch row:
 A selected token becomes x + r * f(x), where f (attention + MLP) sees only the selected
 tokens, at their absolute RoPE positions; other tokens pass unchanged. With a cache, a
 skipped token writes no key/value, so routed layers store only their routed tokens.
+
+Batched decoding: rows route independently, so a routed layer's cache is ragged (LayerKV:
+a padded buffer with a length per row). At each step the tokens routed in a layer, across
+the whole batch, run the block as one compact batch of just those rows, attending to their
+own rows' entries; a layer where no row routes runs nothing. A routed layer's cost thus
+follows the number of tokens it routes, not the batch size.
 """
 
 from __future__ import annotations
@@ -111,11 +117,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class LayerKV:
-    """Keys and values one layer has stored, per batch row.
+    """Keys and values one layer has stored: a padded [batch, heads, capacity, head_dim]
+    buffer with a length per row.
 
-    Rows may hold different numbers of entries: in a routed layer each row stores only the
-    tokens it routed. Keys are stored after RoPE, at their tokens' absolute positions.
-    Storage grows by doubling, so a routed layer allocates about what its rows use.
+    Rows hold different numbers of entries: in a routed layer each row stores only the
+    tokens it routed. Keys are stored after RoPE, at their tokens' absolute positions. The
+    lengths live on the host (Python ints), so deciding what to write and what to attend to
+    needs no device round trip. Storage grows by doubling, so a routed layer allocates about
+    what its longest row uses.
     """
 
     def __init__(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype,
@@ -123,8 +132,12 @@ class LayerKV:
         shape = (batch, heads, capacity, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.lens = torch.zeros(batch, dtype=torch.long, device=device)
-        self._uniform: int | None = 0  # the common length while every row has the same
+        self.row_lengths = [0] * batch
+
+    @property
+    def lens(self) -> torch.Tensor:
+        """Entries stored per row: [batch]."""
+        return torch.tensor(self.row_lengths, dtype=torch.long)
 
     def _reserve(self, needed: int) -> None:
         cap = self.k.shape[2]
@@ -137,64 +150,69 @@ class LayerKV:
         self.v = torch.cat((self.v, zeros), dim=2)
 
     def append(
-        self, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None,
-        counts: torch.Tensor | None,
+        self, k: torch.Tensor, v: torch.Tensor, rows: list[int] | None = None,
+        counts: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
-        """Store k, v ([b, heads, T, D]) for `rows` (None: every row) and return what the new
-        queries attend to: (keys, values, boolean mask or None, is_causal).
+        """Store k, v ([n, heads, T, D]) for batch rows `rows` (ascending; None: every row)
+        and return what the new queries attend to: (keys, values, boolean mask or None,
+        is_causal), batched over the n rows.
 
         Row i's first counts[i] entries are real tokens (None: all T); the rest is padding,
         written past the row's end where the next real entry overwrites it.
         """
         t = k.shape[2]
-        if rows is None and counts is None and self._uniform is not None:
-            return self._append_uniform(k, v)
-        self._uniform = None
-        old = self.lens if rows is None else self.lens[rows]
-        new = old + (t if counts is None else counts)
-        old_min, old_max, length = torch.stack((old.min(), old.max(), new.max())).tolist()
-        self._reserve(old_max + t)
-        row_index = (torch.arange(self.k.shape[0], device=k.device) if rows is None
-                     else rows)[:, None]
-        slots = old[:, None] + torch.arange(t, device=k.device)
-        self.k[row_index, :, slots] = k.transpose(1, 2)
-        self.v[row_index, :, slots] = v.transpose(1, 2)
-        if rows is None:
-            self.lens = new
-            keys, values = self.k[:, :, :length], self.v[:, :, :length]
-        else:
-            self.lens[rows] = new
-            keys, values = self.k[rows, :, :length], self.v[rows, :, :length]
-        if old_max == 0:  # nothing before: plain causal attention over the new entries
+        rows = list(range(self.k.shape[0])) if rows is None else rows
+        old = [self.row_lengths[r] for r in rows]
+        new = [o + t for o in old] if counts is None else [o + c for o, c in zip(old, counts)]
+        self._reserve(max(old) + t)
+        self._write(k, v, rows, old)
+        for r, n in zip(rows, new):
+            self.row_lengths[r] = n
+        length = max(new)
+        keys, values = self._rows(rows, length, k.device)
+        if max(old) == 0:  # nothing before: plain causal attention over the new entries
             return keys, values, None, t > 1
-        if t == 1 and old_min == old_max:  # one query per row that sees every stored entry
+        if t == 1 and min(old) == max(old):  # one query per row that sees every entry
             return keys, values, None, False
         # Query i of a row sees the row's old entries and new entries 0..i.
-        limit = old[:, None] + torch.arange(t, device=k.device)  # [b, T]
-        mask = torch.arange(length, device=k.device) <= limit[..., None]
+        limit = torch.tensor(old, device=k.device)[:, None] + torch.arange(t, device=k.device)
+        mask = torch.arange(length, device=k.device) <= limit[..., None]  # [n, T, length]
         return keys, values, mask[:, None], False
 
-    def _append_uniform(self, k: torch.Tensor, v: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
-        """Every row stores all T entries at the same offset (dense layers): slices only."""
-        n, t = self._uniform, k.shape[2]
-        self._reserve(n + t)
-        self.k[:, :, n : n + t] = k
-        self.v[:, :, n : n + t] = v
-        self.lens += t
-        self._uniform = n + t
-        keys, values = self.k[:, :, : n + t], self.v[:, :, : n + t]
-        if n == 0 or t == 1:
-            return keys, values, None, n == 0 and t > 1
-        mask = torch.arange(n + t, device=k.device) <= n + torch.arange(t, device=k.device)[:, None]
-        return keys, values, mask, False
+    def _write(self, k: torch.Tensor, v: torch.Tensor, rows: list[int], old: list[int]) -> None:
+        t = k.shape[2]
+        first = _contiguous_start(rows)
+        if first is not None and min(old) == max(old):  # one block: slice assignment
+            block = (slice(first, first + len(rows)), slice(None), slice(old[0], old[0] + t))
+            self.k[block], self.v[block] = k, v
+            return
+        row_index = torch.tensor(rows, device=k.device)[:, None]
+        slots = torch.tensor(old, device=k.device)[:, None] + torch.arange(t, device=k.device)
+        self.k[row_index, :, slots] = k.transpose(1, 2)
+        self.v[row_index, :, slots] = v.transpose(1, 2)
+
+    def _rows(self, rows: list[int], length: int, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `length` entries of `rows`: views when the rows are adjacent, else one
+        copy of just those rows."""
+        keys, values = self.k[:, :, :length], self.v[:, :, :length]
+        first = _contiguous_start(rows)
+        if first is not None:
+            return keys[first : first + len(rows)], values[first : first + len(rows)]
+        index = torch.tensor(rows, device=device)
+        return keys.index_select(0, index), values.index_select(0, index)
 
     def used_bytes(self) -> int:
         per_entry = 2 * self.k.shape[1] * self.k.shape[3] * self.k.element_size()
-        return int(self.lens.sum()) * per_entry
+        return sum(self.row_lengths) * per_entry
 
     def allocated_bytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
+
+
+def _contiguous_start(rows: list[int]) -> int | None:
+    """The first row if `rows` (ascending) are adjacent, else None."""
+    return rows[0] if rows[-1] - rows[0] == len(rows) - 1 else None
 
 
 class DecoderCache:
@@ -238,8 +256,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.heads * d, h, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv: LayerKV | None, rows: torch.Tensor | None,
-                counts: torch.Tensor | None) -> torch.Tensor:
+                kv: LayerKV | None, rows: list[int] | None,
+                counts: list[int] | None) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -298,8 +316,8 @@ class DecoderLayer(nn.Module):
         self.capacity = config.mod_capacity
 
     def delta(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-              kv: LayerKV | None, rows: torch.Tensor | None = None,
-              counts: torch.Tensor | None = None,
+              kv: LayerKV | None, rows: list[int] | None = None,
+              counts: list[int] | None = None,
               valid: torch.Tensor | None = None) -> torch.Tensor:
         """f(x) = attn + mlp of a pre-norm block; `valid` marks real tokens among padding."""
         attn = self.self_attn(self.input_layernorm(x), cos, sin, kv, rows, counts)
@@ -312,68 +330,80 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv: LayerKV | None = None, routing: str = "topk") -> torch.Tensor:
+        """x [B, T, H]; cos, sin [1, 1, T, head_dim], shared by the rows (equal lengths)."""
         if self.router is None:
             return x + self.delta(x, cos, sin, kv)
         r = self.router.proj(x).squeeze(-1)  # [B, T]
-        rows = counts = valid = None
+        if routing == "causal" and x.shape[1] == 1:
+            return self._route_one_token(x, r, cos, sin, kv)
         if routing == "topk":
             if kv is not None:
                 raise ValueError("top-k routing is not causal and cannot use a cache; "
                                  "use routing='causal'")
             k = tokens_per_row(self.capacity, x.shape[1])
             index = torch.topk(r, k, dim=1, sorted=False).indices.sort(dim=1).values
-        elif routing == "causal" and x.shape[1] == 1:
-            return self._route_one_token(x, r, cos, sin, kv)
-        elif routing == "causal":
-            chosen = self.router.causal_mask(x, r)
-            counts = chosen.sum(dim=1)
-            most = int(counts.max())
-            if most == 0:
-                return x  # nothing routed in any row: no compute, no cache writes
-            if not bool((counts > 0).all()):
-                rows = (counts > 0).nonzero().squeeze(1)
-                counts, chosen = counts[rows], chosen[rows]
-            # Each row's chosen positions first, in sequence order (a stable sort).
-            index = torch.sort((~chosen).to(torch.int8), dim=1, stable=True).indices[:, :most]
-            valid = torch.arange(most, device=x.device) < counts[:, None]
-            if bool(valid.all()):
-                valid = None
-        else:
+            return self._update_selected(x, r, cos, sin, kv, index)
+        if routing != "causal":
             raise ValueError(f"routing must be one of {ROUTINGS}, not {routing!r}")
-        xr, rr, cr, sr = (x, r, cos, sin) if rows is None else (x[rows], r[rows], cos[rows],
-                                                                 sin[rows])
+        chosen = self.router.causal_mask(x, r)
+        counts = chosen.sum(dim=1)
+        rows = (counts > 0).nonzero().squeeze(1)
+        if len(rows) == 0:
+            return x  # nothing routed in any row: no compute, no cache writes
+        if len(rows) == x.shape[0]:
+            return self._update_selected(x, r, cos, sin, kv, self._chosen_first(chosen, counts),
+                                         counts.tolist())
+        # Rows that route nothing this time run nothing and store nothing.
+        counts = counts.index_select(0, rows)
+        index = self._chosen_first(chosen.index_select(0, rows), counts)
+        out = self._update_selected(x.index_select(0, rows), r.index_select(0, rows), cos, sin,
+                                    kv, index, counts.tolist(), rows.tolist())
+        return x.index_copy(0, rows, out)
+
+    @staticmethod
+    def _chosen_first(chosen: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Each row's chosen positions first, in sequence order (a stable sort), cut to the
+        longest row's count: [rows, most]."""
+        most = int(counts.max())
+        return torch.sort((~chosen).to(torch.int8), dim=1, stable=True).indices[:, :most]
+
+    def _update_selected(self, x: torch.Tensor, r: torch.Tensor, cos: torch.Tensor,
+                         sin: torch.Tensor, kv: LayerKV | None, index: torch.Tensor,
+                         counts: list[int] | None = None, rows: list[int] | None = None
+                         ) -> torch.Tensor:
+        """x + r * f(x) at the positions `index` [b, k] of each row of x, the rest unchanged.
+        counts: real positions per row (the rest of `index` is padding); rows: the batch rows
+        x holds (for the cache). cos and sin are shared by all rows: [1, 1, T, head_dim]."""
+        valid = None
+        if counts is not None and min(counts) < index.shape[1]:
+            valid = torch.arange(index.shape[1], device=x.device) < torch.tensor(
+                counts, device=x.device)[:, None]
         gather = index[..., None].expand(-1, -1, x.shape[-1])
-        x_sel = xr.gather(1, gather)
-        pos = index[:, None, :, None].expand(-1, 1, -1, cr.shape[-1])
-        delta = self.delta(x_sel, cr.gather(2, pos), sr.gather(2, pos), kv, rows, counts, valid)
-        update = x_sel + rr.gather(1, index)[..., None].to(x.dtype) * delta
+        x_sel = x.gather(1, gather)
+        pos = index[:, None, :, None].expand(-1, 1, -1, cos.shape[-1])
+        cos, sin = (c.expand(index.shape[0], -1, -1, -1).gather(2, pos) for c in (cos, sin))
+        delta = self.delta(x_sel, cos, sin, kv, rows, counts, valid)
+        update = x_sel + r.gather(1, index)[..., None].to(x.dtype) * delta
         if valid is not None:  # padding slots point at unselected tokens: write them back as is
             update = torch.where(valid[..., None], update, x_sel)
-        out = xr.scatter(1, gather, update)
-        if rows is None:
-            return out
-        full = x.clone()
-        full[rows] = out
-        return full
-
+        return x.scatter(1, gather, update)
 
     def _route_one_token(self, x: torch.Tensor, r: torch.Tensor, cos: torch.Tensor,
                          sin: torch.Tensor, kv: LayerKV | None) -> torch.Tensor:
-        """Causal routing of one new token per row (decoding): only the rows that route it
-        run the block; no gather/scatter along the sequence."""
+        """Causal routing of one new token per row (decoding). The rows that route it run
+        the block as one compact batch of those rows alone, against their own cache entries;
+        the other rows run nothing and store nothing."""
         chosen = self.router.causal_mask(x, r)[:, 0]
-        n = int(chosen.sum())
+        rows = chosen.nonzero().squeeze(1)
+        n = len(rows)
         if n == 0:
             return x
-        ones = torch.ones(n, dtype=torch.long, device=x.device)
         if n == x.shape[0]:
-            return x + r[..., None].to(x.dtype) * self.delta(x, cos, sin, kv, None, ones)
-        rows = chosen.nonzero().squeeze(1)
-        x_sel = x[rows]
-        delta = self.delta(x_sel, cos[rows], sin[rows], kv, rows, ones)
-        out = x.clone()
-        out[rows] = x_sel + r[rows][..., None].to(x.dtype) * delta
-        return out
+            return x + r[..., None].to(x.dtype) * self.delta(x, cos, sin, kv)
+        x_sel = x.index_select(0, rows)
+        delta = self.delta(x_sel, cos, sin, kv, rows.tolist())
+        update = x_sel + r.index_select(0, rows)[..., None].to(x.dtype) * delta
+        return x.index_copy(0, rows, update)
 
 
 class ModtrainDecoder(nn.Module):
@@ -396,8 +426,8 @@ class ModtrainDecoder(nn.Module):
         continue the cached ones (positions start at cache.seen) and routing must be causal."""
         b, t = input_ids.shape
         start = 0 if cache is None else cache.seen
-        positions = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
-        cos, sin = self.rotary(positions)
+        # Rows are equally long, so they share positions: cos, sin [1, 1, T, head_dim].
+        cos, sin = self.rotary(torch.arange(start, start + t, device=input_ids.device)[None])
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, None if cache is None else cache.layers[i], routing)
