@@ -123,7 +123,13 @@ def train(plan: Plan, run_dir: Path, threads: int) -> float:
         done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode:
         sys.exit(f"modtrain train failed for {plan.corpus}/{plan.variant}; see {log.name}")
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    wall_file(run_dir).write_text(f"{wall:.3f}\n")  # kept for --report
+    return wall
+
+
+def wall_file(run_dir: Path) -> Path:
+    return run_dir.parent / f"{run_dir.name}.wall_s"
 
 
 def val_at_time(run_dir: Path, seconds: float) -> float | None:
@@ -143,18 +149,21 @@ def measure(plan: Plan, run_dir: Path, wall: float) -> dict:
     curves = read_run(run_dir)
     speeds = [r["tokens_per_s"] for r in read_metrics(run_dir / "metrics.jsonl")
               if r.get("tokens_per_s")]
-    return {**asdict(plan), "total_flops": plan.total_flops, "tokens": plan.steps *
-            plan.tokens_per_step, "val_loss": curves.val[-1][1] if curves.val else None,
+    # Median over windows, the first (start-up) left out: robust to other jobs' bursts.
+    speed = statistics.median(speeds[1:] or speeds) if speeds else None
+    tokens = plan.steps * plan.tokens_per_step
+    return {**asdict(plan), "total_flops": plan.total_flops, "tokens": tokens,
+            "val_loss": curves.val[-1][1] if curves.val else None,
             "train_loss": curves.train[-1][1] if curves.train else None,
             "train_s": max(curves.seconds_at.values(), default=0.0), "wall_s": wall,
-            # Median over windows, the first (start-up) left out: robust to other jobs.
-            "tokens_per_s_median": statistics.median(speeds[1:] or speeds) if speeds else None}
+            "tokens_per_s_median": speed, "train_s_at_median": tokens / speed if speed else None}
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| corpus | config | params | FLOPs/token | steps | tokens | total FLOPs | "
-             "final val loss | val loss at dense's time | train s | wall s | tokens/s (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "final val loss | val loss at dense's time | train s | train s at median speed | "
+             "wall s | tokens/s (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     def num(r: dict, key: str, fmt: str) -> str:
         return format(r[key], fmt) if r.get(key) is not None else "-"
 
@@ -163,17 +172,22 @@ def table(rows: list[dict]) -> str:
             f"| {r['corpus']} | {r['variant']} | {r['params']:,} | {r['flops_per_token']:.3e} "
             f"| {r['steps']} | {r['steps'] * r['tokens_per_step']:,} | {r['total_flops']:.3e} "
             f"| {num(r, 'val_loss', '.4f')} | {num(r, 'val_at_dense_time', '.4f')} "
-            f"| {num(r, 'train_s', '.0f')} | {num(r, 'wall_s', '.0f')} "
+            f"| {num(r, 'train_s', '.0f')} | {num(r, 'train_s_at_median', '.0f')} "
+            f"| {num(r, 'wall_s', '.0f')} "
             f"| {num(r, 'tokens_per_s_median', ',.0f')} |")
     return "\n".join(lines)
 
 
-def run_corpus(plans: list[Plan], out: Path, threads: int) -> list[dict]:
+def run_corpus(plans: list[Plan], out: Path, threads: int, report_only: bool) -> list[dict]:
     rows = []
     for plan in plans:
         run_dir = out / plan.corpus / plan.variant
-        print(f"training {plan.corpus}/{plan.variant}: {plan.steps} steps", flush=True)
-        rows.append(measure(plan, run_dir, train(plan, run_dir, threads)))
+        if report_only:
+            wall = float(wall_file(run_dir).read_text()) if wall_file(run_dir).is_file() else None
+        else:
+            print(f"training {plan.corpus}/{plan.variant}: {plan.steps} steps", flush=True)
+            wall = train(plan, run_dir, threads)
+        rows.append(measure(plan, run_dir, wall))
     dense = next((r for r in rows if r["variant"] == "dense"), None)
     for r in rows:
         if dense is not None:
@@ -185,6 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", action="store_true", help="print the plan only, train nothing")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: table, JSON and plots from the runs already in --out")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_DENSE_STEPS} dense steps per corpus (a smoke test)")
     parser.add_argument("--corpora", default=",".join(CORPORA), help="comma-separated")
@@ -205,7 +221,7 @@ def main() -> None:
         if args.plan:
             all_rows += [{**asdict(p), "total_flops": p.total_flops} for p in plans]
             continue
-        rows = run_corpus(plans, out, args.threads)
+        rows = run_corpus(plans, out, args.threads, args.report)
         all_rows += rows
         run_dirs = [out / corpus / v for v in variants]
         for axis in ("flops", "time"):
