@@ -37,6 +37,10 @@ class Generation:
     seconds: float  # everything, prefill included
     cache_used_bytes: int = 0  # largest key/value footprint of the stored tokens
     cache_allocated_bytes: int = 0  # largest key/value memory allocated
+    # Processor time of this process (all its threads): unlike `seconds`, it leaves out
+    # the time other processes had the cores, for comparisons on a busy machine.
+    prefill_cpu_seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 def restart_length(window: int) -> int:
@@ -75,8 +79,8 @@ def generate_ids(
     ids, start, cache = prompt, 0, None
     done = [False] * batch
     used = allocated = 0
-    prefill_s = 0.0
-    t0 = time.perf_counter()
+    prefill_s = prefill_cpu = 0.0
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for step in range(max_new_tokens):
         if ids.shape[1] - start > window:  # restart the context from its last `keep` tokens
             start, cache = ids.shape[1] - keep, None
@@ -88,7 +92,7 @@ def generate_ids(
         else:
             logits = model(ids[:, -1:], "causal", cache, last_only=True)
         if step == 0:
-            prefill_s = time.perf_counter() - t0
+            prefill_s, prefill_cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if cache is not None:
             used = max(used, cache.used_bytes())
             allocated = max(allocated, cache.allocated_bytes())
@@ -98,7 +102,7 @@ def generate_ids(
             if all(done):
                 break
     return Generation(ids, ids.shape[1] - prompt_len, prefill_s, time.perf_counter() - t0,
-                      used, allocated)
+                      used, allocated, prefill_cpu, time.process_time() - cpu0)
 
 
 def generate_text(
