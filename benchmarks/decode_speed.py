@@ -101,33 +101,35 @@ def measure_pair(label: str, dense: ModtrainLM, mod: ModtrainLM, batch: int, pro
 def block_costs(model: ModtrainLM, batch: int, context: int, repeats: int) -> dict[str, float]:
     """Processor milliseconds of one decode step through one layer after `context` tokens:
     a dense layer over the whole batch, and a routed layer when n of the batch rows route
-    the token (n = 0 .. batch; the rows drawn at random). Median of `repeats` groups of 10."""
+    the token (n = 0 .. batch; the rows drawn at random). Median of `repeats` groups of 10,
+    the cases taking turns."""
     kinds = [layer.router is not None for layer in model.model.layers]
     dense_at, routed_at = kinds.index(False), kinds.index(True)
-    cache = model.new_cache(batch, max_length=context + 10 * repeats)
+    cache = model.new_cache(batch, max_length=context + 10)
     model(torch.randint(2, model.config.vocab_size, (batch, context)), "causal", cache)
     x = torch.randn(batch, 1, model.config.hidden_size)
     cos, sin = model.model.rotary(torch.tensor([[context]]))
     g = torch.Generator().manual_seed(0)
     routed = model.model.layers[routed_at]
     decide = routed.router.causal_mask
-    costs = {}
-    for n in (None, *range(batch + 1)):  # None: the dense layer
-        if n is not None:
-            chosen = torch.zeros(batch, 1, dtype=torch.bool)
-            chosen[torch.randperm(batch, generator=g)[:n]] = True
+    choices: dict[str, tuple[int, torch.Tensor | None]] = {"dense layer": (dense_at, None)}
+    for n in range(batch + 1):
+        chosen = torch.zeros(batch, 1, dtype=torch.bool)
+        chosen[torch.randperm(batch, generator=g)[:n]] = True
+        choices[f"routed, {n} of {batch} rows"] = (routed_at, chosen)
+    times: dict[str, list[float]] = {name: [] for name in choices}
+    for _ in range(repeats):  # every case once per repeat: load hits them alike
+        for name, (at, chosen) in choices.items():
             routed.router.causal_mask = lambda x, r, chosen=chosen: chosen
-        at = dense_at if n is None else routed_at
-        times = []
-        for _ in range(repeats):
+            kv = cache.layers[at]
+            lengths = list(kv.row_lengths)
             start = time.process_time()
             for _ in range(10):
-                model.model.layers[at](x, cos, sin, cache.layers[at], "causal")
-            times.append((time.process_time() - start) / 10 * 1e3)
-        costs["dense layer" if n is None else f"routed, {n} of {batch} rows"] = (
-            statistics.median(times))
+                model.model.layers[at](x, cos, sin, kv, "causal")
+            times[name].append((time.process_time() - start) / 10 * 1e3)
+            kv.row_lengths = lengths  # back to `context` tokens seen: what is past is unused
     routed.router.causal_mask = decide
-    return costs
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def synthetic(hidden: int, layers: int, routed: bool, window: int, vocab: int) -> ModtrainLM:
