@@ -23,13 +23,17 @@ from pathlib import Path
 
 from modtrain.config import load_config
 from modtrain.model.flops import training_flops_per_token
-from modtrain.run_dir import read_metrics
+from modtrain.run_dir import METRICS_FILE, read_metrics
 
 VARIANTS = ("dense", "mod", "moe", "mode_staged", "mode_integrated")
 
 
 def flops_per_token(config: str, overrides: list[str]) -> float:
-    c = load_config(config, overrides + ["model.vocab_size=67"])
+    c = load_config(config, overrides)
+    if not c.model.vocab_size:  # as training does: the tokenizer's vocabulary
+        import sentencepiece as spm
+
+        c.model.vocab_size = spm.SentencePieceProcessor(model_file=c.data.tokenizer).vocab_size()
     return training_flops_per_token(c.model, c.data.seq_length)
 
 
@@ -38,7 +42,7 @@ def run(config: str, run_dir: Path, overrides: list[str]) -> dict:
     subprocess.run([sys.executable, "-m", "modtrain", "train", config, f"run.dir={run_dir}",
                     *overrides, "--overwrite"], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    records = read_metrics(run_dir)
+    records = read_metrics(run_dir / METRICS_FILE)
     val = [r["val_loss"] for r in records if "val_loss" in r]
     train = [r for r in records if "loss" in r]
     return {"val_loss": val[-1], "train_loss": train[-1]["loss"], "wall_s": wall}
@@ -46,17 +50,17 @@ def run(config: str, run_dir: Path, overrides: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dense-steps", type=int, default=2000)
+    parser.add_argument("--dense-steps", type=int, default=None,
+                        help="steps of the dense run, the FLOPs budget (2000; --quick: 6)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default="runs/mode_benchmark", help="parent of the run dirs")
     parser.add_argument("--json", default=None, help="also write the rows here")
-    parser.add_argument("--quick", action="store_true", help="6 dense steps, tiny evaluation")
+    parser.add_argument("--quick", action="store_true", help="few steps, tiny evaluation")
     parser.add_argument("overrides", nargs="*", help="key=value for every run")
     args = parser.parse_args()
     common = list(args.overrides)
-    dense_steps = args.dense_steps
+    dense_steps = args.dense_steps or (6 if args.quick else 2000)
     if args.quick:
-        dense_steps = 6
         common += ["train.eval_batches=2", "train.warmup_steps=2", "train.log_interval=2",
                    "run.tensorboard=false"]
     names = args.variants.split(",")

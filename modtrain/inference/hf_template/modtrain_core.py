@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modtrain_experts import MoEMLP
+
 ROUTINGS = ("topk", "causal")
 
 
@@ -53,6 +55,11 @@ class CoreConfig:
     mod_capacity: float = 0.125
     mod_predictor_hidden: int = 0  # 0: no predictor
     mod_inference_routing: str = "predictor"  # "predictor" or "router"
+    moe_layers: list[int] = field(default_factory=list)  # layers whose MLP holds experts
+    moe_num_experts: int = 0
+    moe_noop_experts: int = 0
+    moe_top_k: int = 1
+    moe_intermediate_size: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CoreConfig:
@@ -75,6 +82,11 @@ class CoreConfig:
             mod_capacity=d.get("mod_capacity", 0.125),
             mod_predictor_hidden=d.get("mod_predictor_hidden", 0),
             mod_inference_routing=d.get("mod_inference_routing", "predictor"),
+            moe_layers=list(d.get("moe_layers") or []),
+            moe_num_experts=d.get("moe_num_experts", 0),
+            moe_noop_experts=d.get("moe_noop_experts", 0),
+            moe_top_k=d.get("moe_top_k", 1),
+            moe_intermediate_size=d.get("moe_intermediate_size", 0),
         )
 
 
@@ -306,12 +318,14 @@ class Router(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: CoreConfig, routed: bool) -> None:
+    def __init__(self, config: CoreConfig, routed: bool, experts: bool = False) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = (MoEMLP(config.hidden_size, config.moe_intermediate_size,
+                           config.moe_num_experts, config.moe_noop_experts, config.moe_top_k)
+                    if experts else MLP(config))
         self.router = Router(config) if routed else None
         self.capacity = config.mod_capacity
 
@@ -415,7 +429,8 @@ class ModtrainDecoder(nn.Module):
         routed = set(config.mod_routed_layers)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, i in routed) for i in range(config.num_hidden_layers)
+            DecoderLayer(config, i in routed, i in config.moe_layers)
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = Rotary(config.head_dim, config.rope_theta)
