@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from torch import nn
 
@@ -44,11 +45,12 @@ def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, vocab_start: int) -
     return logits.masked_fill(ids >= vocab_size, float("-inf"))
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, tensor_size: int = 1) -> torch.Tensor:
     """Mean cross-entropy; logits [S, B, V/tp] (vocabulary-parallel), labels [B, S]."""
-    per_token = tensor_parallel.vocab_parallel_cross_entropy(
-        logits.float(), labels.transpose(0, 1).contiguous()
-    )
+    labels = labels.transpose(0, 1)
+    if tensor_size == 1:  # the whole vocabulary here: torch's fused kernel, no collectives
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+    per_token = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.contiguous())
     return per_token.mean()
 
 
@@ -70,6 +72,7 @@ class GPT(nn.Module):
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
         self.config = config
+        self.tensor_size = (tensor or TensorSlice()).size
         tc = transformer_config(config)
         self.transformer_config = tc
         self.embedding = build_embedding(config, tc)
@@ -105,7 +108,7 @@ class GPT(nn.Module):
         if self._rope.device != tokens.device:
             self._rope = self._rope.to(tokens.device)
         freqs = self._rope[positions_offset : positions_offset + seq_length]
-        x = self.embedding(tokens).transpose(0, 1).contiguous()  # [S, B, H]
+        x = self.embedding(tokens.t())  # [S, B, H]: look up transposed ids, no copy of x
         aux_total = None
         stats: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
@@ -120,6 +123,6 @@ class GPT(nn.Module):
         logits = mask_padded_vocab(logits, self.config.vocab_size, self.embedding.vocab_start_index)
         if labels is None:
             return GPTOutput(None, None, logits.transpose(0, 1), stats)
-        lm = lm_loss(logits, labels)
+        lm = lm_loss(logits, labels, self.tensor_size)
         loss = lm if aux_total is None else lm + aux_total
         return GPTOutput(loss, lm, None, stats)

@@ -30,9 +30,25 @@ def _to_device(batch: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _agree(bad: bool, stop: bool) -> tuple[bool, bool]:
+    if dist.get_world_size() == 1:  # nothing to agree on, and no collective to wait for
+        return bad, stop
     flags = torch.tensor([float(bad), float(stop)])
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return bool(flags[0]), bool(flags[1])
+
+
+def _step_means(lm: list[torch.Tensor], total: list[torch.Tensor],
+                stats: list[dict[str, torch.Tensor]]) -> tuple[bool, dict[str, float]]:
+    """(every loss finite, means over micro-batches of loss, total_loss and the statistics),
+    read from the device in one transfer: one host sync per step, not one per value."""
+    keys = sorted(set().union(*stats))  # a statistic missing from a micro-batch counts 0
+    rows = [torch.stack(lm), torch.stack(total)] + [
+        torch.stack([torch.as_tensor(s.get(k, 0.0)).detach().to(lm[0]) for s in stats])
+        for k in keys]
+    table = torch.stack(rows).double()  # [values, micro-batches]
+    finite = torch.isfinite(table[1]).all().double().unsqueeze(0)
+    flat = torch.cat([finite, table.mean(dim=1)]).tolist()
+    return bool(flat[0]), dict(zip(["loss", "total_loss", *keys], flat[1:]))
 
 
 class EngineStep:
@@ -43,25 +59,23 @@ class EngineStep:
         self.optimizer = optimizer  # GuardedAdamW: the skip switch
 
     def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:
-        sums: dict[str, float] = {}
-        finite = True
+        lm, total, stats = [], [], []  # per micro-batch, detached, still on the device
+        last = len(micro_batches) - 1
         for i, batch in enumerate(micro_batches):
             x, y = _to_device(batch, self.engine.device)
             out = self.engine(x, y)
-            finite = finite and bool(torch.isfinite(out.loss.detach()).item())
-            if i == len(micro_batches) - 1:  # decide before the update happens
+            lm.append(out.lm_loss.detach())
+            total.append(out.loss.detach())
+            stats.append(out.stats)
+            if i == last:  # decide before the update happens
+                finite, means = _step_means(lm, total, stats)
                 skip, stop = _agree(not finite, stop_requested)
                 self.optimizer.skip_next = skip
             self.engine.backward(out.loss)
             self.engine.step()
-            sums["loss"] = sums.get("loss", 0.0) + out.lm_loss.item()
-            sums["total_loss"] = sums.get("total_loss", 0.0) + out.loss.item()
-            for k, v in out.stats.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
         self.optimizer.skip_next = False
-        n = len(micro_batches)
-        loss = sums.pop("loss") / n
-        return StepOutcome(loss, skip, stop, {k: v / n for k, v in sums.items()})
+        loss = means.pop("loss")
+        return StepOutcome(loss, skip, stop, means)
 
     @torch.no_grad()
     def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int,

@@ -17,6 +17,7 @@ from modtrain.model.flops import training_flops_per_token
 from modtrain.parallel import init_distributed
 from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, METRICS_FILE
 from modtrain.train import checkpoint
+from modtrain.train.compile import check_compile, compile_blocks
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.engine import build_engine
 from modtrain.train.inputs import check_inputs
@@ -64,6 +65,7 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
     An earlier run in config.run.dir is continued (run.resume=auto), moved aside
     (`overwrite`), or refused."""
     store = check_inputs(config)
+    check_compile(config)
     run_dir = Path(config.run.dir)
     check_run_dir(run_dir, config.run.resume, overwrite)  # every rank, before any waits
     topo = init_distributed(config.parallel.tensor, config.parallel.pipeline)
@@ -90,6 +92,9 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
 
     torch.manual_seed(config.run.seed)
     engine, optimizer, stepper = build_engine(config, topo, ds_config, progress.message)
+    if t.compile:
+        progress.message(f"train.compile: {compile_blocks(engine.module)} blocks compiled "
+                         "(the first steps include compilation)")
 
     dp_rank, dp_group = topo.data_rank, topo.groups.data
     loader, val = build_training_data(config, store, dp_rank, topo.data,
