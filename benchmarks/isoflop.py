@@ -49,10 +49,12 @@ QUICK_DENSE_STEPS = 6
 EVALS_PER_RUN = 8  # validation points along each curve (and one at the end)
 
 # MoD at the paper's best setting (capacity 12.5%, every other block routed), at the
-# baseline's size and at two larger sizes whose FLOPs per token are close to the baseline's.
+# baseline's size and at two larger sizes whose FLOPs per token are close to the baseline's;
+# and a smaller dense control with about mod_same's FLOPs per token (so also more tokens).
 MOD = ["model.mod.enabled=true", "model.mod.capacity=0.125", "model.mod.routed_layers=null"]
 VARIANTS = {
     "dense": ["model.mod.enabled=false"],
+    "dense_small": ["model.mod.enabled=false", "model.num_layers=2"],  # 2 x 128
     "mod_same": MOD,  # 4 x 128: fewer FLOPs per token, so more steps in the budget
     "mod_deep": MOD + ["model.num_layers=8"],  # 8 x 128: 4 dense + 4 routed blocks
     "mod_wide": MOD + ["model.hidden_size=192", "model.num_heads=6"],  # 4 x 192
