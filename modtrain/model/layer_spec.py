@@ -6,6 +6,8 @@ is a parameter: expert layers put a Mixture-of-Experts there (model/experts.py).
 
 from __future__ import annotations
 
+import logging
+
 import torch.nn.functional as F
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -63,8 +65,17 @@ def mlp_spec() -> ModuleSpec:
     )
 
 
+def _not_unknown_mlp(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Unknown MLP type")
+
+
 def expert_mlp_spec(model: ModelConfig, expert: ExpertSlice) -> ModuleSpec:
     """The MLP slot holding a Mixture-of-Experts (model.moe) for this expert slice."""
+    # megatron-core warns once per layer that it passes no process groups to an MLP class it
+    # does not know; ExpertMLP takes its groups from DeepSpeed, so the warning is noise.
+    megatron_layer_log = logging.getLogger("megatron.core.transformer.transformer_layer")
+    if _not_unknown_mlp not in megatron_layer_log.filters:
+        megatron_layer_log.addFilter(_not_unknown_mlp)
     return ModuleSpec(module=ExpertMLP, params={"model": model, "expert": expert})
 
 
