@@ -35,7 +35,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="PNG to write, e.g. curves.png")
     p.add_argument("--x", choices=X_AXES, default="step",
-                   help="x axis: step, tokens seen, training FLOPs (analytic) or wall time")
+                   help="x axis: step, tokens seen, training FLOPs (analytic) or training time")
     p.set_defaults(func=_plot)
 
     r = sub.add_parser("routing", help="the routing picture of a text (PNG)",

@@ -2,7 +2,8 @@
 
 Reads each run's metrics.jsonl (whole lines only: a line a kill cut short is skipped) and
 config.yaml. The x axis is the step, tokens seen, training FLOPs (analytic, forward +
-backward, routing included) or wall time (summed from each logged window's tokens/s).
+backward, routing included) or training time (summed from each logged window's tokens/s;
+start-up, evaluation and saving left out).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from modtrain.run_dir import CONFIG_FILE, METRICS_FILE, read_metrics
 
 X_AXES = ("step", "tokens", "flops", "time")
 _X_LABELS = {"step": "step", "tokens": "tokens", "flops": "training FLOPs",
-             "time": "wall time (s)"}
+             "time": "training time (s)"}
 
 
 @dataclass
