@@ -145,7 +145,7 @@ class TrainConfig:
     # (H100/H200 989), no MFU on others.
     peak_tflops: float = 0.0
     zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3 (pipeline: 0 or 1)
-    # Compile the model with torch.compile (Inductor); docs/benchmarks.md measures on and off.
+    # Compile each decoder block with torch.compile (Inductor); docs/benchmarks_training.md.
     compile: bool = False
     # Optional DeepSpeed JSON (e.g. launch/ds_zero2.json) merged over the derived config.
     deepspeed_config: str | None = None
