@@ -29,7 +29,7 @@ unset RANK WORLD_SIZE LOCAL_RANK MASTER_PORT
 CORPUS=modtrain/resources/tinyshakespeare.txt
 # name:layers:heads:width
 if [[ $MODE == gpu ]]; then
-  SIZES=${GPU_BENCH_SIZES:-125m:12:12:768 350m:24:16:1024}
+  SIZES=${GPU_BENCH_SIZES:-small:12:12:768 medium:24:16:1024}
   VOCAB=4096
   TRAIN=(train.precision=bf16)
   DECODE=(--device cuda --dtype bf16 --new-tokens 256 --repeats 3)
@@ -55,10 +55,10 @@ if [[ $MODE == cpu-tiny ]]; then  # a fifth of the corpus: tokenizer and store i
 fi
 stage "tokenizer: BPE, vocabulary $VOCAB"
 modtrain tokenizer train --input "$CORPUS" --out "$OUT/bpe" --type bpe --vocab-size "$VOCAB" \
-  >/dev/null
+  >/dev/null 2>"$OUT/tokenizer.log" || { tail -20 "$OUT/tokenizer.log" >&2; exit 1; }
 stage "token store"
 modtrain data prepare --tokenizer "$OUT/bpe.model" --input "$CORPUS" --out "$OUT/data.zarr" \
-  --quiet
+  --quiet >&2
 
 EXPORTS=()
 for size in $SIZES; do
@@ -70,7 +70,7 @@ for size in $SIZES; do
     modtrain train benchmarks/configs/gpu_bench.yaml "run.dir=$OUT/train/$run" \
       "data.store=$OUT/data.zarr" "data.tokenizer=$OUT/bpe.model" \
       "model.num_layers=$layers" "model.num_heads=$heads" "model.hidden_size=$width" \
-      "model.mod.enabled=$mod" "${TRAIN[@]}" 2>"$OUT/train-$run.log" \
+      "model.mod.enabled=$mod" "${TRAIN[@]}" >"$OUT/train-$run.log" 2>&1 \
       || { tail -20 "$OUT/train-$run.log" >&2; exit 1; }
     tail -1 "$OUT/train-$run.log" >&2
     stage "convert $run"

@@ -57,9 +57,9 @@ def table(rows: list[dict], batches: list[int]) -> str:
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
         decode = " | ".join("-" if r["decode"].get(str(b)) is None
                             else f"{r['decode'][str(b)]:,.0f}" for b in batches)
-        lines.append(f"| {r['run']} | {r['params'] / 1e6:.1f}M | {r['layers']} x {r['hidden']} "
+        lines.append(f"| {r['run']} | {r['params'] / 1e6:.3g}M | {r['layers']} x {r['hidden']} "
                      f"| {r['seq_length']} x {r['batch']} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['tflops_per_device']:.2f} | {mfu} | {decode} |")
+                     f"{r['tflops_per_device']:.3g} | {mfu} | {decode} |")
     return "\n".join(lines)
 
 
