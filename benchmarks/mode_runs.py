@@ -81,11 +81,11 @@ def main() -> None:
                      "training_flops": steps * per_token * tokens_per_step, **result})
         print(f"{name}: {steps} steps, val loss {result['val_loss']:.4f}, "
               f"{result['wall_s']:.0f} s", file=sys.stderr)
-    print("| variant | MFLOPs/token | steps | training PFLOPs | val loss | train loss | wall s |")
+    print("| variant | MFLOPs/token | steps | training TFLOPs | val loss | train loss | wall s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['flops_per_token'] / 1e6:.2f} | {r['steps']} | "
-              f"{r['training_flops'] / 1e15:.3f} | {r['val_loss']:.4f} | {r['train_loss']:.4f} "
+              f"{r['training_flops'] / 1e12:.3f} | {r['val_loss']:.4f} | {r['train_loss']:.4f} "
               f"| {r['wall_s']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
