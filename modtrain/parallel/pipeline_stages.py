@@ -3,6 +3,7 @@ analytic FLOPs (the layers themselves are `model/pipeline_layers.py`)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from modtrain.config import Config
@@ -103,7 +104,9 @@ def build_pipeline(config: Config, topo: Topology):
         num_pp=topo.pipeline, num_mp=topo.tensor, num_dp=topo.data
     )
     pipe = CostBalancedPipeline(
-        layers=pipeline_layer_specs(config, tensor), topology=topology, loss_fn=lm_loss,
+        layers=pipeline_layer_specs(config, tensor), topology=topology,
+        # The last stage's logits are this rank's vocabulary shard under tensor parallelism.
+        loss_fn=functools.partial(lm_loss, tensor_size=tensor.size),
         partition_method="cost",
     )
     initialize_parameters(
