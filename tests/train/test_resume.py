@@ -11,11 +11,11 @@ from modtrain.errors import ModtrainError
 from modtrain.train.resume import current_layout, needs_universal, plan_resume
 
 
-def _saved(root: Path, layout: dict[str, int]) -> Path:
+def _saved(root: Path, layout: dict[str, int], model: dict | None = None) -> Path:
     """A checkpoint directory as far as resume planning reads it: `latest` + modtrain.json."""
     (root / "step_00000004").mkdir(parents=True)
-    (root / "step_00000004" / "modtrain.json").write_text(json.dumps({"step": 4,
-                                                                      "layout": layout}))
+    state = {"step": 4, "layout": layout, "config": {"model": model or {}}}
+    (root / "step_00000004" / "modtrain.json").write_text(json.dumps(state))
     (root / "latest").write_text("step_00000004")
     return root
 
@@ -36,6 +36,13 @@ def test_same_layout_resumes_directly(tmp_path):
 ])
 def test_which_layout_changes_need_a_universal_checkpoint(saved, now, universal):
     assert needs_universal(current_layout(*saved), current_layout(*now)) is universal
+
+
+def test_layout_change_of_an_expert_checkpoint_is_refused(tmp_path):
+    root = _saved(tmp_path, current_layout(1, 1, 2, 1), model={"moe": {"enabled": True}})
+    with pytest.raises(ModtrainError, match="relaunch with the saved layout$") as err:
+        plan_resume(root, current_layout(1, 1, 1, 1))
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("saved_stage,now_stage,fix", [
