@@ -1,14 +1,17 @@
 """The framework tax: `modtrain train` (dense) against a plain PyTorch GPT of the same recipe.
 
     python benchmarks/framework_tax.py [--quick] [--json OUT] [--repeats N]
-        [--shapes shakespeare,wide] [--procs 1,2] [--compile off,on]
+        [--shapes shakespeare,wide] [--procs 1,2] [--compile off,on] [--zero 0,1]
 
-For each case (shape x processes x train.compile) the reference (benchmarks/reference_gpt.py;
-torch DDP over gloo for 2 processes) and the real command path (`python -m modtrain train`,
-under torchrun for 2 processes) run alternately, back to back, `--repeats` times. Each run's
-speed is the median tokens/s of its logged windows after the warm-up windows (compilation,
-allocator warm-up); the table gives the median over repeats and the median of the per-repeat
-ratios modtrain / reference. Both variants get the same OMP_NUM_THREADS (cores / processes).
+For each case (shape x processes x train.compile x train.zero_stage) the reference
+(benchmarks/reference_gpt.py; torch DDP over gloo for 2 processes) and the real command path
+(`python -m modtrain train`, under torchrun for 2 processes) run alternately, back to back,
+`--repeats` times. Each run's speed is the median tokens/s of its logged windows after the
+warm-up windows (compilation, allocator warm-up); the table gives the median over repeats and
+the median of the per-repeat ratios modtrain / reference. Both variants get the same
+OMP_NUM_THREADS (cores / processes). The reference keeps the whole AdamW state on every rank,
+as modtrain does with train.zero_stage=0; stage 1 adds DeepSpeed's optimizer-state
+partitioning, and its bookkeeping, to the comparison.
 """
 
 from __future__ import annotations
@@ -47,11 +50,13 @@ class Case:
     shape: str
     procs: int
     compile: bool
+    zero_stage: int = 1  # modtrain's train.zero_stage (the reference has no ZeRO)
     data: tuple[str, ...] = ()  # data.store / data.tokenizer overrides
 
     @property
     def name(self) -> str:
-        return f"{self.shape} x{self.procs} compile={'on' if self.compile else 'off'}"
+        return (f"{self.shape} x{self.procs} compile={'on' if self.compile else 'off'} "
+                f"zero={self.zero_stage}")
 
     def overrides(self) -> list[str]:
         extra, steps, log_interval, _ = SHAPES[self.shape]
@@ -96,7 +101,8 @@ def run_modtrain(case: Case, work: Path) -> float:
     run_dir = work / "modtrain"
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [*_launcher(case.procs), "-m", "modtrain", "train", str(CONFIG), *case.overrides(),
-           f"run.dir={run_dir}", f"train.compile={str(case.compile).lower()}"]
+           f"run.dir={run_dir}", f"train.compile={str(case.compile).lower()}",
+           f"train.zero_stage={case.zero_stage}"]
     subprocess.run(cmd, check=True, env=_env(case.procs), cwd=ROOT, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -111,16 +117,18 @@ def measure(case: Case, repeats: int, work: Path) -> dict:
         print(f"  {case.name}: reference {ref[-1]:,.0f}, modtrain {mod[-1]:,.0f} tokens/s",
               file=sys.stderr)
     return {"shape": case.shape, "procs": case.procs, "compile": case.compile,
+            "zero_stage": case.zero_stage,
             "reference_tokens_per_s": ref, "modtrain_tokens_per_s": mod,
             "reference_median": statistics.median(ref), "modtrain_median": statistics.median(mod),
             "ratio": statistics.median(m / r for m, r in zip(mod, ref))}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| shape | processes | compile | reference tokens/s | modtrain tokens/s | "
-             "modtrain / reference |", "|---|---|---|---|---|---|"]
+    lines = ["| shape | processes | compile | modtrain ZeRO stage | reference tokens/s | "
+             "modtrain tokens/s | modtrain / reference |", "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['shape']} | {r['procs']} | {'on' if r['compile'] else 'off'} | "
+                     f"{r['zero_stage']} | "
                      f"{r['reference_median']:,.0f} | {r['modtrain_median']:,.0f} | "
                      f"{r['ratio']:.2f}x |")
     return "\n".join(lines)
@@ -133,17 +141,19 @@ def main() -> None:
     parser.add_argument("--shapes", default="shakespeare,wide")
     parser.add_argument("--procs", default="1,2")
     parser.add_argument("--compile", default="off,on")
+    parser.add_argument("--zero", default="0,1", help="modtrain's train.zero_stage values")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--store", help="token store (default: the config's, shakespeare_char)")
     parser.add_argument("--tokenizer", help="its tokenizer (with --store)")
     args = parser.parse_args()
     if args.quick:
-        args.shapes, args.procs, args.compile, args.repeats = "tiny", "1", "off", 1
+        args.shapes, args.procs, args.compile, args.zero, args.repeats = "tiny", "1", "off", "1", 1
     data = tuple(f"data.{key}={value}" for key, value in
                  (("store", args.store), ("tokenizer", args.tokenizer)) if value)
-    cases = [Case(shape, int(procs), flag == "on", data) for shape in args.shapes.split(",")
-             for procs in args.procs.split(",") for flag in args.compile.split(",")]
+    cases = [Case(shape, int(procs), flag == "on", int(zero), data)
+             for shape in args.shapes.split(",") for procs in args.procs.split(",")
+             for flag in args.compile.split(",") for zero in args.zero.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="framework_tax_") as tmp:
         for case in cases:

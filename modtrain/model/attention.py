@@ -1,14 +1,29 @@
-"""Core attention for megatron-core's SelfAttention built on torch SDPA.
+"""Self-attention through megatron-core's SelfAttention modules, with SDPA at its core.
 
 megatron-core's local DotProductAttention needs a CUDA memory buffer; SDPA runs on CPU
-and dispatches to flash / memory-efficient kernels on GPU.
+and dispatches to flash / memory-efficient kernels on GPU. `self_attention` runs the
+SelfAttention's own tensor-parallel projections and core attention, and applies RoPE from
+a precomputed table in between (see model/rope.py); megatron's forward around them adds
+inference-context and packed-sequence bookkeeping that modtrain does not use.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.module import MegatronModule
+
+from modtrain.model.rope import Rope
+
+
+def self_attention(attention: SelfAttention, hidden: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Causal self-attention of hidden [S, B, H] at the positions in `rope`; [S, B, H] out."""
+    query, key, value = attention.get_query_key_value_tensors(hidden, split_qkv=True)
+    context = attention.core_attention(rope.apply(query), rope.apply(key), value,
+                                       attention_mask=None)
+    out, _ = attention.linear_proj(context)
+    return out
 
 
 class SDPACoreAttention(MegatronModule):

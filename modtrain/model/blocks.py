@@ -14,22 +14,30 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 from torch import nn
 
 from modtrain.config.schema import MoDConfig, ModelConfig
+from modtrain.model.attention import self_attention
 from modtrain.model.experts import ExpertMLP, ExpertSlice
 from modtrain.model.layer_spec import decoder_layer_spec, expert_mlp_spec
-from modtrain.model.rope import gather_positions
+from modtrain.model.rope import Rope
 from modtrain.model.router import MoDRouter, membership, tokens_per_row, topk_indices
 
 BlockStats = dict[str, torch.Tensor]
 
 
-def block_delta(layer: TransformerLayer, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """f(x): the sum of the attention and MLP outputs of a pre-norm block. x is [S, B, H]."""
+def _attention_and_mlp(layer: TransformerLayer, x: torch.Tensor, rope: Rope
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """attn, x + attn, mlp of a pre-norm block (dropout applied). x is [S, B, H]."""
     p = layer.config.hidden_dropout if layer.training else 0.0
-    attn, _ = layer.self_attention(layer.input_layernorm(x), attention_mask=None,
-                                   rotary_pos_emb=freqs)
+    attn = self_attention(layer.self_attention, layer.input_layernorm(x), rope)
     attn = F.dropout(attn, p=p, training=layer.training)
-    mlp, _ = layer.mlp(layer.pre_mlp_layernorm(x + attn))
-    return attn + F.dropout(mlp, p=p, training=layer.training)
+    mid = x + attn
+    mlp, _ = layer.mlp(layer.pre_mlp_layernorm(mid))
+    return attn, mid, F.dropout(mlp, p=p, training=layer.training)
+
+
+def block_delta(layer: TransformerLayer, x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """f(x): the sum of the attention and MLP outputs of a pre-norm block. x is [S, B, H]."""
+    attn, _, mlp = _attention_and_mlp(layer, x, rope)
+    return attn + mlp
 
 
 def add_aux(total: torch.Tensor | None, aux: torch.Tensor | None) -> torch.Tensor | None:
@@ -51,10 +59,12 @@ class DenseBlock(nn.Module):
         self.layer = layer
 
     def forward(
-        self, x: torch.Tensor, freqs: torch.Tensor, routing: str = "topk"
+        self, x: torch.Tensor, rope: Rope, routing: str = "topk"
     ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
-        out = x + block_delta(self.layer, x, freqs)
-        return (out, *expert_outputs(self.layer))
+        # (x + attn) + mlp: the residual stream as a plain pre-norm layer adds it, one add
+        # fewer than x + f(x) (forward and backward); equal up to rounding.
+        _, mid, mlp = _attention_and_mlp(self.layer, x, rope)
+        return (mid + mlp, *expert_outputs(self.layer))
 
 
 class RoutedBlock(nn.Module):
@@ -72,18 +82,18 @@ class RoutedBlock(nn.Module):
         self.last_index: torch.Tensor | None = None
 
     def _route(
-        self, x: torch.Tensor, logits: torch.Tensor, index: torch.Tensor, freqs: torch.Tensor
+        self, x: torch.Tensor, logits: torch.Tensor, index: torch.Tensor, rope: Rope
     ) -> torch.Tensor:
         """x + r * f(x~) at `index` ([k, B], sorted); other tokens copied bit for bit."""
         hidden = x.shape[-1]
         gather_index = index.unsqueeze(-1).expand(-1, -1, hidden)
         x_sel = x.gather(0, gather_index)
         r_sel = logits.gather(0, index).unsqueeze(-1).to(x.dtype)
-        delta = block_delta(self.layer, x_sel, gather_positions(freqs, index))
+        delta = block_delta(self.layer, x_sel, rope.gather(index))
         return x.scatter(0, gather_index, x_sel + r_sel * delta)
 
     def forward(
-        self, x: torch.Tensor, freqs: torch.Tensor, routing: str = "topk"
+        self, x: torch.Tensor, rope: Rope, routing: str = "topk"
     ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
         """routing="topk" (training, non-causal) or "causal" (sampling: per-token decision)."""
         seq_length = x.shape[0]
@@ -92,7 +102,7 @@ class RoutedBlock(nn.Module):
             index = topk_indices(logits, tokens_per_row(self.config.capacity, seq_length))
             self.last_index = index.detach()  # for routing maps and layout-equality checks
             aux_loss, stats = self.router.aux_losses(x, logits, membership(index, seq_length))
-            out = self._route(x, logits, index, freqs)
+            out = self._route(x, logits, index, rope)
             expert_aux, expert_stats = expert_outputs(self.layer)
             return out, add_aux(aux_loss, expert_aux), {**stats, **expert_stats}
         if routing != "causal":
@@ -104,7 +114,7 @@ class RoutedBlock(nn.Module):
             index = mask[:, b].nonzero()
             row = x[:, b : b + 1]
             rows.append(row if index.numel() == 0 else
-                        self._route(row, logits[:, b : b + 1], index, freqs))
+                        self._route(row, logits[:, b : b + 1], index, rope))
         stats = {"routed_frac": mask.float().mean()}
         return torch.cat(rows, dim=1), None, stats
 

@@ -8,6 +8,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
 from modtrain.config.schema import ModelConfig
+from modtrain.model.linear import ColumnLinear
 
 
 def build_embedding(config: ModelConfig, tc: TransformerConfig):
@@ -24,7 +25,7 @@ def build_final_norm(config: ModelConfig, tc: TransformerConfig):
 def build_output_layer(config: ModelConfig, tc: TransformerConfig, tied: bool):
     """Column-parallel projection to the (padded) vocabulary; with `tied`, it owns no weight
     and is called with the embedding's."""
-    return tensor_parallel.ColumnParallelLinear(
+    return ColumnLinear(
         config.hidden_size, config.padded_vocab_size, config=tc, init_method=tc.init_method,
         bias=False, gather_output=False, skip_weight_param_allocation=tied,
     )

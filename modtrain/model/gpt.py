@@ -20,7 +20,7 @@ from modtrain.model.embedding_and_head import build_embedding, build_final_norm,
 from modtrain.model.experts import ExpertSlice
 from modtrain.model.init import initialize_parameters
 from modtrain.model.layer_spec import transformer_config
-from modtrain.model.rope import rope_frequencies
+from modtrain.model.rope import Rope
 from modtrain.model.tensor_split import TensorSlice
 
 _EXTRA_STATE = "_extra_state"
@@ -88,8 +88,8 @@ class GPT(nn.Module):
         self.register_load_state_dict_pre_hook(_fill_extra_state)
         initialize_parameters(self, config, seed, tensor, expert=expert)
         head_dim = config.hidden_size // config.num_heads
-        # A plain attribute, not a buffer: casting the module to bf16 must not round angles.
-        self._rope = rope_frequencies(config.max_seq_length, head_dim, config.rope_base)
+        # A plain attribute, not a buffer: casting the module to bf16 must not round the table.
+        self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base)
 
     def forward(
         self,
@@ -105,14 +105,14 @@ class GPT(nn.Module):
                 f"sequence of {seq_length} tokens exceeds model.max_seq_length="
                 f"{self.config.max_seq_length}"
             )
-        if self._rope.device != tokens.device:
+        if self._rope.cos.device != tokens.device:
             self._rope = self._rope.to(tokens.device)
-        freqs = self._rope[positions_offset : positions_offset + seq_length]
+        rope = self._rope.window(positions_offset, seq_length)
         x = self.embedding(tokens.t())  # [S, B, H]: look up transposed ids, no copy of x
         aux_total = None
         stats: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
-            x, aux, block_stats = block(x, freqs, routing)
+            x, aux, block_stats = block(x, rope, routing)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
             for name, value in block_stats.items():

@@ -10,7 +10,6 @@ import logging
 
 import torch.nn.functional as F
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
@@ -25,6 +24,7 @@ from megatron.core.transformer.transformer_layer import (
 from modtrain.config.schema import ModelConfig
 from modtrain.model.attention import SDPACoreAttention
 from modtrain.model.experts import ExpertMLP, ExpertSlice
+from modtrain.model.linear import ColumnLinear, RowLinear
 
 
 def transformer_config(model: ModelConfig) -> TransformerConfig:
@@ -61,7 +61,7 @@ def transformer_config(model: ModelConfig) -> TransformerConfig:
 def mlp_spec() -> ModuleSpec:
     return ModuleSpec(
         module=MLP,
-        submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
+        submodules=MLPSubmodules(linear_fc1=ColumnLinear, linear_fc2=RowLinear),
     )
 
 
@@ -89,9 +89,9 @@ def decoder_layer_spec(mlp: ModuleSpec | None = None) -> ModuleSpec:
                 module=SelfAttention,
                 params={"attn_mask_type": AttnMaskType.causal},
                 submodules=SelfAttentionSubmodules(
-                    linear_qkv=ColumnParallelLinear,
+                    linear_qkv=ColumnLinear,
                     core_attention=SDPACoreAttention,
-                    linear_proj=RowParallelLinear,
+                    linear_proj=RowLinear,
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,

@@ -22,7 +22,7 @@ from modtrain.model.embedding_and_head import (
 )
 from modtrain.model.gpt import mask_padded_vocab
 from modtrain.model.layer_spec import transformer_config
-from modtrain.model.rope import rope_frequencies
+from modtrain.model.rope import Rope
 from modtrain.model.tensor_split import TensorSlice
 
 
@@ -81,14 +81,14 @@ class BlockLayer(nn.Module):
         self.block = build_block(config, tc, index)
         self.index = index
         head_dim = config.hidden_size // config.num_heads
-        self._rope = rope_frequencies(config.max_seq_length, head_dim, config.rope_base)
+        self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base)
         self._stats: dict[str, float] = {}
         self._calls = 0
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self._rope.device != hidden.device:
+        if self._rope.cos.device != hidden.device:
             self._rope = self._rope.to(hidden.device)
-        out, aux, stats = self.block(hidden, self._rope[: hidden.shape[0]])
+        out, aux, stats = self.block(hidden, self._rope.window(0, hidden.shape[0]))
         if aux is not None and torch.is_grad_enabled():
             out = AuxLossInjector.apply(out, aux)
         if self.training:

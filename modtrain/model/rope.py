@@ -1,12 +1,15 @@
-"""Rotary position frequencies in megatron-core's layout.
+"""Rotary position embeddings: a cos/sin table built once, applied to [S, B, heads, D].
 
-megatron-core's `RotaryEmbedding` moves its table to CUDA unconditionally, so the
-table is built here; megatron's attention applies it (unfused path), which broadcasts
-a per-row table of shape [S, B, 1, D]. That is what lets a routed block give each
-selected token its original absolute position.
+megatron-core's unfused RoPE recomputes cos and sin of the angle table for q and for k in
+every layer and concatenates an empty pass-through part; its fused kernels need CUDA. The
+table here is computed once per model (fp32, cast to the activations' dtype when applied)
+and gives the same values. A routed block gathers per-row rows of it ([k, B, 1, D]), so
+each selected token keeps its original absolute position.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -18,6 +21,32 @@ def rope_frequencies(seq_length: int, head_dim: int, base: float) -> torch.Tenso
     return torch.cat((angles, angles), dim=-1)[:, None, None, :]
 
 
-def gather_positions(freqs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Per-row angles of selected tokens: freqs [S,1,1,D], index [k,B] -> [k,B,1,D]."""
-    return freqs[:, 0, 0, :][index].unsqueeze(2)
+class Rope(NamedTuple):
+    """cos and sin of the angles, [S, 1, 1, D] for a whole sequence or [k, B, 1, D] per row."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    @classmethod
+    def table(cls, seq_length: int, head_dim: int, base: float) -> Rope:
+        angles = rope_frequencies(seq_length, head_dim, base)
+        return cls(angles.cos(), angles.sin())
+
+    def to(self, device: torch.device) -> Rope:
+        return Rope(self.cos.to(device), self.sin.to(device))
+
+    def window(self, start: int, length: int) -> Rope:
+        """Positions start..start+length-1."""
+        return Rope(self.cos[start : start + length], self.sin[start : start + length])
+
+    def gather(self, index: torch.Tensor) -> Rope:
+        """Per-row entries of selected tokens: index [k, B] -> [k, B, 1, D]."""
+        return Rope(self.cos[:, 0, 0, :][index].unsqueeze(2),
+                    self.sin[:, 0, 0, :][index].unsqueeze(2))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate x [S, B, heads, D] by its positions' angles (rotate-half convention)."""
+        first, second = x.chunk(2, dim=-1)
+        rotated = torch.cat((-second, first), dim=-1)
+        return x * self.cos.to(x.dtype) + rotated * self.sin.to(x.dtype)
+

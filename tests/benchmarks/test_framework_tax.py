@@ -49,7 +49,7 @@ def test_quick_run_end_to_end(tmp_path, char_store, char_tokenizer):
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = json.loads(results.read_text())["results"]
-    assert (row["shape"], row["procs"], row["compile"]) == ("tiny", 1, False)
+    assert (row["shape"], row["procs"], row["compile"], row["zero_stage"]) == ("tiny", 1, False, 1)
     assert row["reference_median"] > 0 and row["modtrain_median"] > 0
     assert row["ratio"] == pytest.approx(row["modtrain_median"] / row["reference_median"])
-    assert "| tiny | 1 | off |" in proc.stdout
+    assert "| tiny | 1 | off | 1 |" in proc.stdout
