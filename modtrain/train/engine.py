@@ -64,6 +64,10 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         blocks = [m for m in model.modules() if isinstance(m, BlockLayer)]
         return engine, optimizer, PipelineStep(engine, optimizer, blocks,
                                                routing_stat_keys(config), topo.groups.pipeline)
+    if topo.data == 1 and t.zero_stage == 0:
+        # One data-parallel rank without ZeRO: DeepSpeed would still flatten every gradient,
+        # all-reduce it over a group of one and copy it back, a few percent of a small step.
+        engine.enable_backward_allreduce = False
     if t.zero_stage == 3 and config.model.tie_embeddings:
         # ZeRO-3 gathers a parameter only inside its own module's forward; the tied output
         # projection reads the embedding weight from another module.

@@ -53,3 +53,19 @@ def test_quick_run_end_to_end(tmp_path, char_store, char_tokenizer):
     assert row["reference_median"] > 0 and row["modtrain_median"] > 0
     assert row["ratio"] == pytest.approx(row["modtrain_median"] / row["reference_median"])
     assert "| tiny | 1 | off | 1 |" in proc.stdout
+
+
+def test_model_step_compares_the_bare_models():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "model_step.py"), "--steps", "2",
+         "--warmup", "1", "model.num_layers=2", "model.hidden_size=32", "model.num_heads=2",
+         "data.seq_length=16", "model.max_seq_length=16", "train.global_batch_size=2"],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| modtrain GPT")
+            or line.startswith("| reference GPT")]
+    assert len(rows) == 2
+    for row in rows:
+        ms, ops = (cell.strip() for cell in row.strip("|").split("|")[1:])
+        assert float(ms) > 0 and int(ops.replace(",", "")) > 0
+    assert "reference / modtrain time:" in proc.stdout
