@@ -17,6 +17,7 @@ from modtrain.config.schema import MoDConfig, ModelConfig
 from modtrain.model.attention import self_attention
 from modtrain.model.experts import ExpertMLP, ExpertSlice
 from modtrain.model.layer_spec import decoder_layer_spec, expert_mlp_spec
+from modtrain.model.mlp import is_plain_swiglu, swiglu
 from modtrain.model.rope import Rope
 from modtrain.model.router import MoDRouter, membership, tokens_per_row, topk_indices
 
@@ -30,7 +31,8 @@ def _attention_and_mlp(layer: TransformerLayer, x: torch.Tensor, rope: Rope
     attn = self_attention(layer.self_attention, layer.input_layernorm(x), rope)
     attn = F.dropout(attn, p=p, training=layer.training)
     mid = x + attn
-    mlp, _ = layer.mlp(layer.pre_mlp_layernorm(mid))
+    hidden = layer.pre_mlp_layernorm(mid)
+    mlp = swiglu(layer.mlp, hidden) if is_plain_swiglu(layer.mlp) else layer.mlp(hidden)[0]
     return attn, mid, F.dropout(mlp, p=p, training=layer.training)
 
 
