@@ -157,10 +157,11 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay,
-                                                             "weight_decay": 0.0}],
-        lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    groups = [{"params": decay, "weight_decay": t.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    # torch's fused AdamW, as modtrain uses it (on a CPU ~5x the per-parameter loop).
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
+                                  fused=True)
     train_model = torch.compile(model) if args.compile else model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(train_model)

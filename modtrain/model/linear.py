@@ -1,37 +1,50 @@
 """megatron-core's tensor-parallel linears, running torch's own linear on one tensor rank.
 
-megatron-core sends every matmul through a Python autograd function that carries the
-tensor-parallel collectives (and gradient-accumulation fusion, off here). On one tensor
-rank there is nothing to communicate, and that function's Python backward alone costs
-about 0.1 ms per call on a CPU, a few percent of a small model's step. Modules, parameters,
-names and tensor-parallel behaviour stay megatron-core's: only the single-rank matmul
-changes, to the same product through torch's autograd.
+megatron-core wraps every matmul in Python autograd functions: one that carries the
+tensor-parallel collectives, and around it the region mappings (copy to / reduce from the
+tensor-parallel region), which are identities on one rank but still cost a Python forward
+and backward each, about 0.1 ms per linear on a CPU and a few percent of a small model's
+step. Modules, parameters, names and tensor-parallel behaviour stay megatron-core's: on a
+tensor-parallel group of one (no sequence parallelism, no expert or deferred-gradient
+communication) the forward is the same product through torch's autograd.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.utils import get_pg_size
 
 
 class _PlainOnOneRank:
-    """Mixin for megatron-core's parallel linears: torch's linear when the tensor-parallel
-    group has one rank (and no sequence parallelism), megatron-core's function otherwise."""
+    """Mixin for megatron-core's parallel linears: decides once whether this linear has
+    nothing to communicate, in which case `forward` is torch's linear."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._one_tensor_rank = get_pg_size(self.tp_group) == 1
-
-    def _forward_impl(self, input, weight, *args, **kwargs):
-        if self._one_tensor_rank and not kwargs.get("sequence_parallel") and weight.requires_grad:
-            return F.linear(input, weight, kwargs.get("bias"))
-        return super()._forward_impl(input, weight, *args, **kwargs)
+        self._plain = (get_pg_size(self.tp_group) == 1 and not self.sequence_parallel
+                       and not self.explicit_expert_comm
+                       and not self.config.defer_embedding_wgrad_compute
+                       and not self.config.cpu_offloading)
 
 
 class ColumnLinear(_PlainOnOneRank, ColumnParallelLinear):
-    pass
+    def forward(self, input_: torch.Tensor, weight: torch.Tensor | None = None,
+                runtime_gather_output: bool | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self._plain:
+            return super().forward(input_, weight, runtime_gather_output)
+        weight = self.weight if weight is None else weight  # the tied embedding in the head
+        if self.skip_bias_add:
+            return F.linear(input_, weight), self.bias
+        return F.linear(input_, weight, self.bias), None
 
 
 class RowLinear(_PlainOnOneRank, RowParallelLinear):
-    pass
+    def forward(self, input_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self._plain:
+            return super().forward(input_)
+        if self.skip_bias_add:
+            return F.linear(input_, self.weight), self.bias
+        return F.linear(input_, self.weight, self.bias), None

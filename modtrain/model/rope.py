@@ -22,31 +22,36 @@ def rope_frequencies(seq_length: int, head_dim: int, base: float) -> torch.Tenso
 
 
 class Rope(NamedTuple):
-    """cos and sin of the angles, [S, 1, 1, D] for a whole sequence or [k, B, 1, D] per row."""
+    """cos of the angles and the sine with the rotation's sign folded in ([-sin, +sin] over
+    the two halves of the head), [S, 1, 1, D] for a whole sequence or [k, B, 1, D] per row."""
 
     cos: torch.Tensor
-    sin: torch.Tensor
+    signed_sin: torch.Tensor
 
     @classmethod
     def table(cls, seq_length: int, head_dim: int, base: float) -> Rope:
         angles = rope_frequencies(seq_length, head_dim, base)
-        return cls(angles.cos(), angles.sin())
+        sin = angles.sin()
+        sign = torch.ones(head_dim)
+        sign[: head_dim // 2] = -1.0
+        return cls(angles.cos(), sin * sign)
 
     def to(self, device: torch.device) -> Rope:
-        return Rope(self.cos.to(device), self.sin.to(device))
+        return Rope(self.cos.to(device), self.signed_sin.to(device))
 
     def window(self, start: int, length: int) -> Rope:
         """Positions start..start+length-1."""
-        return Rope(self.cos[start : start + length], self.sin[start : start + length])
+        return Rope(self.cos[start : start + length], self.signed_sin[start : start + length])
 
     def gather(self, index: torch.Tensor) -> Rope:
         """Per-row entries of selected tokens: index [k, B] -> [k, B, 1, D]."""
         return Rope(self.cos[:, 0, 0, :][index].unsqueeze(2),
-                    self.sin[:, 0, 0, :][index].unsqueeze(2))
+                    self.signed_sin[:, 0, 0, :][index].unsqueeze(2))
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate x [S, B, heads, D] by its positions' angles (rotate-half convention)."""
-        first, second = x.chunk(2, dim=-1)
-        rotated = torch.cat((-second, first), dim=-1)
-        return x * self.cos.to(x.dtype) + rotated * self.sin.to(x.dtype)
-
+        """Rotate x [S, B, heads, D] by its positions' angles (rotate-half convention):
+        x cos + [-x2, x1] sin, with [-x2, x1] sin = roll(x, D/2) [-sin, sin]. One roll in
+        place of split, negate and concatenate, forward and backward; the same values bit
+        for bit (a negation is exact)."""
+        rolled = torch.roll(x, x.shape[-1] // 2, dims=-1)
+        return x * self.cos.to(x.dtype) + rolled * self.signed_sin.to(x.dtype)

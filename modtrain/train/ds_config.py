@@ -8,6 +8,7 @@ from typing import Any
 
 from modtrain.config.schema import Config
 from modtrain.errors import ModtrainError
+from modtrain.train.grad_clip import modtrain_clips
 
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
@@ -29,7 +30,8 @@ def deepspeed_config(config: Config, data_parallel_size: int) -> dict[str, Any]:
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": t.global_batch_size // (micro * data_parallel_size),
-        "gradient_clipping": t.grad_clip,
+        # Without ZeRO in fp32 modtrain clips (train/grad_clip.py); DeepSpeed must not again.
+        "gradient_clipping": 0.0 if modtrain_clips(config) else t.grad_clip,
         "zero_optimization": {"stage": t.zero_stage},
         "bf16": {"enabled": t.precision == "bf16"},
         "fp16": {"enabled": t.precision == "fp16", "initial_scale_power": 16},
@@ -54,6 +56,13 @@ def deepspeed_config(config: Config, data_parallel_size: int) -> dict[str, Any]:
                 "remove batch sizes from the JSON and set train.global_batch_size / "
                 "train.micro_batch_size instead"
             )
+    if user.get("gradient_clipping", t.grad_clip) != t.grad_clip:
+        raise ModtrainError(
+            f"{path} sets gradient_clipping={user['gradient_clipping']} but the modtrain config "
+            f"gives train.grad_clip={t.grad_clip}; set train.grad_clip instead (or remove "
+            "gradient_clipping from the JSON)"
+        )
+    user = {k: v for k, v in user.items() if k != "gradient_clipping"}
     stage = user.get("zero_optimization", {}).get("stage", t.zero_stage)
     if stage != t.zero_stage:
         # The checkpoint layout records train.zero_stage; a JSON stage would silently win.

@@ -12,6 +12,7 @@ from modtrain.model.experts import ExpertSlice, expert_stat_names
 from modtrain.model.router import stat_names
 from modtrain.model.tensor_split import TensorSlice
 from modtrain.parallel import MegatronMPU, Topology
+from modtrain.train.grad_clip import GradientClipper, modtrain_clips
 from modtrain.train.optim import build_optimizer, build_scheduler
 from modtrain.train.steps import EngineStep, PipelineStep
 
@@ -72,4 +73,6 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         # ZeRO-3 gathers a parameter only inside its own module's forward; the tied output
         # projection reads the embedding weight from another module.
         deepspeed.zero.register_external_parameter(model.output_layer, model.embedding.weight)
-    return engine, optimizer, EngineStep(engine, optimizer)
+    clipper = (GradientClipper(model, t.grad_clip, topo.groups.tensor)
+               if modtrain_clips(config) else None)
+    return engine, optimizer, EngineStep(engine, optimizer, clipper)

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from modtrain.data.read.dataset import ValidationSequences
 from modtrain.progress_bar import bar
+from modtrain.train.grad_clip import GradientClipper
 
 
 @dataclass
@@ -22,6 +23,7 @@ class StepOutcome:
     skipped: bool  # a non-finite loss on some rank: no update anywhere
     stop: bool  # a stop signal on some rank
     stats: dict[str, float] = field(default_factory=dict)  # routing metrics, summed aux
+    grad_norm: torch.Tensor | None = None  # before clipping, where modtrain clips (0-d)
 
 
 def _to_device(batch: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,9 +56,10 @@ def _step_means(lm: list[torch.Tensor], total: list[torch.Tensor],
 class EngineStep:
     """Gradient accumulation by hand over DeepSpeed's engine (data and tensor parallel)."""
 
-    def __init__(self, engine, optimizer) -> None:
+    def __init__(self, engine, optimizer, clipper: GradientClipper | None = None) -> None:
         self.engine = engine
         self.optimizer = optimizer  # GuardedAdamW: the skip switch
+        self.clipper = clipper  # None: DeepSpeed clips (or nothing is clipped)
 
     def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:
         lm, total, stats = [], [], []  # per micro-batch, detached, still on the device
@@ -72,10 +75,13 @@ class EngineStep:
                 skip, stop = _agree(not finite, stop_requested)
                 self.optimizer.skip_next = skip
             self.engine.backward(out.loss)
+            if i == last and self.clipper is not None:  # gradients complete and reduced
+                grad_norm = self.clipper.clip_()
             self.engine.step()
         self.optimizer.skip_next = False
         loss = means.pop("loss")
-        return StepOutcome(loss, skip, stop, means)
+        return StepOutcome(loss, skip, stop, means,
+                           grad_norm if self.clipper is not None else None)
 
     @torch.no_grad()
     def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int,

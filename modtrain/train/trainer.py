@@ -148,7 +148,8 @@ def train(config: Config, overwrite: bool = False) -> TrainResult:
                 tokens_per_s = window_tokens / (now - window_start)
                 window_tokens, window_start = 0, now
                 means = _dp_mean({"loss": outcome.loss, **outcome.stats}, dp_group)
-                grad_norm = engine.get_global_grad_norm()
+                grad_norm = (outcome.grad_norm if outcome.grad_norm is not None
+                             else engine.get_global_grad_norm())
                 record: dict[str, Any] = {
                     "step": step,
                     "loss": means.pop("loss"),

@@ -69,3 +69,15 @@ def test_model_step_compares_the_bare_models():
         ms, ops = (cell.strip() for cell in row.strip("|").split("|")[1:])
         assert float(ms) > 0 and int(ops.replace(",", "")) > 0
     assert "reference / modtrain time:" in proc.stdout
+
+
+def test_optimizer_step_times_every_adamw_implementation():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "optimizer_step.py"), "--steps", "2",
+         "--warmup", "1", "model.num_layers=2", "model.hidden_size=32", "model.num_heads=2"],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "ms" not in line}
+    assert set(rows) == {"per-parameter loop", "multi-tensor", "fused"}
+    assert rows["per-parameter loop"].rstrip().endswith("| 1.00x |")

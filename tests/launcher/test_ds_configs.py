@@ -32,3 +32,17 @@ def test_a_json_stage_that_differs_from_train_zero_stage_is_refused():
     with pytest.raises(ModtrainError, match="set train.zero_stage=3") as err:
         deepspeed_config(config, 1)
     assert "\n" not in str(err.value)
+
+
+def test_a_json_gradient_clipping_that_differs_from_train_grad_clip_is_refused(tmp_path):
+    from modtrain.errors import ModtrainError
+
+    json_path = tmp_path / "ds.json"
+    json_path.write_text('{"gradient_clipping": 0.5}')
+    config = load_config(None, ["train.grad_clip=1.0", f"train.deepspeed_config={json_path}"])
+    with pytest.raises(ModtrainError, match="set train.grad_clip instead") as err:
+        deepspeed_config(config, 1)
+    assert "\n" not in str(err.value)
+    # The same value is accepted; modtrain then decides who clips (DeepSpeed with ZeRO-1).
+    json_path.write_text('{"gradient_clipping": 1.0}')
+    assert deepspeed_config(config, 1)["gradient_clipping"] == 1.0
