@@ -6,12 +6,12 @@
 For each case (shape x processes x train.compile x train.zero_stage) the reference
 (benchmarks/reference_gpt.py; torch DDP over gloo for 2 processes) and the real command path
 (`python -m modtrain train`, under torchrun for 2 processes) run alternately, back to back,
-`--repeats` times. Each run's speed is the median tokens/s of its logged windows after the
-warm-up windows (compilation, allocator warm-up); the table gives the median over repeats and
-the median of the per-repeat ratios modtrain / reference. Both variants get the same
-OMP_NUM_THREADS (cores / processes). The reference keeps the whole AdamW state on every rank,
-as modtrain does with train.zero_stage=0; stage 1 adds DeepSpeed's optimizer-state
-partitioning, and its bookkeeping, to the comparison.
+`--repeats` times, the order swapped every repeat. Each run's speed is the median tokens/s
+of its logged windows after the warm-up windows (compilation, allocator warm-up); the table
+gives the median over repeats and the median of the per-repeat ratios modtrain / reference.
+Both variants get the same OMP_NUM_THREADS (cores / processes). The reference keeps the
+whole AdamW state on every rank, as modtrain does with train.zero_stage=0; stage 1 adds
+DeepSpeed's optimizer-state partitioning, and its bookkeeping, to the comparison.
 """
 
 from __future__ import annotations
@@ -111,9 +111,14 @@ def run_modtrain(case: Case, work: Path) -> float:
 
 def measure(case: Case, repeats: int, work: Path) -> dict:
     ref, mod = [], []
-    for _ in range(repeats):  # alternate, so both see the same machine load
-        ref.append(run_reference(case, work))
+    for i in range(repeats):  # alternate, so both see the same machine load; the order
+        # swaps every repeat, so a slow phase of the machine does not always hit one side
+        first_reference = i % 2 == 0
+        if first_reference:
+            ref.append(run_reference(case, work))
         mod.append(run_modtrain(case, work))
+        if not first_reference:
+            ref.append(run_reference(case, work))
         print(f"  {case.name}: reference {ref[-1]:,.0f}, modtrain {mod[-1]:,.0f} tokens/s",
               file=sys.stderr)
     return {"shape": case.shape, "procs": case.procs, "compile": case.compile,

@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # key=value overrides before or after options
     torch.set_num_threads(args.threads)
     init_distributed()
     config = load_config(args.config, [f"model.vocab_size={VOCAB}", *args.overrides])

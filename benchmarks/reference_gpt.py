@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -132,18 +133,40 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, end: int) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reference_optimizer(model: nn.Module, t) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; torch's fused kernel, as modtrain uses it
+    (on a CPU ~5x the per-parameter loop)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--json", help="write per-window tokens/s and losses here (rank 0)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--idle-gloo-groups", type=int, default=0, metavar="N",
+                        help="first create N unused gloo process groups (what megatron-core's "
+                             "parallel state creates in a training process), to time their cost")
     args = parser.parse_args()
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        dist.init_process_group("gloo")
+    if world > 1 or args.idle_gloo_groups:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    idle_groups = [dist.new_group(list(range(world))) for _ in range(args.idle_gloo_groups)]
     config = load_config(args.config, args.overrides)
     m, t = config.model, config.train
     sources = open_sources(config)
@@ -155,13 +178,7 @@ def main() -> None:
                          config.data.seq_length, m.rope_base, m.norm_eps, m.init_std,
                          m.padded_vocab_size)
     params = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    # torch's fused AdamW, as modtrain uses it (on a CPU ~5x the per-parameter loop).
-    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
-                                  fused=True)
+    optimizer = reference_optimizer(model, t)
     train_model = torch.compile(model) if args.compile else model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(train_model)
@@ -200,7 +217,8 @@ def main() -> None:
         last = records[-1]
         print(f"reference: {params:,} parameters, world size {world}, step {last['step']} "
               f"loss {last['loss']:.4f}, {last['tokens_per_s']:,.0f} tokens/s")
-    if world > 1:
+    del idle_groups
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -99,8 +99,12 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
         else:
             torch.distributed.init_process_group(backend)
     if not parallel_state.model_parallel_is_initialized():
+        # No extra gloo copies of the data-parallel groups: they serve megatron-core's own
+        # distributed optimizer, which modtrain does not use (DeepSpeed's ZeRO instead), and
+        # every gloo group keeps an event-loop thread that wakes every 10 ms.
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline
+            tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline,
+            create_gloo_process_groups=False,
         )
     ps = parallel_state
     return Topology(

@@ -63,6 +63,7 @@ class EngineStep:
 
     def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:
         lm, total, stats = [], [], []  # per micro-batch, detached, still on the device
+        grad_norm = None
         last = len(micro_batches) - 1
         for i, batch in enumerate(micro_batches):
             x, y = _to_device(batch, self.engine.device)
@@ -80,8 +81,7 @@ class EngineStep:
             self.engine.step()
         self.optimizer.skip_next = False
         loss = means.pop("loss")
-        return StepOutcome(loss, skip, stop, means,
-                           grad_norm if self.clipper is not None else None)
+        return StepOutcome(loss, skip, stop, means, grad_norm)
 
     @torch.no_grad()
     def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int,

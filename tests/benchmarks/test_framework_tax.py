@@ -55,11 +55,14 @@ def test_quick_run_end_to_end(tmp_path, char_store, char_tokenizer):
     assert "| tiny | 1 | off | 1 |" in proc.stdout
 
 
-def test_model_step_compares_the_bare_models():
+@pytest.mark.parametrize("mode", [[], ["--engine", "train.zero_stage=0"],
+                                  ["--engine", "train.zero_stage=1"]],
+                         ids=["bare", "engine-zero0", "engine-zero1"])
+def test_model_step_compares_the_bare_models_and_the_whole_steps(mode):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "model_step.py"), "--steps", "2",
          "--warmup", "1", "model.num_layers=2", "model.hidden_size=32", "model.num_heads=2",
-         "data.seq_length=16", "model.max_seq_length=16", "train.global_batch_size=2"],
+         "data.seq_length=16", "model.max_seq_length=16", "train.global_batch_size=2", *mode],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| modtrain GPT")
@@ -81,3 +84,19 @@ def test_optimizer_step_times_every_adamw_implementation():
             if line.startswith("| ") and "ms" not in line}
     assert set(rows) == {"per-parameter loop", "multi-tensor", "fused"}
     assert rows["per-parameter loop"].rstrip().endswith("| 1.00x |")
+
+
+@pytest.mark.slow
+def test_reference_runs_beside_idle_gloo_groups(tmp_path, char_store, char_tokenizer):
+    out = tmp_path / "ref.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "reference_gpt.py"),
+         str(ROOT / "configs" / "shakespeare_dense.yaml"), f"data.store={char_store}",
+         f"data.tokenizer={char_tokenizer}", "model.num_layers=2", "model.hidden_size=32",
+         "model.num_heads=2", "data.seq_length=16", "model.max_seq_length=16",
+         "train.global_batch_size=4", "train.steps=4", "train.log_interval=2",
+         "--idle-gloo-groups", "3", "--json", str(out)],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(out.read_text())["records"]
+    assert [r["step"] for r in records] == [2, 4] and all(r["tokens_per_s"] > 0 for r in records)
