@@ -141,7 +141,7 @@ def _free_port() -> int:
 
 def reference_optimizer(model: nn.Module, t) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only; torch's fused kernel, as modtrain uses it
-    (on a CPU ~5x the per-parameter loop)."""
+    (on a CPU 3-6x the per-parameter loop)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay},

@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO 1, 2 and 3 on 2 gloo ranks reproduce the 1-process run (same global batch)."""
+"""DeepSpeed ZeRO 0 (modtrain clips), 1, 2 and 3 on 2 gloo ranks reproduce the 1-process run
+(same global batch)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ LOSS_TOLERANCE = 1e-4
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_two_ranks_match_one_process(tmp_path, char_store, char_tokenizer, stage):
     zero, steps = f"train.zero_stage={stage}", "train.steps=20"
     run(single_command(tiny_config(tmp_path, char_store, char_tokenizer, "single", micro=8),
