@@ -38,9 +38,9 @@ import torch  # noqa: E402
 from reference_gpt import ReferenceGPT, reference_optimizer  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
-from modtrain.config import load_config  # noqa: E402
+from modtrain.config import Config, load_config  # noqa: E402
 from modtrain.model import GPT  # noqa: E402
-from modtrain.parallel import init_distributed  # noqa: E402
+from modtrain.parallel import Topology, init_distributed  # noqa: E402
 from modtrain.train.ds_config import deepspeed_config  # noqa: E402
 from modtrain.train.engine import build_engine  # noqa: E402
 
@@ -54,20 +54,32 @@ def _aten_ops(step) -> tuple[int, object]:
     return sum(e.count for e in events if e.key.startswith("aten::")), events
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def timing_arguments(description: str, steps: int, warmup: int) -> argparse.ArgumentParser:
+    """The options every timing script here shares: the config, its overrides, threads,
+    timed and warm-up steps."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("overrides", nargs="*", help="config key=value, e.g. model.hidden_size=512")
     parser.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_dense.yaml"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    return parser
+
+
+def timing_setup(args: argparse.Namespace) -> tuple[Topology, Config]:
+    """Threads, a one-process group, and the config with tinyshakespeare's vocabulary."""
+    torch.set_num_threads(args.threads)
+    topo = init_distributed()
+    return topo, load_config(args.config, [f"model.vocab_size={VOCAB}", *args.overrides])
+
+
+def main() -> None:
+    parser = timing_arguments(__doc__.split("\n")[0], steps=40, warmup=5)
     parser.add_argument("--profile", action="store_true", help="print the top operators")
     parser.add_argument("--engine", action="store_true",
                         help="the whole training step (engine, clipping, optimizer)")
     args = parser.parse_intermixed_args()  # key=value overrides before or after options
-    torch.set_num_threads(args.threads)
-    topo = init_distributed()
-    config = load_config(args.config, [f"model.vocab_size={VOCAB}", *args.overrides])
+    topo, config = timing_setup(args)
     m, t = config.model, config.train
     seq, batch = config.data.seq_length, t.micro_batch_size or t.global_batch_size
     torch.manual_seed(0)

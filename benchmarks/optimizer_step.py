@@ -12,7 +12,6 @@ median milliseconds of each and its speed relative to the loop.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -21,32 +20,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402
+from model_step import timing_arguments, timing_setup  # noqa: E402
 
-from modtrain.config import load_config  # noqa: E402
 from modtrain.model import GPT  # noqa: E402
 from modtrain.model.param_layout import parameter_count  # noqa: E402
-from modtrain.parallel import init_distributed  # noqa: E402
 
-VOCAB = 67  # tinyshakespeare's characters
 IMPLEMENTATIONS = {"per-parameter loop": {"foreach": False}, "multi-tensor": {"foreach": True},
                    "fused": {"fused": True}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("overrides", nargs="*", help="config key=value, e.g. model.hidden_size=512")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_dense.yaml"))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser = timing_arguments(__doc__.split("\n")[0], steps=50, warmup=3)
     args = parser.parse_intermixed_args()  # key=value overrides before or after options
-    torch.set_num_threads(args.threads)
-    init_distributed()
-    config = load_config(args.config, [f"model.vocab_size={VOCAB}", *args.overrides])
+    _, config = timing_setup(args)
     torch.manual_seed(0)
     models = {name: GPT(config.model) for name in IMPLEMENTATIONS}
     optimizers = {}
