@@ -83,33 +83,34 @@ def main() -> None:
     m, t = config.model, config.train
     seq, batch = config.data.seq_length, t.micro_batch_size or t.global_batch_size
     torch.manual_seed(0)
-    model = GPT(m)
     ref = ReferenceGPT(VOCAB, m.num_layers, m.hidden_size, m.num_heads, m.ffn_size,
                        m.max_seq_length, padded_vocab=m.padded_vocab_size)
     rows = torch.randint(0, VOCAB, (batch, seq + 1))
     tokens, labels = rows[:, :-1], rows[:, 1:]
 
-    def modtrain_step() -> None:
-        model(tokens, labels).loss.backward()
-
-    def reference_step() -> None:
-        ref(tokens, labels).backward()
-
     if args.engine:
         config.train.global_batch_size, config.train.micro_batch_size = batch, batch
-        engine, _, stepper = build_engine(config, topo, deepspeed_config(config, 1))
+        _, _, stepper = build_engine(config, topo, deepspeed_config(config, 1))
         reference_opt = reference_optimizer(ref, t)
         micro_batches = [rows.numpy()]
 
-        def modtrain_step() -> None:  # noqa: F811
+        def modtrain_step() -> None:
             stepper.train(micro_batches, stop_requested=False)
 
-        def reference_step() -> None:  # noqa: F811
+        def reference_step() -> None:
             ref(tokens, labels).backward()
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(ref.parameters(), t.grad_clip)
             reference_opt.step()
             reference_opt.zero_grad(set_to_none=True)
+    else:
+        model = GPT(m)
+
+        def modtrain_step() -> None:
+            model(tokens, labels).loss.backward()
+
+        def reference_step() -> None:
+            ref(tokens, labels).backward()
 
     for _ in range(args.warmup):
         modtrain_step()

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -133,12 +132,6 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, end: int) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def reference_optimizer(model: nn.Module, t) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only; torch's fused kernel, as modtrain uses it
     (on a CPU 3-6x the per-parameter loop)."""
@@ -162,10 +155,10 @@ def main() -> None:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if world > 1 or args.idle_gloo_groups:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+    if world > 1:
+        dist.init_process_group("gloo")
+    elif args.idle_gloo_groups:  # one process: an in-memory store, no port to pick
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     idle_groups = [dist.new_group(list(range(world))) for _ in range(args.idle_gloo_groups)]
     config = load_config(args.config, args.overrides)
     m, t = config.model, config.train
