@@ -141,6 +141,9 @@ class TrainConfig:
     # Consecutive steps with a non-finite loss (each skipped) before training stops.
     max_nonfinite_steps: int = 5
     precision: str = "fp32"  # fp32 | bf16 | fp16
+    # bf16: accumulate gradients over micro-batches and reduce them across data-parallel
+    # ranks in fp32 (false: in bf16, half the traffic, less exact); docs/gpu.md.
+    fp32_reduce: bool = True
     # Peak TFLOP/s of one device, for MFU in metrics.jsonl; 0: known GPUs' dense bf16 peak
     # (H100/H200 989), no MFU on others.
     peak_tflops: float = 0.0
@@ -288,6 +291,13 @@ class Config:
                 f"train.steps={t.steps} is not more than train.warmup_steps={t.warmup_steps}: "
                 "the whole run is warm-up (the learning rate never reaches train.lr or decays); "
                 f"set train.warmup_steps below {t.steps} or raise train.steps"
+            )
+        if t.precision == "bf16" and t.zero_stage == 0:
+            found.append(
+                "train.precision=bf16 with train.zero_stage=0 keeps master weights and "
+                "accumulates gradients in bf16 (DeepSpeed's unfused fp16 optimizer; it has no "
+                "fp32 accumulation without ZeRO); set train.zero_stage=1 for fp32 master weights "
+                "and accumulation with the fused AdamW"
             )
         return found
 

@@ -121,7 +121,9 @@ def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, dict[str, 
         return 0, 1, {**_module_weights(model_state), **experts}
     optim = [load_weights_only(f) for f in bar(optim_files, desc=f"read tensor rank {mp_rank}")]
     meta = optim[0][OPTIMIZER_STATE]
-    stage = int(meta["zero_stage"])
+    # DeepSpeed's BF16 optimizer (ZeRO 1 with fp32 accumulation) writes no stage; its
+    # partitions are laid out as ZeRO 1's, with the group padding at the end.
+    stage = int(meta.get("zero_stage", 1))
     count = meta["partition_count"]
     count = max(count) if isinstance(count, list) else int(count)
     if count != len(optim_files):

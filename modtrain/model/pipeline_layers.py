@@ -10,6 +10,8 @@ gradient into the backward pass where it was computed (AuxLossInjector).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -27,22 +29,22 @@ from modtrain.model.tensor_split import TensorSlice
 
 
 class AuxLossInjector(torch.autograd.Function):
-    """Identity on `hidden`; in backward, gives `aux` the gradient `scale` (d total / d aux).
-
-    `scale` is 1 / gradient-accumulation steps, matching how DeepSpeed scales the LM loss.
-    """
-
-    scale = 1.0
+    """Identity on `hidden`; in backward, gives `aux` the gradient `scale` (d total / d aux)."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, aux: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(aux)
+        ctx.scale = scale
         return hidden
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (aux,) = ctx.saved_tensors
-        return grad, torch.full_like(aux, AuxLossInjector.scale)
+        return grad, torch.full_like(aux, ctx.scale), None
+
+
+def unit_scale() -> float:
+    return 1.0
 
 
 class EmbeddingLayer(nn.Module):
@@ -82,23 +84,28 @@ class BlockLayer(nn.Module):
         self.index = index
         head_dim = config.hidden_size // config.num_heads
         self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base)
-        self._stats: dict[str, float] = {}
+        self._stats: dict[str, torch.Tensor] = {}
         self._calls = 0
+        # d(what DeepSpeed differentiates) / d(aux loss), read at each forward: the engine
+        # sets it to loss scale / gradient-accumulation steps (train/engine.py), as DeepSpeed
+        # scales the LM loss the same way before its backward and unscales every gradient.
+        self.aux_grad_scale: Callable[[], float] = unit_scale
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self._rope.cos.device != hidden.device:
             self._rope = self._rope.to(hidden.device)
         out, aux, stats = self.block(hidden, self._rope.window(0, hidden.shape[0]))
         if aux is not None and torch.is_grad_enabled():
-            out = AuxLossInjector.apply(out, aux)
+            out = AuxLossInjector.apply(out, aux, self.aux_grad_scale())
         if self.training:
             self._calls += 1
             for name, value in stats.items():
                 key = f"{name}/layer{self.index}"
-                self._stats[key] = self._stats.get(key, 0.0) + float(value)
+                # Kept on the device: read once per step with the loss, not once per value.
+                self._stats[key] = self._stats.get(key, 0.0) + value.detach().double()
         return out
 
-    def pop_stats(self) -> dict[str, float]:
+    def pop_stats(self) -> dict[str, torch.Tensor]:
         """Mean of each statistic over the micro-batches since the last call."""
         out = {k: v / max(self._calls, 1) for k, v in self._stats.items()}
         self._stats, self._calls = {}, 0

@@ -17,6 +17,7 @@ import torch
 
 from modtrain import launcher
 from modtrain.errors import ModtrainError
+from modtrain.parallel import collectives
 
 
 def _free_port() -> int:
@@ -134,7 +135,7 @@ def _unlink_shm_allreduce_buffer() -> None:
     Once every rank has mapped every segment (done inside init), the names are not needed:
     the memory lives until the last process unmaps it at exit.
     """
-    torch.distributed.barrier()
+    collectives.barrier()
     name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
             f"{os.environ.get('MASTER_PORT', '')}_{torch.distributed.get_rank()}")
     with contextlib.suppress(FileNotFoundError):

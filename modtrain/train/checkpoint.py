@@ -47,6 +47,7 @@ from modtrain.checkpoint_files import (
 from modtrain.errors import ModtrainError
 from modtrain.model.param_layout import gpt_name, pipeline_name
 from modtrain.model.tensor_split import universal_checkpoint_info
+from modtrain.parallel import collectives
 from modtrain.run_dir import (
     LATEST,
     STATE_FILE,
@@ -124,12 +125,11 @@ def save(
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # left over from a save that crashed
-    dist.barrier()
+    collectives.barrier()
     # How each parameter is split across tensor ranks, for DeepSpeed's universal-checkpoint
     # converter (resuming on another layout). It reads one stage's file, so that file must
     # describe the parameters of every pipeline stage.
-    stage_names: list[list[str]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(stage_names, [n for n, _ in engine.module.named_parameters()])
+    stage_names = collectives.gather_objects([n for n, _ in engine.module.named_parameters()])
     names = sorted({n for names in stage_names for n in names})
     client = {"modtrain": state}
     if not getattr(engine, "has_moe_layers", False):
@@ -139,7 +139,7 @@ def save(
     torch.save(_rng_state(), tmp / f"rng_rank_{rank:05d}.pt")
     if rank == 0:
         _write_atomic(tmp / STATE_FILE, json.dumps(state, indent=1))
-    dist.barrier()  # every rank's shards are on disk
+    collectives.barrier()  # every rank's shards are on disk
     files = _hash_together(tmp)
     if rank == 0:
         for script in RECOVERY_SCRIPTS:  # they unpickle freely; `modtrain convert` is safe
@@ -154,18 +154,16 @@ def save(
         _fsync_dir(root)
         _write_atomic(root / LATEST, tag)
         prune(root, keep_last, keep_every)
-    dist.barrier()
+    collectives.barrier()
     return tag
 
 
 def _hash_together(tag_dir: Path) -> dict[str, dict[str, Any]]:
     """Collective: every rank hashes a share of the tag's files (as rank 0 lists them, the
     rank that renames the tag); all get every checksum."""
-    names = [tag_files(tag_dir) if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(names, src=0)
-    mine = checksums(tag_dir, share(names[0], dist.get_rank(), dist.get_world_size()))
-    parts: list[dict[str, dict[str, Any]]] = [{} for _ in range(dist.get_world_size())]
-    dist.all_gather_object(parts, mine)
+    names = collectives.broadcast_object(tag_files(tag_dir) if dist.get_rank() == 0 else None)
+    mine = checksums(tag_dir, share(names, dist.get_rank(), dist.get_world_size()))
+    parts = collectives.gather_objects(mine)
     return {name: entry for part in parts for name, entry in part.items()}
 
 
@@ -205,14 +203,13 @@ def _on_rank0(fn: Callable[[], T]) -> T:
     its ModtrainError (so no rank is left waiting in a barrier)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return fn()
-    outcome: list[Any] = [None]
+    outcome: Any = None
     if dist.get_rank() == 0:
         try:
-            outcome = [("ok", fn())]
+            outcome = ("ok", fn())
         except ModtrainError as e:
-            outcome = [("error", str(e))]
-    dist.broadcast_object_list(outcome, src=0)
-    kind, value = outcome[0]
+            outcome = ("error", str(e))
+    kind, value = collectives.broadcast_object(outcome)
     if kind == "error":
         raise ModtrainError(value)
     return value

@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -70,12 +69,10 @@ def _train(args: argparse.Namespace) -> None:
     if args.resume is not None:
         overrides.append(f"run.resume={args.resume}")
     config = load_config(args.config, overrides)
-    from modtrain.train.inputs import check_inputs
+    from modtrain.train.trainer import preflight
 
-    check_inputs(config)  # bad files are reported before DeepSpeed and megatron start
-    from modtrain.train.run_guard import check_run_dir
-
-    check_run_dir(Path(config.run.dir), config.run.resume, args.overwrite)
+    # Bad files and run directories are reported before DeepSpeed and megatron start.
+    sources = preflight(config, args.overwrite)
     from modtrain.launcher import detect
 
     launch = detect()  # a contradictory launch is reported before DeepSpeed starts too
@@ -85,7 +82,7 @@ def _train(args: argparse.Namespace) -> None:
     from modtrain.train.trainer import train
 
     try:
-        result = train(config, overwrite=args.overwrite)
+        result = train(config, overwrite=args.overwrite, sources=sources)
     except RequeueRequested as stop:
         if launch.is_main:
             print(f"modtrain: {stop}", file=sys.stderr)

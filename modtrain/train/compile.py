@@ -10,10 +10,23 @@ from modtrain.errors import ModtrainError
 
 def check_compile(config: Config) -> None:
     """Refuse what train.compile cannot do, before any work starts."""
-    if config.train.compile and config.parallel.pipeline > 1:
+    if not config.train.compile:
+        return
+    if config.parallel.pipeline > 1:
         raise ModtrainError(
             "train.compile=true works with parallel.pipeline=1 only (DeepSpeed's pipeline "
             "engine runs its own layer list); set train.compile=false"
+        )
+    if config.parallel.tensor > 1:
+        raise ModtrainError(
+            "train.compile=true is not tested with parallel.tensor>1 (megatron-core's "
+            "tensor-parallel regions inside a compiled block); set train.compile=false"
+        )
+    if config.train.zero_stage == 3:
+        raise ModtrainError(
+            "train.compile=true does not work with train.zero_stage=3 (ZeRO-3 gathers each "
+            "parameter in module hooks, which compiled blocks bypass); use train.zero_stage=2 "
+            "or set train.compile=false"
         )
 
 

@@ -23,7 +23,45 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def deepspeed_config(config: Config, data_parallel_size: int) -> dict[str, Any]:
+# DeepSpeed's own default bucket (elements): large enough that a 1B-7B model's gradients
+# reduce in a few collectives, small enough to overlap them with the backward.
+BUCKET_ELEMENTS = 500_000_000
+
+
+def zero_section(stage: int, cuda: bool) -> dict[str, Any]:
+    """ZeRO settings. On CUDA, stages 1 and 2 reduce gradient buckets on a side stream while
+    the backward goes on (`overlap_comm`, off by DeepSpeed's default for them) into one
+    contiguous buffer (no fragmentation); stage 3 overlaps by default. On CPU streams do
+    not overlap, so nothing is gained and the defaults stay."""
+    zero: dict[str, Any] = {"stage": stage}
+    if cuda and stage in (1, 2):
+        zero.update(overlap_comm=True, contiguous_gradients=True,
+                    reduce_bucket_size=BUCKET_ELEMENTS, allgather_bucket_size=BUCKET_ELEMENTS)
+    return zero
+
+
+def precision_section(config: Config) -> dict[str, Any]:
+    """bf16 / fp16 switches, and under bf16 fp32 gradient accumulation and reduction.
+
+    DeepSpeed casts every parameter to bf16 and, without `data_types.grad_accum_dtype`,
+    accumulates micro-batch gradients and all-reduces them in bf16 too. Its BF16 optimizer
+    (ZeRO 1) and ZeRO 2/3 accumulate in fp32 when told; without ZeRO it has no such mix
+    (Config.warnings says so)."""
+    t = config.train
+    out: dict[str, Any] = {
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {"enabled": t.precision == "fp16", "initial_scale_power": 16},
+    }
+    if t.precision == "bf16" and t.fp32_reduce:
+        out["communication_data_type"] = "fp32"
+        if t.zero_stage > 0:
+            out["data_types"] = {"grad_accum_dtype": "fp32"}
+    return out
+
+
+def deepspeed_config(config: Config, data_parallel_size: int,
+                     cuda: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for `data_parallel_size` ranks; `cuda`: the ranks are GPUs."""
     t = config.train
     micro = t.micro_batch(data_parallel_size)
     derived: dict[str, Any] = {
@@ -32,9 +70,8 @@ def deepspeed_config(config: Config, data_parallel_size: int) -> dict[str, Any]:
         "gradient_accumulation_steps": t.global_batch_size // (micro * data_parallel_size),
         # Without ZeRO in fp32 modtrain clips (train/grad_clip.py); DeepSpeed must not again.
         "gradient_clipping": 0.0 if modtrain_clips(config) else t.grad_clip,
-        "zero_optimization": {"stage": t.zero_stage},
-        "bf16": {"enabled": t.precision == "bf16"},
-        "fp16": {"enabled": t.precision == "fp16", "initial_scale_power": 16},
+        "zero_optimization": zero_section(t.zero_stage, cuda),
+        **precision_section(config),
         "steps_per_print": 1 << 30,  # modtrain logs; silence DeepSpeed's own step lines
         "wall_clock_breakdown": False,
         # The optimizer is built by modtrain (parameter groups); ZeRO shards it.

@@ -3,7 +3,11 @@ schedule, and the step runner that fits the layout."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
+
+import torch
 
 from modtrain.config import Config
 from modtrain.errors import ModtrainError
@@ -13,8 +17,8 @@ from modtrain.model.router import stat_names
 from modtrain.model.tensor_split import TensorSlice
 from modtrain.parallel import MegatronMPU, Topology
 from modtrain.train.grad_clip import GradientClipper, modtrain_clips
-from modtrain.train.optim import build_optimizer, build_scheduler
-from modtrain.train.steps import EngineStep, PipelineStep
+from modtrain.train.optim import GuardedAdamW, build_optimizer, build_scheduler
+from modtrain.train.steps import EngineStep, PipelineStep, StepRunner
 
 
 def routing_stat_keys(config: Config) -> list[str]:
@@ -37,14 +41,30 @@ def expert_slice(config: Config, topo: Topology) -> ExpertSlice:
     return ExpertSlice(topo.data_rank % size, size, topo.groups.data if topo.data > 1 else None)
 
 
+def aux_grad_scale(engine: Any) -> float:
+    """d(what the pipeline engine differentiates) / d(an aux loss): DeepSpeed divides the LM
+    loss by the accumulation steps and, under fp16, multiplies it by the current dynamic
+    loss scale before its backward, then unscales every gradient; an aux-loss gradient
+    injected without the same factor would come out 1 / loss scale (about 2^-16) too small.
+    """
+    scale = getattr(engine.optimizer, "loss_scale", None) if engine.fp16_enabled() else None
+    return float(scale if scale is not None else 1.0) / engine.gradient_accumulation_steps()
+
+
 def build_engine(config: Config, topo: Topology, ds_config: dict,
-                 log: Callable[[str], None] = lambda _: None):
+                 log: Callable[[str], None] = lambda _: None
+                 ) -> tuple[Any, GuardedAdamW, StepRunner]:
     """The DeepSpeed engine for this layout, its base optimizer, and the step runner."""
     import deepspeed
 
     t = config.train
+    if topo.device.type == "cuda":
+        # fp32 matmuls (fp32 runs, and what stays fp32 under bf16) on the tensor cores as
+        # TF32 (10-bit mantissa, fp32 range).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if topo.pipeline > 1:
-        from modtrain.model.pipeline_layers import AuxLossInjector, BlockLayer
+        from modtrain.model.pipeline_layers import BlockLayer
         from modtrain.parallel.pipeline_stages import build_pipeline, format_stage_costs
 
         model, table = build_pipeline(config, topo)
@@ -61,10 +81,11 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu,
     )
     if topo.pipeline > 1:
-        AuxLossInjector.scale = 1.0 / engine.gradient_accumulation_steps()
         blocks = [m for m in model.modules() if isinstance(m, BlockLayer)]
+        for block in blocks:
+            block.aux_grad_scale = functools.partial(aux_grad_scale, engine)
         return engine, optimizer, PipelineStep(engine, optimizer, blocks,
-                                               routing_stat_keys(config), topo.groups.pipeline)
+                                               routing_stat_keys(config), topo.pipeline)
     if topo.data == 1 and t.zero_stage == 0:
         # One data-parallel rank without ZeRO: DeepSpeed would still flatten every gradient,
         # all-reduce it over a group of one and copy it back, a few percent of a small step.

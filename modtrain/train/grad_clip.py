@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from modtrain.config.schema import Config
+from modtrain.parallel import collectives
 
 
 def modtrain_clips(config: Config) -> bool:
@@ -43,8 +44,6 @@ class GradientClipper:
         """Scale the gradients in place; returns the norm before clipping (0-d tensor)."""
         norm = get_total_norm([p.grad for p in self.counted if p.grad is not None])
         if self.tensor_group is not None:
-            squares = norm.square()
-            dist.all_reduce(squares, group=self.tensor_group)
-            norm = squares.sqrt()
+            norm = collectives.sum_in_place(norm.square(), self.tensor_group).sqrt()
         clip_grads_with_norm_([p for p in self.params if p.grad is not None], self.max_norm, norm)
         return norm

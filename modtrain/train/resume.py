@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from modtrain.checkpoint_files import Problem, check_tag
 from modtrain.errors import ModtrainError
+from modtrain.parallel import collectives
 from modtrain.run_dir import LATEST, STATE_FILE, complete_tags, latest_tag, read_state, step_of
 from modtrain.train import checkpoint
 
@@ -57,8 +58,7 @@ def _check_together(tag_dir: Path) -> tuple[list[Problem], bool]:
     if not dist.is_initialized():
         return check_tag(tag_dir)
     problems, verified = check_tag(tag_dir, dist.get_rank(), dist.get_world_size())
-    parts: list[list[Problem]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(parts, problems)
+    parts = collectives.gather_objects(problems)
     return [p for part in parts for p in part], verified
 
 

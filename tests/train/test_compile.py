@@ -28,3 +28,17 @@ def test_blocks_compile_in_place_keeping_parameter_names(dist):
     assert compile_blocks(model) == 2
     assert list(model.state_dict()) == names  # checkpoints and ZeRO see the same model
     assert all(block._compiled_call_impl is not None for block in model.blocks)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["parallel.tensor=2", "model.vocab_multiple=2"], "parallel.tensor>1"),
+    (["train.zero_stage=3"], "train.zero_stage=3"),
+])
+def test_compile_is_refused_where_it_is_untested(overrides, match):
+    from modtrain.config import load_config
+    from modtrain.errors import ModtrainError
+    from modtrain.train.compile import check_compile
+
+    with pytest.raises(ModtrainError, match=match) as err:
+        check_compile(load_config(None, ["train.compile=true", *overrides]))
+    assert "\n" not in str(err.value)

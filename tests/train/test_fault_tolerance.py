@@ -91,3 +91,56 @@ def test_nonfinite_loss_skips_the_step_then_stops(
     assert at_8.keys() == at_5.keys()
     assert all(torch.equal(at_8[k], at_5[k]) for k in at_5)
     assert all(torch.isfinite(v).all() for v in at_8.values())
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by inf: a finite loss whose
+    gradients overflow, as a far too large learning rate gives."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def _overflowing_backward(monkeypatch, bad_calls: set[int]):
+    original = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad_calls:
+                out.loss = _InfiniteGradient.apply(out.loss)
+        return out
+
+    monkeypatch.setattr(GPT, "forward", forward)
+
+
+def test_updates_the_optimizer_skipped_are_counted_and_keep_the_good_checkpoints(
+    tmp_path, dist, char_store, char_tokenizer, monkeypatch
+):
+    """Finite losses, non-finite gradients: DeepSpeed (ZeRO 1, its clipping) skips each
+    update. Before, modtrain logged the finite loss, kept saving and pruning, and exited 0."""
+    cfg_path = tiny_config(tmp_path, char_store, char_tokenizer, "ovf", steps=12,
+                           extra=", save_interval: 2, keep_last: 1, max_nonfinite_steps: 3")
+    _overflowing_backward(monkeypatch, {5, 6, 7})
+    with pytest.raises(ModtrainError, match=r"no optimizer update on 3 consecutive steps "
+                                            r"\(5-7\)"):
+        train(load_config(cfg_path))
+    records = [json.loads(line) for line in
+               (tmp_path / "ovf" / "metrics.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r for r in records if "loss" in r}
+    assert [s for s, r in by_step.items() if r.get("skipped")] == [5, 6, 7]
+    assert all(by_step[s]["loss"] is not None for s in (5, 6, 7))  # the losses were finite
+    root = tmp_path / "ovf" / "checkpoints"
+    # keep_last 1 pruned up to step 4; the saves during the streak (6, and 7 at the stop)
+    # pruned nothing, so step 4, the last good one, is still there.
+    assert checkpoint.complete_tags(root) == ["step_00000004", "step_00000006",
+                                              "step_00000007"]
+    at_7, at_4 = _module_weights(root, "step_00000007"), _module_weights(root, "step_00000004")
+    assert all(torch.equal(at_7[k], at_4[k]) for k in at_4)
