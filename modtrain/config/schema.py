@@ -140,6 +140,13 @@ class TrainConfig:
     keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: off)
     # Consecutive steps with a non-finite loss (each skipped) before training stops.
     max_nonfinite_steps: int = 5
+    # Loss-spike skipping (0: off): a step whose loss, or gradient norm where modtrain clips,
+    # is more than spike_zscore standard deviations above the mean of the last spike_window
+    # applied steps is skipped (no update); spike_max_skips of them within spike_window steps
+    # stop the run. Needs parallel.pipeline=1 (the pipeline engine updates inside its step).
+    spike_window: int = 0
+    spike_zscore: float = 6.0
+    spike_max_skips: int = 3
     precision: str = "fp32"  # fp32 | bf16 | fp16
     # bf16: accumulate gradients over micro-batches and reduce them across data-parallel
     # ranks in fp32 (false: in bf16, half the traffic, less exact); docs/gpu.md.
@@ -361,6 +368,17 @@ class Config:
                 f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                 f"train.micro_batch_size={t.micro_batch_size}"
             )
+        if t.spike_window and (t.spike_window < 2 or t.spike_zscore <= 0
+                               or t.spike_max_skips < 1):
+            raise ModtrainError(
+                f"train.spike_window={t.spike_window}, spike_zscore={t.spike_zscore}, "
+                f"spike_max_skips={t.spike_max_skips}: use a window of at least 2 steps (0: "
+                "off), a z-score above 0 and at least 1 skip")
+        if t.spike_window and self.parallel.pipeline > 1:
+            raise ModtrainError(
+                "train.spike_window>0 needs parallel.pipeline=1 (DeepSpeed's pipeline engine "
+                "applies the update inside its step, before a spike can be judged); set "
+                "train.spike_window=0")
         if t.keep_last < 0 or t.keep_every < 0 or t.max_nonfinite_steps < 1:
             raise ModtrainError(
                 "train.keep_last and train.keep_every must be >= 0 and "

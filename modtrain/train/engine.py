@@ -18,6 +18,7 @@ from modtrain.model.tensor_split import TensorSlice
 from modtrain.parallel import MegatronMPU, Topology
 from modtrain.train.grad_clip import GradientClipper, modtrain_clips
 from modtrain.train.optim import GuardedAdamW, build_optimizer, build_scheduler
+from modtrain.train.spikes import build_detector
 from modtrain.train.steps import EngineStep, PipelineStep, StepRunner
 
 
@@ -96,4 +97,4 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         deepspeed.zero.register_external_parameter(model.output_layer, model.embedding.weight)
     clipper = (GradientClipper(model, t.grad_clip, topo.groups.tensor)
                if modtrain_clips(config) else None)
-    return engine, optimizer, EngineStep(engine, optimizer, clipper)
+    return engine, optimizer, EngineStep(engine, optimizer, clipper, build_detector(t))

@@ -84,6 +84,8 @@ class Metrics(Hook):
             record["max_memory_gib"] = torch.cuda.max_memory_allocated(run.topo.device) / 2**30
         if not outcome.applied:
             record["skipped"] = True
+        if outcome.spike is not None:
+            record["spike_zscore"] = outcome.spike.zscore
         run.log(record)
         self.last = record
 
@@ -108,6 +110,8 @@ class BadStepGuard(Hook):
 
     def after_step(self, run: Run, end: StepEnd) -> None:
         outcome = end.outcome
+        if outcome.spike is not None:  # skipped on purpose: the spike guard's concern
+            return
         if outcome.applied:
             self.streak, self.only_loss = [], True
             return
@@ -129,6 +133,34 @@ class BadStepGuard(Hook):
     @property
     def in_streak(self) -> bool:
         return bool(self.streak)
+
+
+class SpikeGuard(Hook):
+    """Reports each step skipped as a spike with the samples it held; `spike_max_skips`
+    of them within `spike_window` steps stop the run, naming the last checkpoint."""
+
+    def __init__(self) -> None:
+        self.recent: list[int] = []
+
+    def after_step(self, run: Run, end: StepEnd) -> None:
+        spike, t = end.outcome.spike, run.config.train
+        if spike is None:
+            return
+        position = run.loader.state_dict()
+        last = int(position["consumed_samples"])
+        run.message(
+            f"step {end.step}: {spike.key} {spike.value:.4g} is {spike.zscore:.1f} standard "
+            f"deviations above the last {t.spike_window} steps; update skipped on all ranks "
+            f"(samples {last - t.global_batch_size}-{last - 1}, epoch {position['epoch']})")
+        self.recent = [s for s in self.recent if s > end.step - t.spike_window] + [end.step]
+        if len(self.recent) >= t.spike_max_skips:
+            tag = checkpoint.latest_tag(run.ckpt_dir)
+            good = f"{run.ckpt_dir / tag} is the last checkpoint" if tag else "no checkpoint yet"
+            raise ModtrainError(
+                f"training stopped: {len(self.recent)} loss spikes within {t.spike_window} "
+                f"steps (steps {', '.join(map(str, self.recent))}), all skipped; {good}; "
+                "check the data at those samples or lower train.lr, then resume with "
+                "--resume auto")
 
 
 class Requeue(Hook):
@@ -220,8 +252,8 @@ class LoopHooks:
 
     def __post_init__(self) -> None:
         # The step's record first, then what may end the run, then evaluation and saving.
-        self.ordered_once = [self.metrics, self.guard, Requeue(), self.evaluation,
-                             self.saving, *self.extra, Sinks()]
+        self.ordered_once = [self.metrics, self.guard, SpikeGuard(), Requeue(),
+                             self.evaluation, self.saving, *self.extra, Sinks()]
 
 
 def default_hooks(run: Run) -> LoopHooks:

@@ -17,6 +17,7 @@ from modtrain.data.read.dataset import ValidationSequences
 from modtrain.parallel.collectives import summarize_step
 from modtrain.progress_bar import bar
 from modtrain.train.grad_clip import GradientClipper
+from modtrain.train.spikes import Spike, SpikeDetector
 
 
 @dataclass
@@ -27,6 +28,7 @@ class StepOutcome:
     stats: dict[str, float] = field(default_factory=dict)  # routing metrics, summed aux
     grad_norm: torch.Tensor | None = None  # before clipping, where modtrain clips (0-d)
     applied: bool = True  # the optimizer updated the weights (no skip, no overflow)
+    spike: Spike | None = None  # the update was skipped as a loss / gradient-norm spike
 
 
 def _to_device(batch: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,11 +71,12 @@ def _applied(engine: Any) -> bool:
 class EngineStep:
     """Gradient accumulation by hand over DeepSpeed's engine (data and tensor parallel)."""
 
-    def __init__(self, engine: Any, optimizer: Any, clipper: GradientClipper | None = None
-                 ) -> None:
+    def __init__(self, engine: Any, optimizer: Any, clipper: GradientClipper | None = None,
+                 spikes: SpikeDetector | None = None) -> None:
         self.engine = engine
         self.optimizer = optimizer  # GuardedAdamW: the skip switch
         self.clipper = clipper  # None: DeepSpeed clips (or nothing is clipped)
+        self.spikes = spikes  # None: no spike skipping (train.spike_window=0)
 
     def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:
         lm, total, stats = [], [], []  # per micro-batch, detached, still on the device
@@ -95,14 +98,22 @@ class EngineStep:
             # Decided after the last backward is queued, before the update: the one read of
             # the step (flags and means for every rank together).
             nonfinite, values = _step_values(lm, total, stats)
+            if grad_norm is not None:
+                values["grad_norm"] = grad_norm  # the same on every rank: its own mean
             summary = summarize_step([nonfinite, bool(stop_requested)], values, device)
-            self.optimizer.skip_next = summary.any_nonfinite
+            spike = (self.spikes.judge(summary.means)
+                     if self.spikes is not None and not summary.any_nonfinite else None)
+            self.optimizer.skip_next = summary.any_nonfinite or spike is not None
             self.engine.step()
         self.optimizer.skip_next = False
         means = dict(summary.means)
         loss = means.pop("loss")
-        return StepOutcome(loss, summary.any_nonfinite, summary.any_stop, means, grad_norm,
-                           applied=_applied(self.engine) and not summary.any_nonfinite)
+        norm = means.pop("grad_norm", None)
+        applied = _applied(self.engine) and not summary.any_nonfinite and spike is None
+        if applied and self.spikes is not None:
+            self.spikes.accept(summary.means)
+        return StepOutcome(loss, summary.any_nonfinite, summary.any_stop, means,
+                           None if norm is None else torch.tensor(norm), applied, spike)
 
     @torch.no_grad()
     def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int,
