@@ -22,7 +22,12 @@ from modtrain.errors import ModtrainError
 from modtrain.inference.checkpoint_reader import read_checkpoint
 from modtrain.inference.export import load_export, read_export_config
 from modtrain.inference.hf_layout import hf_config, to_hf_tensors
-from modtrain.inference.hf_template.modtrain_core import CoreConfig, ModtrainLM, tokens_per_row
+from modtrain.inference.hf_template.modtrain_core import (
+    CoreConfig,
+    ModtrainLM,
+    tokens_per_row,
+    topk_indices,
+)
 from modtrain.report import figures
 
 
@@ -79,12 +84,9 @@ def route(model: ModtrainLM, ids: torch.Tensor) -> Routing:
     if not layers:
         raise ModtrainError("this model has no routed layers (a dense model): there is no "
                             "routing to draw")
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = []
-    for i in layers:
-        proj = model.model.layers[i].router.proj
-        hooks.append(proj.register_forward_hook(
-            lambda _m, args, out, i=i: captured.__setitem__(i, (args[0], out.squeeze(-1)))))
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [model.model.layers[i].register_forward_pre_hook(
+        lambda _m, args, i=i: captured.__setitem__(i, args[0])) for i in layers]
     try:
         model(ids, routing="topk")
     finally:
@@ -92,14 +94,15 @@ def route(model: ModtrainLM, ids: torch.Tensor) -> Routing:
             hook.remove()
     result = Routing(layers, [], [], [])
     for i in layers:
-        x, r = captured[i]
         layer = model.model.layers[i]
+        x = captured[i]
+        r = layer.router.scores(x)  # fp32, as the layer computed it
         k = tokens_per_row(layer.capacity, r.shape[1])
         chosen = torch.zeros_like(r, dtype=torch.bool)
-        chosen.scatter_(1, torch.topk(r, k, dim=1).indices, True)
-        result.weights.append(r.float().numpy())
-        result.topk.append(chosen.numpy())
-        result.causal.append(layer.router.causal_mask(x, r).numpy())
+        chosen.scatter_(1, topk_indices(r, k), True)
+        result.weights.append(r.cpu().numpy())
+        result.topk.append(chosen.cpu().numpy())
+        result.causal.append(layer.router.causal_mask(x, r).cpu().numpy())
     return result
 
 
