@@ -28,6 +28,7 @@ from modtrain.inference.hf_template.modtrain_core import (
     tokens_per_row,
     topk_indices,
 )
+from modtrain.inference.placement import resolve_device, resolve_dtype
 from modtrain.report import figures
 
 
@@ -113,7 +114,7 @@ def position_fractions(model: ModtrainLM, store: Path, windows: int, seq_length:
     _, val = train_val_split(tokens.num_tokens, val_fraction)
     sequences = ValidationSequences(tokens, val, seq_length, windows)
     ids = torch.from_numpy(np.stack([sequences[i][:seq_length] for i in range(len(sequences))])
-                           .astype(np.int64))
+                           .astype(np.int64)).to(model.lm_head.weight.device)
     routing = route(model, ids)
     return (np.mean([t.mean(axis=0) for t in routing.topk], axis=0),
             np.mean([c.mean(axis=0) for c in routing.causal], axis=0))
@@ -124,9 +125,13 @@ def _label(piece: str) -> str:
 
 
 def draw_routing(source: str | Path, text: str, out: str | Path, store: str | Path | None = None,
-                 windows: int = 64) -> Path:
-    """Write the routing picture of `text` (and of `store`'s validation windows) to `out`."""
+                 windows: int = 64, device: str = "cpu", dtype: str = "fp32") -> Path:
+    """Write the routing picture of `text` (and of `store`'s validation windows) to `out`,
+    running the model on `device` in `dtype` (see inference/placement.py)."""
+    where = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, where)
     loaded = load_routed_model(source)
+    loaded.model.to(where, torch_dtype)
     limit = loaded.model.config.max_position_embeddings
     ids = loaded.tokenizer.encode(text)
     if not ids:
@@ -134,7 +139,7 @@ def draw_routing(source: str | Path, text: str, out: str | Path, store: str | Pa
     if len(ids) > limit:
         raise ModtrainError(f"--text is {len(ids)} tokens, more than the model's {limit}; "
                             "pass a shorter text")
-    routing = route(loaded.model, torch.tensor([ids]))
+    routing = route(loaded.model, torch.tensor([ids], device=where))
     store = Path(store) if store else loaded.store
     fractions = None
     if store is not None:
