@@ -9,6 +9,7 @@ from modtrain.config import Config
 from modtrain.errors import ModtrainError
 from modtrain.model import GPT
 from modtrain.model.experts import ExpertSlice, expert_stat_names
+from modtrain.model.rng import seed_streams
 from modtrain.model.router import stat_names
 from modtrain.model.tensor_split import TensorSlice
 from modtrain.parallel import MegatronMPU, Topology
@@ -43,6 +44,8 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
     import deepspeed
 
     t = config.train
+    # Dropout streams: the default one alike on every rank, the tensor-parallel one per TP rank.
+    seed_streams(config.run.seed, topo.tensor_rank, topo.device)
     if topo.pipeline > 1:
         from modtrain.model.pipeline_layers import AuxLossInjector, BlockLayer
         from modtrain.parallel.pipeline_stages import build_pipeline, format_stage_costs
