@@ -46,9 +46,6 @@ class SDPACoreAttention(MegatronModule):
         super().__init__(config=config)
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         self.softmax_scale = softmax_scale
-        # Heads are split over the tensor-parallel ranks: each rank's attention dropout
-        # must draw its own mask (megatron-core's DotProductAttention forks the same way).
-        self.split_heads = config.tensor_model_parallel_size > 1
 
     def forward(
         self,
@@ -70,7 +67,10 @@ class SDPACoreAttention(MegatronModule):
         # Causal over the given order: in a routed block the tokens are the selected ones in
         # their original order, so causality by index is causality by original position.
         dropout = self.dropout if self.training else 0.0
-        with (tensor_parallel_rng(query.device) if dropout > 0 and self.split_heads
+        # Fewer heads than the model's: they are split over the tensor-parallel ranks, and
+        # each rank draws its own mask (megatron-core's DotProductAttention forks alike).
+        split_heads = heads < self.config.num_attention_heads
+        with (tensor_parallel_rng(query.device) if dropout > 0 and split_heads
               else contextlib.nullcontext()):
             out = F.scaled_dot_product_attention(
                 query.permute(1, 2, 0, 3),

@@ -23,7 +23,9 @@ def _rank_step(rank: int, tensor: int) -> tuple[torch.Tensor, torch.Tensor]:
     """What TP rank `rank` draws: attention over its heads, then a replicated dropout."""
     torch.manual_seed(7)  # the run's seed, alike on every rank
     seed_streams(7, rank, CPU)
-    q = torch.ones(8, 1, 2, 4)  # the same values on both ranks: only the masks may differ
+    # The same values on both ranks, so only the masks may differ; a TP rank holds
+    # 4 / tensor of the 4 heads.
+    q = torch.ones(8, 1, 4 // tensor, 4)
     attn = _attention(tensor)(q, q, q, None)
     return attn, F.dropout(torch.ones(64), 0.5)
 
@@ -37,9 +39,9 @@ def test_head_split_dropout_differs_across_tp_ranks_and_replicated_dropout_agree
 def test_one_tp_rank_draws_from_the_default_stream_as_before():
     attn, _ = _rank_step(0, 1)
     torch.manual_seed(7)
-    q = torch.ones(1, 2, 8, 4)
+    q = torch.ones(1, 4, 8, 4)
     plain = F.scaled_dot_product_attention(q, q, q, dropout_p=0.5, is_causal=True)
-    assert torch.equal(attn, plain.permute(2, 0, 1, 3).reshape(8, 1, 8))
+    assert torch.equal(attn, plain.permute(2, 0, 1, 3).reshape(8, 1, 16))
 
 
 def test_fork_leaves_the_default_stream_where_it_was_and_resumes_its_own():
