@@ -24,7 +24,7 @@ from routing_counter import count_causal_decisions
 from modtrain.data.read.dataset import train_val_split
 from modtrain.data.read.store import TokenStore
 from modtrain.inference.export import load_export
-from modtrain.inference.hf_template.modtrain_core import ModtrainLM, tokens_per_row
+from modtrain.inference.hf_template.modtrain_core import ModtrainLM, tokens_per_row, topk_indices
 
 
 def validation_windows(store: str, val_fraction: float, seq_length: int) -> torch.Tensor:
@@ -62,10 +62,10 @@ def _watch_topk(model: ModtrainLM, agreement: Agreement) -> list:
 
         def score(module, args, i=i):
             x = args[0]
-            r = module.router.proj(x).squeeze(-1)
+            r = module.router.scores(x)  # fp32, as the layer scores
             k = tokens_per_row(module.capacity, x.shape[1])
             member = torch.zeros_like(r, dtype=torch.bool)
-            member.scatter_(1, torch.topk(r, k, dim=1).indices, True)
+            member.scatter_(1, topk_indices(r, k), True)
             agreement.add(i, "router", r > 0, member)
             if module.router.predictor is not None:
                 agreement.add(i, "predictor", module.router.predictor(x).squeeze(-1) > 0,

@@ -46,7 +46,7 @@ def _generate(args: argparse.Namespace) -> None:
     texts, result = generate_text(
         args.export_dir, args.prompt, args.max_new_tokens, args.num_samples, sampling,
         args.seed, None if args.stop is None else unescape(args.stop, "--stop"),
-        use_cache=not args.no_cache, routing=args.routing,
+        use_cache=not args.no_cache, routing=args.routing, device=args.device, dtype=args.dtype,
     )
     for i, text in enumerate(texts):
         if len(texts) > 1:
@@ -93,6 +93,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--routing", default=None, choices=["predictor", "router"],
                    help="causal routing of MoD layers (default: the export's; a dense export "
                    "has none)")
+    from modtrain.inference.placement import add_placement_options
+
+    add_placement_options(g)
     g.add_argument("--no-cache", action="store_true",
                    help="recompute the whole context every token (slow; for checking)")
     g.add_argument("--stats", action="store_true",

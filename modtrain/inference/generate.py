@@ -24,6 +24,7 @@ from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
 from modtrain.inference.export import check_vocabulary, load_export, read_export_config
 from modtrain.inference.hf_template.modtrain_core import ModtrainLM
+from modtrain.inference.placement import resolve_device, resolve_dtype
 from modtrain.inference.sampling import Sampling, next_tokens
 
 StopFn = Callable[[list[int]], bool]  # a row's generated ids -> stop that row?
@@ -115,9 +116,14 @@ def generate_text(
     stop: str | None = None,
     use_cache: bool = True,
     routing: str | None = None,
+    device: str = "cpu",
+    dtype: str = "fp32",
 ) -> tuple[list[str], Generation]:
-    """Sample `num_samples` continuations of `prompt`; each ends before `stop` if it occurs."""
+    """Sample `num_samples` continuations of `prompt`; each ends before `stop` if it occurs.
+    device: cpu, cuda or cuda:N; dtype: fp32, bf16 or fp16 (see inference/placement.py)."""
     sampling = sampling or Sampling(temperature=0.8)
+    where = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, where)
     if max_new_tokens < 0:
         raise ModtrainError(f"--max-new-tokens {max_new_tokens} is negative")
     if num_samples < 1:
@@ -127,7 +133,7 @@ def generate_text(
     if routing is not None and not read_export_config(export_dir).get("mod_routed_layers"):
         raise ModtrainError(f"--routing {routing} does not apply: {export_dir} is a dense export "
                             "(no routed layers); drop --routing")
-    model = load_export(export_dir, inference_routing=routing)
+    model = load_export(export_dir, torch_dtype, inference_routing=routing).to(where)
     if not (Path(export_dir) / "tokenizer.model").is_file():
         raise ModtrainError(f"{export_dir} has no tokenizer.model; convert the checkpoint "
                             "again with --tokenizer PATH.model")
@@ -144,9 +150,10 @@ def generate_text(
         warn(f"the prompt is {len(ids)} tokens, longer than the model's {window}-token window; "
              f"kept its last {restart_length(window)} of {len(ids)} tokens (see "
              "'modtrain generate --help')")
-    prompt_ids = torch.tensor([ids] * num_samples, dtype=torch.long)
+    prompt_ids = torch.tensor([ids] * num_samples, dtype=torch.long, device=where)
     stop_fn = None if stop is None else (lambda gen: stop in tokenizer.decode(gen))
-    generator = torch.Generator().manual_seed(seed)
+    # Sampling draws on the model's device (multinomial needs a generator there).
+    generator = torch.Generator(device=where).manual_seed(seed)
     result = generate_ids(model, prompt_ids, max_new_tokens, sampling, generator, use_cache,
                           stop_fn)
     head = tokenizer.decode(ids)

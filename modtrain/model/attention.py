@@ -9,11 +9,14 @@ inference-context and packed-sequence bookkeeping that modtrain does not use.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.module import MegatronModule
 
+from modtrain.model.rng import tensor_parallel_rng
 from modtrain.model.rope import Rope
 
 
@@ -63,12 +66,18 @@ class SDPACoreAttention(MegatronModule):
             value = value.repeat_interleave(repeat, dim=2)
         # Causal over the given order: in a routed block the tokens are the selected ones in
         # their original order, so causality by index is causality by original position.
-        out = F.scaled_dot_product_attention(
-            query.permute(1, 2, 0, 3),
-            key.permute(1, 2, 0, 3),
-            value.permute(1, 2, 0, 3),
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=True,
-            scale=self.softmax_scale,
-        )
+        dropout = self.dropout if self.training else 0.0
+        # Fewer heads than the model's: they are split over the tensor-parallel ranks, and
+        # each rank draws its own mask (megatron-core's DotProductAttention forks alike).
+        split_heads = heads < self.config.num_attention_heads
+        with (tensor_parallel_rng(query.device) if dropout > 0 and split_heads
+              else contextlib.nullcontext()):
+            out = F.scaled_dot_product_attention(
+                query.permute(1, 2, 0, 3),
+                key.permute(1, 2, 0, 3),
+                value.permute(1, 2, 0, 3),
+                dropout_p=dropout,
+                is_causal=True,
+                scale=self.softmax_scale,
+            )
         return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * head_dim)

@@ -90,9 +90,10 @@ class RoutedBlock(nn.Module):
         hidden = x.shape[-1]
         gather_index = index.unsqueeze(-1).expand(-1, -1, hidden)
         x_sel = x.gather(0, gather_index)
-        r_sel = logits.gather(0, index).unsqueeze(-1).to(x.dtype)
+        r_sel = logits.gather(0, index).unsqueeze(-1)  # fp32
         delta = block_delta(self.layer, x_sel, rope.gather(index))
-        return x.scatter(0, gather_index, x_sel + r_sel * delta)
+        # r stays fp32 for the product; only the scaled delta is cast to the stream's dtype.
+        return x.scatter(0, gather_index, x_sel + (r_sel * delta).to(x.dtype))
 
     def forward(
         self, x: torch.Tensor, rope: Rope, routing: str = "topk"

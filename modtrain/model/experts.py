@@ -52,6 +52,12 @@ def expert_capacity(moe: MoEConfig, tokens: int, training: bool) -> int:
     return min(capacity, moe.top_k * tokens)
 
 
+def one_hot(index: torch.Tensor, classes: int) -> torch.Tensor:
+    """[N] -> [N, classes] int64 by comparison: F.one_hot checks its input's range with a
+    host read on some devices; an index outside [0, classes) gives a row of zeros."""
+    return (index.unsqueeze(-1) == torch.arange(classes, device=index.device)).long()
+
+
 def _world(group: Any) -> int:
     return dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
 
@@ -64,6 +70,8 @@ class Routes:
     weight: torch.Tensor  # combine weight (fp32)
     location: torch.Tensor  # slot in the expert's buffer
     kept: torch.Tensor  # bool: dispatched (a real expert with a free slot)
+    onehot: torch.Tensor  # [k T, E] int64: the real expert each route chose (rows of zeros
+    # for no-op routes); summed on the device, it gives loads without a host sync
 
 
 class ExpertGate(nn.Module):
@@ -91,8 +99,7 @@ class ExpertGate(nn.Module):
         weight = top_p if moe.top_k == 1 else top_p / top_p.sum(-1, keepdim=True)
         expert, weight = top_i.t().contiguous(), weight.t().contiguous()  # [k, T]
         real = expert < moe.num_experts
-        flat = torch.where(real, expert, moe.num_experts).reshape(-1)
-        onehot = F.one_hot(flat, moe.num_experts + 1)[:, : moe.num_experts]
+        onehot = one_hot(torch.where(real, expert, -1).reshape(-1), moe.num_experts)
         location = ((onehot.cumsum(0) - 1) * onehot).sum(-1).view_as(expert)
         if moe.drop_tokens:
             capacity = expert_capacity(moe, tokens, self.training)
@@ -102,14 +109,13 @@ class ExpertGate(nn.Module):
                 dist.all_reduce(load, op=dist.ReduceOp.MAX, group=self.ep_group)
             capacity = max(1, int(load.item()))
         self.capacity = capacity
-        return Routes(expert, weight, location, real & (location < capacity))
+        return Routes(expert, weight, location, real & (location < capacity), onehot)
 
     def forward(self, tokens: torch.Tensor, used_token: torch.Tensor | None = None,
                 sparse_routes: bool = True, use_tutel: bool = False):
         if used_token is not None or not sparse_routes or use_tutel:
             raise ValueError("ExpertGate serves DeepSpeed's sparse dispatch only")
         moe = self.moe
-        n = moe.num_experts + moe.noop_experts
         logits = F.linear(tokens.float(), self.weight.float())  # [T, n]
         probs = logits.softmax(-1)
         routes = self.route(probs.detach())
@@ -119,10 +125,14 @@ class ExpertGate(nn.Module):
         routes.weight = weight
         balance, z_loss = self.losses(logits, probs, routes)
         aux = moe.balance_loss_coef * balance + moe.z_loss_coef * z_loss
-        counts = routes.expert[routes.kept].bincount(minlength=n)[: moe.num_experts]
+        # Routes dispatched to each real expert: a masked sum of static shape on the device
+        # (boolean indexing or bincount would wait for the host to learn a size).
+        counts = (routes.onehot * routes.kept.reshape(-1, 1)).sum(0)
         self.last_stats = self.statistics(routes, balance, z_loss, counts)
         self.last_routes = routes
         index = torch.where(routes.kept, routes.expert, -1).to(torch.int32)
+        # The capacity is a host integer (from shapes alone when tokens are dropped), so
+        # DeepSpeed's int(C) reads a CPU tensor and waits for no device.
         return (aux, torch.tensor(self.capacity), moe.num_experts, index,
                 routes.location.to(torch.int32), weight * routes.kept, counts)
 
@@ -132,7 +142,7 @@ class ExpertGate(nn.Module):
         drops; P_e: mean gate probability), both over every token of the micro-batch on all
         data-parallel ranks; z-loss: mean logsumexp(logits)^2."""
         n = probs.shape[-1]
-        share = F.one_hot(routes.expert.reshape(-1), n).float().mean(0)  # f_e, local
+        share = one_hot(routes.expert.reshape(-1), n).float().mean(0)  # f_e, local
         mean_prob = probs.mean(0)  # P_e, local
         world = _world(self.token_group)
         if world > 1:
@@ -161,10 +171,9 @@ class ExpertGate(nn.Module):
             dist.all_reduce(load, group=self.ep_group)
         per_rank = load.view(_world(self.ep_group), -1).sum(-1)
         stats["ep_load_ratio"] = per_rank.max() / per_rank.mean().clamp_min(1e-9)
-        demand = F.one_hot(routes.expert[real], moe.num_experts + moe.noop_experts).float()
-        total = routes.expert.numel()
-        for e in range(moe.num_experts):  # share of all routes that chose expert e
-            stats[f"expert_load_e{e}"] = demand[:, e].sum() / total
+        # Share of all routes that chose each real expert (before capacity drops).
+        demand = routes.onehot.sum(0).float() / routes.expert.numel()
+        stats.update(zip(expert_stat_names(moe)[len(EXPERT_STATS):], demand.unbind()))
         return stats
 
 

@@ -5,6 +5,10 @@ highest-scoring tokens. Top-k is not causal, so two aids learn a causal per-toke
 decision for sampling: (A) BCE on the router logits with top-k membership as targets,
 route when sigmoid(r) > 0.5; (B) a small MLP on the router's (detached) inputs, trained
 with BCE against the same targets, which never touches the language-model loss.
+
+Routing maths runs in fp32 whatever the parameter dtype: under bf16 training DeepSpeed
+casts the router to bf16, and neighbouring scores at the top-k cut are then about one
+bf16 ulp apart, so a bf16 score would turn near-ties into ties and flip the selection.
 """
 
 from __future__ import annotations
@@ -32,10 +36,27 @@ def tokens_per_row(capacity: float, seq_length: int) -> int:
     return max(1, min(seq_length, math.ceil(capacity * seq_length - 1e-9)))
 
 
+def fp32_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """layer(x) computed in fp32 (input and weights upcast), whatever their dtype."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+class FP32MLP(nn.Sequential):
+    """Linear-SiLU-Linear (the causal predictor) computed in fp32 whatever its dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, act, last = self
+        return fp32_linear(act(fp32_linear(x, first)), last)
+
+
 def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices [k, B] of each row's k largest logits ([S, B]), sorted into sequence order."""
-    idx = torch.topk(logits, k, dim=0, sorted=False).indices
-    return torch.sort(idx, dim=0).values
+    """Indices [k, B] of each row's k largest logits ([S, B]), sorted into sequence order.
+
+    Ties go to the lowest positions: a stable descending sort keeps equal scores in
+    sequence order (torch.topk leaves the order of ties unspecified)."""
+    order = torch.sort(logits.float(), dim=0, descending=True, stable=True).indices[:k]
+    return torch.sort(order, dim=0).values
 
 
 def membership(index: torch.Tensor, seq_length: int) -> torch.Tensor:
@@ -52,17 +73,25 @@ class MoDRouter(nn.Module):
         nn.init.normal_(self.proj.weight, std=init_std)
         self.predictor: nn.Module | None = None
         if config.predictor:
-            self.predictor = nn.Sequential(
+            self.predictor = FP32MLP(
                 nn.Linear(hidden_size, config.predictor_hidden),
                 nn.SiLU(),
                 nn.Linear(config.predictor_hidden, 1),
             )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Router scores r = w^T x as [S, B] (x is [S, B, H])."""
-        return self.proj(x).squeeze(-1)
+        """Router scores r = w^T x as fp32 [S, B] (x is [S, B, H], any dtype).
+
+        A product and a sum rather than a matmul: a matmul in fp32 may run as TF32 on a GPU
+        (train/engine.py allows it for fp32 training), whose 10-bit mantissa would decide
+        near-ties at the top-k cut; this stays fp32 exactly, at the cost of one [S, B, H]
+        temporary."""
+        w = self.proj.weight.float().squeeze(0)
+        r = (x.float() * w).sum(-1)
+        return r if self.proj.bias is None else r + self.proj.bias.float()
 
     def predictor_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The causal predictor's fp32 logits [S, B]."""
         assert self.predictor is not None
         # Stop-gradient: the predictor learns from the router, never the other way round.
         return self.predictor(x.detach()).squeeze(-1)
@@ -77,18 +106,18 @@ class MoDRouter(nn.Module):
         self, x: torch.Tensor, logits: torch.Tensor, selected: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Causal-routing losses and their agreement with top-k; `selected` is [S, B] bool."""
-        target = selected.to(logits.dtype)
-        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        target = selected.float()
+        bce = F.binary_cross_entropy_with_logits(logits, target)
         routed_frac, router_bce, router_acc = ROUTER_STATS
         stats = {
             router_bce: bce.detach(),
             router_acc: ((logits > 0) == selected).float().mean(),
-            routed_frac: target.float().mean(),
+            routed_frac: target.mean(),
         }
         loss = self.config.router_bce_coef * bce
         if self.predictor is not None:
             pred = self.predictor_logits(x)
-            pred_loss = F.binary_cross_entropy_with_logits(pred.float(), target.float())
+            pred_loss = F.binary_cross_entropy_with_logits(pred, target)
             predictor_bce, predictor_acc = PREDICTOR_STATS
             stats[predictor_bce] = pred_loss.detach()
             stats[predictor_acc] = ((pred > 0) == selected).float().mean()

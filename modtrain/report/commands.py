@@ -15,7 +15,9 @@ def _plot(args: argparse.Namespace) -> None:
 def _routing(args: argparse.Namespace) -> None:
     from modtrain.report.routing_map import draw_routing
 
-    print(f"wrote {draw_routing(args.source, args.text, args.out, args.store, args.windows)}")
+    out = draw_routing(args.source, args.text, args.out, args.store, args.windows, args.device,
+                       args.dtype)
+    print(f"wrote {out}")
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -26,6 +28,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from modtrain.inference.placement import add_placement_options
     from modtrain.report.curves import X_AXES
 
     p = sub.add_parser("plot", help="loss and validation curves of runs (PNG)",
@@ -50,6 +53,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "run's store; none for an export)")
     r.add_argument("--windows", type=int, default=64,
                    help="validation windows for the by-position panel (default 64)")
+    add_placement_options(r)
     r.set_defaults(func=_routing)
 
     i = sub.add_parser("inspect", help="describe a run, checkpoint, export or token store",

@@ -22,7 +22,13 @@ from modtrain.errors import ModtrainError
 from modtrain.inference.checkpoint_reader import read_checkpoint
 from modtrain.inference.export import load_export, read_export_config
 from modtrain.inference.hf_layout import hf_config, to_hf_tensors
-from modtrain.inference.hf_template.modtrain_core import CoreConfig, ModtrainLM, tokens_per_row
+from modtrain.inference.hf_template.modtrain_core import (
+    CoreConfig,
+    ModtrainLM,
+    tokens_per_row,
+    topk_indices,
+)
+from modtrain.inference.placement import resolve_device, resolve_dtype
 from modtrain.report import figures
 
 
@@ -79,12 +85,9 @@ def route(model: ModtrainLM, ids: torch.Tensor) -> Routing:
     if not layers:
         raise ModtrainError("this model has no routed layers (a dense model): there is no "
                             "routing to draw")
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = []
-    for i in layers:
-        proj = model.model.layers[i].router.proj
-        hooks.append(proj.register_forward_hook(
-            lambda _m, args, out, i=i: captured.__setitem__(i, (args[0], out.squeeze(-1)))))
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [model.model.layers[i].register_forward_pre_hook(
+        lambda _m, args, i=i: captured.__setitem__(i, args[0])) for i in layers]
     try:
         model(ids, routing="topk")
     finally:
@@ -92,14 +95,15 @@ def route(model: ModtrainLM, ids: torch.Tensor) -> Routing:
             hook.remove()
     result = Routing(layers, [], [], [])
     for i in layers:
-        x, r = captured[i]
         layer = model.model.layers[i]
+        x = captured[i]
+        r = layer.router.scores(x)  # fp32, as the layer computed it
         k = tokens_per_row(layer.capacity, r.shape[1])
         chosen = torch.zeros_like(r, dtype=torch.bool)
-        chosen.scatter_(1, torch.topk(r, k, dim=1).indices, True)
-        result.weights.append(r.float().numpy())
-        result.topk.append(chosen.numpy())
-        result.causal.append(layer.router.causal_mask(x, r).numpy())
+        chosen.scatter_(1, topk_indices(r, k), True)
+        result.weights.append(r.cpu().numpy())
+        result.topk.append(chosen.cpu().numpy())
+        result.causal.append(layer.router.causal_mask(x, r).cpu().numpy())
     return result
 
 
@@ -110,7 +114,7 @@ def position_fractions(model: ModtrainLM, store: Path, windows: int, seq_length:
     _, val = train_val_split(tokens.num_tokens, val_fraction)
     sequences = ValidationSequences(tokens, val, seq_length, windows)
     ids = torch.from_numpy(np.stack([sequences[i][:seq_length] for i in range(len(sequences))])
-                           .astype(np.int64))
+                           .astype(np.int64)).to(model.lm_head.weight.device)
     routing = route(model, ids)
     return (np.mean([t.mean(axis=0) for t in routing.topk], axis=0),
             np.mean([c.mean(axis=0) for c in routing.causal], axis=0))
@@ -121,9 +125,13 @@ def _label(piece: str) -> str:
 
 
 def draw_routing(source: str | Path, text: str, out: str | Path, store: str | Path | None = None,
-                 windows: int = 64) -> Path:
-    """Write the routing picture of `text` (and of `store`'s validation windows) to `out`."""
+                 windows: int = 64, device: str = "cpu", dtype: str = "fp32") -> Path:
+    """Write the routing picture of `text` (and of `store`'s validation windows) to `out`,
+    running the model on `device` in `dtype` (see inference/placement.py)."""
+    where = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, where)
     loaded = load_routed_model(source)
+    loaded.model.to(where, torch_dtype)
     limit = loaded.model.config.max_position_embeddings
     ids = loaded.tokenizer.encode(text)
     if not ids:
@@ -131,7 +139,7 @@ def draw_routing(source: str | Path, text: str, out: str | Path, store: str | Pa
     if len(ids) > limit:
         raise ModtrainError(f"--text is {len(ids)} tokens, more than the model's {limit}; "
                             "pass a shorter text")
-    routing = route(loaded.model, torch.tensor([ids]))
+    routing = route(loaded.model, torch.tensor([ids], device=where))
     store = Path(store) if store else loaded.store
     fractions = None
     if store is not None:

@@ -13,6 +13,7 @@ from modtrain.config import Config
 from modtrain.errors import ModtrainError
 from modtrain.model import GPT
 from modtrain.model.experts import ExpertSlice, expert_stat_names
+from modtrain.model.rng import seed_streams
 from modtrain.model.router import stat_names
 from modtrain.model.tensor_split import TensorSlice
 from modtrain.parallel import MegatronMPU, Topology
@@ -59,11 +60,14 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
     import deepspeed
 
     t = config.train
-    if topo.device.type == "cuda":
-        # fp32 matmuls (fp32 runs, and what stays fp32 under bf16) on the tensor cores as
-        # TF32 (10-bit mantissa, fp32 range).
+    if topo.device.type == "cuda" and t.precision == "fp32":
+        # fp32 training's matmuls on the tensor cores as TF32 (fp32 range, 10-bit mantissa).
+        # Not under bf16/fp16, whose matmuls are half precision anyway: there the fp32 ones
+        # left are the routing decisions' and the loss's, which stay exact.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    # Dropout streams: the default one alike on every rank, the tensor-parallel one per TP rank.
+    seed_streams(config.run.seed, topo.tensor_rank, topo.device)
     if topo.pipeline > 1:
         from modtrain.model.pipeline_layers import BlockLayer
         from modtrain.parallel.pipeline_stages import build_pipeline, format_stage_costs

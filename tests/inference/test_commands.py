@@ -35,6 +35,8 @@ def test_convert_and_generate_batch_with_stop(tmp_path, mod_run):
     (lambda d, e: ["convert", str(d), "--out", str(d / "x")], "holds no modtrain checkpoint"),
     (lambda d, e: ["generate", str(d)], "is not a modtrain export"),
     (lambda d, e: ["generate", str(e), "--top-p", "1.5"], "--top-p 1.5 is outside (0, 1]"),
+    (lambda d, e: ["generate", str(e), "--device", "gpu0"], "--device 'gpu0' is not a device"),
+    (lambda d, e: ["generate", str(e), "--device", "meta"], "inference runs on cpu or cuda"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, mod_export, make_args, message):
     proc = _modtrain(*make_args(tmp_path, mod_export))
@@ -42,3 +44,10 @@ def test_bad_input_is_one_clear_line(tmp_path, mod_export, make_args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("modtrain: error: "), proc.stderr
     assert message in lines[0]
+
+
+def test_generate_on_a_chosen_device_and_dtype(mod_export):
+    proc = _modtrain("generate", str(mod_export), "--prompt", "ROMEO:", "--max-new-tokens", "8",
+                     "--temperature", "1", "--device", "cpu", "--dtype", "bf16", "--stats")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("ROMEO:") and "8 tokens x 1 rows" in proc.stderr

@@ -10,6 +10,7 @@ import torch
 
 from modtrain.config.schema import ModelConfig, MoEConfig
 from modtrain.model.experts import ExpertMLP, ExpertSlice, expert_capacity
+from tests.model.host_sync import HostSyncs
 
 HIDDEN = 16
 
@@ -116,3 +117,28 @@ def test_top2_weights_normalised_over_the_two_choices():
     routes = mlp.gate.last_routes
     assert torch.allclose(routes.weight.sum(0), torch.ones(6))
     assert bool(routes.kept.all())
+
+
+def test_gate_forward_waits_for_no_host():
+    """No boolean indexing, bincount, nonzero or .item() in the gate (top-2, drops, no-ops)."""
+    mlp = expert_mlp(seed=5, num_experts=4, noop_experts=2, top_k=2, capacity_factor=0.5,
+                     min_capacity=1)
+    tokens = torch.randn(24, HIDDEN, requires_grad=True)
+    with HostSyncs() as syncs:
+        aux, *_ = mlp.gate(tokens)
+        aux.backward()
+    assert syncs.found == []
+
+
+def test_loads_and_counts_equal_the_indexing_they_replace():
+    """Dispatch counts and per-expert demand equal bincount / boolean-mask references."""
+    mlp = expert_mlp(seed=6, num_experts=3, noop_experts=2, top_k=2, capacity_factor=0.5,
+                     min_capacity=1)
+    _, _, _, _, _, _, counts = mlp.gate(torch.randn(20, HIDDEN))
+    routes, moe = mlp.gate.last_routes, mlp.gate.moe
+    assert bool((~routes.kept & (routes.expert < 3)).any()), "the test needs drops"
+    assert torch.equal(counts, routes.expert[routes.kept].bincount(minlength=5)[:3])
+    real = routes.expert[routes.expert < moe.num_experts]
+    for e in range(3):
+        expected = (real == e).sum() / routes.expert.numel()
+        assert torch.equal(mlp.last_stats[f"expert_load_e{e}"], expected)

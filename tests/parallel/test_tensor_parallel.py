@@ -77,3 +77,32 @@ def test_tp2_training_curve_matches_one_process(tmp_path, char_store, char_token
     worst = max(abs(a[s] - b[s]) for s in a)
     print(f"TP2 vs TP1, 20 steps: max |loss diff| {worst:.2e}")
     assert worst < CURVE_TOLERANCE
+
+
+@pytest.mark.slow
+def test_tp2_attention_dropout_draws_per_rank_and_the_rest_agrees(tmp_path):
+    """Each TP rank's head-split attention dropout is drawn from seed + 2718 + tp_rank
+    (megatron-core's convention), not the shared stream; replicated dropout agrees, so both
+    ranks compute the same loss."""
+    out = tmp_path / "dropout.pt"
+    worker = Path(__file__).with_name("tp_dropout_worker.py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(worker),
+         str(out), *MODEL, "model.dropout=0.5", "parallel.tensor=2"],
+        env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(out, weights_only=False)
+    assert torch.equal(saved["losses"][0], saved["losses"][1])
+    query, key, value, output = saved["attention"]
+
+    def drawn(rank: int, seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        q, k, v = (t[rank].permute(1, 2, 0, 3) for t in (query, key, value))
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.5,
+                                                             is_causal=True)
+        return o.permute(2, 0, 1, 3).reshape(output[rank].shape)
+
+    for rank in (0, 1):
+        assert torch.allclose(output[rank], drawn(rank, 7 + 2718 + rank), atol=1e-6)
+        assert not torch.allclose(output[rank], drawn(rank, 7), atol=1e-3)

@@ -44,3 +44,10 @@ def test_too_long_text_is_one_line(report_export, tmp_path):
     with pytest.raises(ModtrainError, match="more than the model's") as err:
         draw_routing(report_export, "x" * 500, tmp_path / "r.png")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_draws_in_bf16_on_a_chosen_device(report_export, tmp_path):
+    out = draw_routing(report_export, "ROMEO: hello", tmp_path / "r.png", device="cpu",
+                       dtype="bf16")
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -8,10 +8,12 @@ routed layer adds `router.proj` (r = w^T x) and optionally `router.predictor`
 (Linear-SiLU-Linear). A dense export is a Llama checkpoint and loads here too.
 
 Routing (Raposo et al. 2024), per routed layer and batch row:
-- "topk": the k = ceil(capacity * T) highest-r tokens of the row, in sequence order. Not
-  causal: for scoring whole sequences exactly as in training.
+- "topk": the k = ceil(capacity * T) highest-r tokens of the row, in sequence order, ties
+  to the lowest positions. Not causal: for scoring whole sequences exactly as in training.
 - "causal": a per-token decision (predictor logit > 0, or r > 0, i.e. sigmoid(r) > 0.5),
   usable token by token.
+Router scores, the predictor and the top-k run in fp32 whatever the model's dtype, as in
+training (in bf16, neighbouring scores at the top-k cut are about one ulp apart).
 A selected token becomes x + r * f(x), where f (attention + MLP) sees only the selected
 tokens, at their absolute RoPE positions; other tokens pass unchanged. With a cache, a
 skipped token writes no key/value, so routed layers store only their routed tokens.
@@ -297,18 +299,43 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def fp32_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """layer(x) computed in fp32 (input and weights upcast), whatever their dtype."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+class FP32MLP(nn.Sequential):
+    """Linear-SiLU-Linear (the causal predictor) computed in fp32 whatever its dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, act, last = self
+        return fp32_linear(act(fp32_linear(x, first)), last)
+
+
+def topk_indices(r: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's k highest scores of r [B, T] as positions [B, k] in sequence order; ties
+    go to the lowest positions (a stable sort; torch.topk leaves their order unspecified)."""
+    order = torch.sort(r.float(), dim=1, descending=True, stable=True).indices[:, :k]
+    return order.sort(dim=1).values
+
+
 class Router(nn.Module):
     def __init__(self, config: CoreConfig) -> None:
         super().__init__()
         self.proj = nn.Linear(config.hidden_size, 1, bias=False)
         self.predictor: nn.Module | None = None
         if config.mod_predictor_hidden:
-            self.predictor = nn.Sequential(
+            self.predictor = FP32MLP(
                 nn.Linear(config.hidden_size, config.mod_predictor_hidden),
                 nn.SiLU(),
                 nn.Linear(config.mod_predictor_hidden, 1),
             )
         self.use_predictor = config.mod_inference_routing == "predictor"
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """r = w^T x as fp32 [B, T]."""
+        return fp32_linear(x, self.proj).squeeze(-1)
 
     def causal_mask(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """The per-token decision [B, T]: predictor logit > 0, else sigmoid(r) > 0.5."""
@@ -347,7 +374,7 @@ class DecoderLayer(nn.Module):
         """x [B, T, H]; cos, sin [1, 1, T, head_dim], shared by the rows (equal lengths)."""
         if self.router is None:
             return x + self.delta(x, cos, sin, kv)
-        r = self.router.proj(x).squeeze(-1)  # [B, T]
+        r = self.router.scores(x)  # fp32 [B, T]
         if routing == "causal" and x.shape[1] == 1:
             return self._route_one_token(x, r, cos, sin, kv)
         if routing == "topk":
@@ -355,7 +382,7 @@ class DecoderLayer(nn.Module):
                 raise ValueError("top-k routing is not causal and cannot use a cache; "
                                  "use routing='causal'")
             k = tokens_per_row(self.capacity, x.shape[1])
-            index = torch.topk(r, k, dim=1, sorted=False).indices.sort(dim=1).values
+            index = topk_indices(r, k)
             return self._update_selected(x, r, cos, sin, kv, index)
         if routing != "causal":
             raise ValueError(f"routing must be one of {ROUTINGS}, not {routing!r}")
@@ -397,7 +424,7 @@ class DecoderLayer(nn.Module):
         pos = index[:, None, :, None].expand(-1, 1, -1, cos.shape[-1])
         cos, sin = (c.expand(index.shape[0], -1, -1, -1).gather(2, pos) for c in (cos, sin))
         delta = self.delta(x_sel, cos, sin, kv, rows, counts, valid)
-        update = x_sel + r.gather(1, index)[..., None].to(x.dtype) * delta
+        update = x_sel + (r.gather(1, index)[..., None] * delta).to(x.dtype)
         if valid is not None:  # padding slots point at unselected tokens: write them back as is
             update = torch.where(valid[..., None], update, x_sel)
         return x.scatter(1, gather, update)
@@ -413,10 +440,10 @@ class DecoderLayer(nn.Module):
         if n == 0:
             return x
         if n == x.shape[0]:
-            return x + r[..., None].to(x.dtype) * self.delta(x, cos, sin, kv)
+            return x + (r[..., None] * self.delta(x, cos, sin, kv)).to(x.dtype)
         x_sel = x.index_select(0, rows)
         delta = self.delta(x_sel, cos, sin, kv, rows.tolist())
-        update = x_sel + r.index_select(0, rows)[..., None].to(x.dtype) * delta
+        update = x_sel + (r.index_select(0, rows)[..., None] * delta).to(x.dtype)
         return x.index_copy(0, rows, update)
 
 
