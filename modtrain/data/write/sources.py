@@ -1,8 +1,9 @@
 """Input corpora: the registry of input formats, expansion of files/directories/globs, pieces.
 
-Each input format is one InputReader subclass decorated with @register, here and nowhere
-else: its name (for --format), the file names it claims under --format auto, how a file
-is cut into pieces and which texts a piece holds. Everything else derives from FORMATS:
+Each input format is one InputReader subclass decorated with @register, here or in
+columnar.py (Parquet, Arrow IPC), and nowhere else: its name (for --format), the file
+names it claims under --format auto, how a file is cut into pieces and which texts a
+piece holds. Everything else derives from FORMATS:
 the --format choices and help, detection by name, slicing, encoding, store attributes.
 
 A *text* file is one document. A *JSON Lines* file holds one document per line, in a
@@ -22,9 +23,12 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
 from modtrain.errors import ModtrainError
+
+if TYPE_CHECKING:
+    from modtrain.data.write.columnar import Filter
 
 AUTO = "auto"  # --format auto: each file's format from its name
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
@@ -79,8 +83,10 @@ class InputReader:
             start = stop
         return pieces
 
-    def texts(self, f: InputFile, piece: Piece, field: str) -> Iterator[tuple[int, Iterable[str]]]:
-        """For each block of the piece read in turn: (its size in bytes, its texts)."""
+    def texts(self, f: InputFile, piece: Piece, field: str,
+              where: Filter | None = None) -> Iterator[tuple[int, Iterable[str]]]:
+        """For each block of the piece read in turn: (its size in bytes, its texts); for a
+        format of records, only those that `where` keeps."""
         raise NotImplementedError
 
 
@@ -103,7 +109,8 @@ class TextReader(InputReader):
     suffixes = ("",)
     whole_file_document = True
 
-    def texts(self, f: InputFile, piece: Piece, field: str) -> Iterator[tuple[int, list[str]]]:
+    def texts(self, f: InputFile, piece: Piece, field: str,
+              where: Filter | None = None) -> Iterator[tuple[int, list[str]]]:
         for block in line_blocks(f, piece):
             yield len(block), [decode_utf8(block, f)]
 
@@ -116,10 +123,11 @@ class JsonLinesReader(InputReader):
     suffixes = (".jsonl", ".ndjson", ".json")
     uses_field = True
 
-    def texts(self, f: InputFile, piece: Piece, field: str) -> Iterator[tuple[int, Iterator[str]]]:
+    def texts(self, f: InputFile, piece: Piece, field: str,
+              where: Filter | None = None) -> Iterator[tuple[int, Iterator[str]]]:
         offset = piece.start if f.compression == "none" else 0
         for block in line_blocks(f, piece):
-            yield len(block), jsonl_texts(block, f, field, offset)
+            yield len(block), jsonl_texts(block, f, field, offset, where)
             offset += len(block)
 
 
@@ -171,6 +179,15 @@ def _expand_one(pattern: str) -> list[Path]:
     path = Path(pattern)
     if path.is_file():
         return [path]
+    from modtrain.data.write.columnar import saved_dataset_files
+
+    saved = saved_dataset_files(path) if path.is_dir() else None
+    if saved is not None:
+        missing = [p for p in saved if not p.is_file()]
+        if missing or not saved:
+            raise ModtrainError(f"saved dataset {path} lacks its data file "
+                                f"{missing[0] if missing else 'data-*.arrow'}; save it again")
+        return saved
     if path.is_dir():
         files = [
             p for p in path.rglob("*")
@@ -335,8 +352,10 @@ def decode_utf8(data: bytes, f: InputFile) -> str:
         ) from None
 
 
-def jsonl_texts(block: bytes, f: InputFile, field: str, offset: int) -> Iterator[str]:
-    """The `field` strings of the JSON lines in `block`, which starts at byte `offset`."""
+def jsonl_texts(block: bytes, f: InputFile, field: str, offset: int,
+                where: Filter | None = None) -> Iterator[str]:
+    """The `field` strings of the JSON lines in `block`, which starts at byte `offset`,
+    of the records that `where` keeps."""
     text = decode_utf8(block, f)
     for n, line in enumerate(text.split("\n")):
         if not line.strip():
@@ -353,7 +372,8 @@ def jsonl_texts(block: bytes, f: InputFile, field: str, offset: int) -> Iterator
         if not isinstance(value, str):
             raise _bad_line(f, offset, block, n, f"holds {type(value).__name__} in field "
                             f"{field!r}, not a string")
-        yield value
+        if where is None or where.keep([record.get(where.column)])[0]:
+            yield value
 
 
 def _bad_line(f: InputFile, offset: int, block: bytes, n: int, problem: str) -> ModtrainError:
@@ -372,3 +392,8 @@ def from_json(data: dict) -> tuple[list[InputFile], list[list[Piece]]]:
     files = [InputFile(**f) for f in data["files"]]
     slices = [[Piece(*p) for p in s] for s in data["slices"]]
     return files, slices
+
+
+# The columnar formats (Parquet, Arrow IPC) register after the line-based ones; their
+# module needs this one's classes. Every format is in FORMATS once this module is imported.
+from modtrain.data.write import columnar  # noqa: E402, F401
