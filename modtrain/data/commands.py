@@ -98,6 +98,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default=sources.AUTO, choices=list(sources.format_choices()),
                    help=f"input format; {sources.AUTO}: {sources.describe_detection()}")
     p.add_argument("--text-field", "--jsonl-field", dest="jsonl_field", default="text",
+                   metavar="NAME",
                    help="JSON field or Parquet/Arrow column holding the text (default text)")
     p.add_argument("--filter", metavar="'COLUMN OP VALUE'",
                    help="keep only the records where it holds, e.g. 'lang==en' or "

@@ -68,26 +68,22 @@ def parse_filter(text: str | None) -> Filter | None:
         return Filter(column, op, raw)
 
 
-def _bad(f: InputFile, problem: str) -> ModtrainError:
-    return ModtrainError(f"{f.path} {problem}")
-
-
 def _text_column(f: InputFile, schema, field: str, where: Filter | None) -> None:
     """One-line errors for a missing or non-string text column, or a missing filter column."""
     import pyarrow as pa
 
     names = schema.names
     if field not in names:
-        raise _bad(f, f"has no column {field!r} (it has {', '.join(names)}); pass "
-                      "--text-field NAME with the column that holds the text")
+        raise ModtrainError(f"{f.path} has no column {field!r} (it has {', '.join(names)}); "
+                            "pass --text-field NAME with the column that holds the text")
     t = schema.field(field).type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t)
             or pa.types.is_string_view(t)):
-        raise _bad(f, f"holds {t} in column {field!r}, not strings; pass --text-field NAME "
-                      "with the column that holds the text")
+        raise ModtrainError(f"{f.path} holds {t} in column {field!r}, not strings; pass "
+                            "--text-field NAME with the column that holds the text")
     if where is not None and where.column not in names:
-        raise _bad(f, f"has no column {where.column!r} for --filter (it has "
-                      f"{', '.join(names)}); filter on one of those")
+        raise ModtrainError(f"{f.path} has no column {where.column!r} for --filter (it has "
+                            f"{', '.join(names)}); filter on one of those")
 
 
 def _batch_texts(batch, field: str, where: Filter | None) -> list[str]:
@@ -114,8 +110,8 @@ class ParquetReader(InputReader):
         try:
             return pq.ParquetFile(f.path, memory_map=True)
         except (pa.ArrowException, OSError) as e:
-            raise _bad(f, f"is not a readable Parquet file ({e}); re-export it or "
-                          "remove it") from None
+            raise ModtrainError(f"{f.path} is not a readable Parquet file ({e}); re-export "
+                                "it or remove it") from None
 
     @staticmethod
     def _bounds(f: InputFile, meta) -> list[int]:
@@ -156,7 +152,8 @@ class ParquetReader(InputReader):
                         batch, field, where)
                     first = False
             except (pa.ArrowException, OSError) as e:
-                raise _bad(f, f"has a damaged row group {k} ({e}); re-export the file") from None
+                raise ModtrainError(f"{f.path} has a damaged row group {k} ({e}); "
+                                    "re-export the file") from None
             if first:  # an empty row group still accounts for its bytes
                 yield bounds[k + 1] - bounds[k], []
 
@@ -195,8 +192,8 @@ class ArrowReader(InputReader):
                         reader = pa.ipc.open_stream(source)
                         batches = iter(reader)
                 except (pa.ArrowException, OSError) as e:
-                    raise _bad(f, f"is not a readable Arrow IPC file ({e}); re-export it or "
-                                  "remove it") from None
+                    raise ModtrainError(f"{f.path} is not a readable Arrow IPC file ({e}); "
+                                        "re-export it or remove it") from None
                 yield reader.schema, batches
             finally:
                 source.close()
@@ -215,7 +212,7 @@ class ArrowReader(InputReader):
                     yield size, _batch_texts(batch, field, where)
                     size = 0
             except (pa.ArrowException, OSError) as e:
-                raise _bad(f, f"is damaged ({e}); re-export the file") from None
+                raise ModtrainError(f"{f.path} is damaged ({e}); re-export the file") from None
             if size:
                 yield size, []
 

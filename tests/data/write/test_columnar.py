@@ -23,8 +23,8 @@ from tests.data.write.test_prepare_mpi import MPIRUN, RANK_SCRIPT, mpi_env
 @pytest.fixture(scope="module")
 def records(documents) -> list[dict]:
     """Unicode, empty and very long documents among the corpus's paragraphs, with metadata."""
-    docs = [*documents[:60], "", "naïve café — 日本語の文 🚀\n", "   ", "".join(documents) * 3,
-            *documents[60:120]]
+    long = "".join(documents) * 3
+    docs = [*documents[:60], "", "naïve café — 日本語の文 🚀\n", "   ", long, *documents[60:120]]
     return [{"text": d, "lang": "en" if i % 3 else "fr", "score": i / 10, "id": i}
             for i, d in enumerate(docs)]
 
