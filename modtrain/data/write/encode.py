@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from modtrain.data.tokenizer import Tokenizer
-from modtrain.data.write.columnar import Filter, parse_filter
+from modtrain.data.write.filters import Filter, parse_filter
 from modtrain.data.write.plan import Plan
 from modtrain.data.write.sources import FORMATS, InputFile, InputReader, Piece
 from modtrain.errors import ModtrainError

@@ -16,7 +16,7 @@ import numpy as np
 from modtrain.data.format import CHUNK_TOKENS, FORMAT_VERSION, SHARD_CHUNKS, token_dtype
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.data.write import sources
-from modtrain.data.write.columnar import parse_filter
+from modtrain.data.write.filters import parse_filter
 from modtrain.data.write.sources import InputFile, Piece
 from modtrain.errors import ModtrainError
 

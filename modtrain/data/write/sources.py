@@ -1,6 +1,6 @@
-"""Input corpora: the registry of input formats, expansion of files/directories/globs, pieces.
+"""Input corpora: text and JSON Lines readers, expansion of files/directories/globs, slices.
 
-Each input format is one InputReader subclass decorated with @register, here or in
+Each input format is one InputReader subclass (registry.py) decorated with @register, here or in
 columnar.py (Parquet, Arrow IPC), and nowhere else: its name (for --format), the file
 names it claims under --format auto, how a file is cut into pieces and which texts a
 piece holds. Everything else derives from FORMATS:
@@ -23,51 +23,27 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, ClassVar
+from typing import BinaryIO
 
 from modtrain.errors import ModtrainError
 
-if TYPE_CHECKING:
-    from modtrain.data.write.columnar import Filter
+from modtrain.data.write.filters import Filter
+from modtrain.data.write.registry import (  # noqa: F401 - the registry's names, used here too
+    AUTO,
+    FORMATS,
+    InputFile,
+    InputReader,
+    Piece,
+    register,
+)
 
-AUTO = "auto"  # --format auto: each file's format from its name
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 BLOCK_BYTES = 1 << 20  # read and encode in line-aligned blocks of about this size
 _GZIP_MAGIC, _ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 
 
-@dataclass(frozen=True)
-class InputFile:
-    path: str
-    size: int
-    mtime_ns: int
-    kind: str  # the name of its format, a key of FORMATS
-    compression: str  # "none" | "gzip" | "zstd"
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Bytes [start, stop) of input `file`; compressed files are always whole."""
-
-    file: int
-    start: int
-    stop: int
-
-
-class InputReader:
-    """One input format: subclass, set the class attributes, define `texts`, add @register."""
-
-    name: ClassVar[str]  # --format NAME; stored as InputFile.kind
-    title: ClassVar[str]  # in help texts, e.g. "JSON Lines"
-    documents: ClassVar[str]  # what a document is, for help texts: "one document per line"
-    # Names (less .gz/.zst) this format claims under --format auto; the longest match wins
-    # and "" matches every name; () claims none: the format is used only with --format NAME.
-    suffixes: ClassVar[tuple[str, ...]] = ()
-    # True: the whole file is one document and `texts` yields consecutive fragments of it
-    # (an empty file is an error, an overlong line may be cut); False: each text is a
-    # document (an empty one is skipped and counted) and a line is never cut.
-    whole_file_document: ClassVar[bool] = False
-    uses_field: ClassVar[bool] = False  # the text is the record field --jsonl-field
+class LineReader(InputReader):
+    """A format of lines (text, JSON Lines): cut at line starts."""
 
     def pieces(self, index: int, f: InputFile, slice_bytes: int) -> list[Piece]:
         """Input file `index` cut into pieces of about `slice_bytes`, encoded independently.
@@ -83,26 +59,9 @@ class InputReader:
             start = stop
         return pieces
 
-    def texts(self, f: InputFile, piece: Piece, field: str,
-              where: Filter | None = None) -> Iterator[tuple[int, Iterable[str]]]:
-        """For each block of the piece read in turn: (its size in bytes, its texts); for a
-        format of records, only those that `where` keeps."""
-        raise NotImplementedError
-
-
-FORMATS: dict[str, InputReader] = {}  # name -> reader, in registration order
-
-
-def register(cls: type[InputReader]) -> type[InputReader]:
-    """Class decorator: make an input format known to `modtrain data prepare`."""
-    if cls.name in FORMATS or cls.name == AUTO:
-        raise ValueError(f"input format {cls.name!r} is already taken")
-    FORMATS[cls.name] = cls()
-    return cls
-
 
 @register
-class TextReader(InputReader):
+class TextReader(LineReader):
     name = "text"
     title = "text"
     documents = "one document per file"
@@ -116,7 +75,7 @@ class TextReader(InputReader):
 
 
 @register
-class JsonLinesReader(InputReader):
+class JsonLinesReader(LineReader):
     name = "jsonl"
     title = "JSON Lines"
     documents = "one document per line"
@@ -394,6 +353,6 @@ def from_json(data: dict) -> tuple[list[InputFile], list[list[Piece]]]:
     return files, slices
 
 
-# The columnar formats (Parquet, Arrow IPC) register after the line-based ones; their
-# module needs this one's classes. Every format is in FORMATS once this module is imported.
+# The columnar formats (Parquet, Arrow IPC) register after the line-based ones: every
+# format is in FORMATS once this module is imported.
 from modtrain.data.write import columnar  # noqa: E402, F401

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from modtrain.data.write.columnar import parse_filter
+from modtrain.data.write.filters import parse_filter
 from modtrain.data.write.plan import make_plan
 from modtrain.data.write.prepare import prepare_store
 from modtrain.errors import ModtrainError
