@@ -1,6 +1,7 @@
 """Data pipeline throughput: encoding MB/s with 1 and 2 processes, and the loader against training.
 
     python benchmarks/data_throughput.py [--copies 48] [--steps 3000] [--no-train-step]
+                                         [--size-mb 64] [--parquet-only]
 
 Encoding: tinyshakespeare paragraphs as JSON Lines, `--copies` times over (about 1.1 MB
 each), encoded with a character and a BPE tokenizer by the whole `modtrain data prepare`
@@ -9,7 +10,9 @@ command (process start, planning, encoding, shard writing, checksums) as 1 proce
 of 65 tokens a step) over a store of the whole text, timed per step, against the measured
 time of one training step of the shakespeare_dense model (forward, backward and AdamW on
 this CPU), and a random-access case over a store larger than the loader's chunk cache,
-where nearly every sample costs a chunk read.
+where nearly every sample costs a chunk read. Parquet: the paragraphs repeated into one
+Parquet file of about `--size-mb` MB of text (row groups of 8192 rows), encoded the same
+three ways, so that the workers share a single file by row group.
 """
 
 from __future__ import annotations
@@ -65,6 +68,22 @@ def make_corpus(root: Path, copies: int) -> tuple[Path, int]:
         (corpus / f"part{c:03d}.jsonl").write_text("\n".join(lines) + "\n")
         size += sum(len(p.encode()) for p in paragraphs)
     return corpus, size
+
+
+def make_parquet(root: Path, size_mb: float) -> tuple[Path, int]:
+    """One Parquet file of the paragraphs repeated to about `size_mb` MB of text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paragraphs = [p + "\n" for p in TINYSHAKESPEARE.read_text().split("\n\n") if p.strip()]
+    one = sum(len(p.encode()) for p in paragraphs)
+    copies = max(1, round(size_mb * 1e6 / one))
+    path = root / "corpus.parquet"
+    column = pa.array(paragraphs, pa.string())
+    with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as w:
+        for _ in range(copies):  # one copy at a time: the corpus is never whole in memory
+            w.write_table(pa.table({"text": column}), row_group_size=8192)
+    return path, copies * one
 
 
 REPEATS = 3  # every time below is the best of 3: the least disturbed by other work
@@ -169,6 +188,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000, help="loader steps to time")
     ap.add_argument("--no-train-step", action="store_true",
                     help="compare with 12*65/13000 s instead of a measured training step")
+    ap.add_argument("--size-mb", type=float, default=64,
+                    help="megabytes of text in the Parquet corpus (0: no Parquet case)")
+    ap.add_argument("--parquet-only", action="store_true",
+                    help="time only the Parquet encoding (not JSON Lines or the loader)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="data_bench_"))
     try:
@@ -177,9 +200,26 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def parquet(root: Path, char: Path, size_mb: float) -> None:
+    corpus, size = make_parquet(root, size_mb)
+    print(f"\nParquet: {size / 1e6:.1f} MB of text in one file of "
+          f"{corpus.stat().st_size / 1e6:.1f} MB, char tokenizer, best of 3\n")
+    print("| encoding (whole `data prepare`) | 1 process | 2 processes (--workers 2) "
+          "| 2 MPI ranks (mpirun -n 2) |")
+    print("|---|---|---|---|")
+    times = time_encoders(char, corpus, root / "p.zarr")
+    cells = [f"{size / 1e6 / t:.2f} MB/s ({t:.1f} s)" for t in times.values()]
+    print("| Parquet, one file | " + " | ".join(cells) + " |")
+
+
 def run(root: Path, args: argparse.Namespace) -> None:
     text = TINYSHAKESPEARE
     char = train_tokenizer([text], root / "char", "char")
+    if args.parquet_only:
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+              f"load average at start {os.getloadavg()[0]:.1f}")
+        parquet(root, char, args.size_mb)
+        return
     bpe = train_tokenizer([text], root / "bpe", "bpe", 4000)
     corpus, size = make_corpus(root, args.copies)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -196,6 +236,8 @@ def run(root: Path, args: argparse.Namespace) -> None:
         cells = [f"{size / 1e6 / t:.2f} MB/s ({t:.1f} s)" for t in times.values()]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
+    if args.size_mb > 0:
+        parquet(root, char, args.size_mb)
     print(f"\nparallel capacity after encoding: {parallel_capacity():.2f} of 2 cores")
 
     store = prepare_store(char, [text], root / "shakespeare.zarr")

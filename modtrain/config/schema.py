@@ -110,8 +110,9 @@ class DataConfig:
     val_fraction: float = 0.1  # held-out tail of the token stream, for validation
     # Blend several stores (same tokenizer); when set, `store` is not used.
     stores: list[str] = field(default_factory=list)
-    # Sampling weight of each of `stores`; empty: in proportion to their sizes.
-    weights: list[float] = field(default_factory=list)
+    # Sampling weight of each of `stores`; empty: in proportion to their sizes. A schedule:
+    # [{until: STEP, weights: [...]}, ..., {weights: [...]}], each phase up to its step.
+    weights: list[float | dict] = field(default_factory=list)
     # Directory for the cached sample index; "": beside each store (STORE.zarr.index/).
     index_cache: str = ""
 

@@ -30,7 +30,7 @@ def _data_prepare(args: argparse.Namespace) -> None:
             args.tokenizer, args.input, args.out, overwrite=args.overwrite,
             workers=args.workers, input_format=args.format, jsonl_field=args.jsonl_field,
             slice_mb=args.slice_size, chunk_tokens=args.chunk_tokens,
-            shard_chunks=args.shard_chunks, progress=not args.quiet,
+            shard_chunks=args.shard_chunks, progress=not args.quiet, filter=args.filter,
         )
     except Interrupted as stop:
         end_line = "\n" if sys.stderr.isatty() else ""  # after the live progress line
@@ -97,7 +97,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="local encoding processes (default 1)")
     p.add_argument("--format", default=sources.AUTO, choices=list(sources.format_choices()),
                    help=f"input format; {sources.AUTO}: {sources.describe_detection()}")
-    p.add_argument("--jsonl-field", default="text", help="JSON field holding the text")
+    p.add_argument("--text-field", "--jsonl-field", dest="jsonl_field", default="text",
+                   metavar="NAME",
+                   help="JSON field or Parquet/Arrow column holding the text (default text)")
+    p.add_argument("--filter", metavar="'COLUMN OP VALUE'",
+                   help="keep only the records where it holds, e.g. 'lang==en' or "
+                        "'score>=3.5' (OP: == != >= <= > <)")
     p.add_argument("--slice-size", type=float, default=None, metavar="MB",
                    help="input megabytes per unit of work (default: the corpus over 4 per "
                         "worker, 1 to 64)")

@@ -6,9 +6,17 @@ block sits at "time" (k + 1/2) / c_d, and the block is all stores' samples sorte
 time (ties: lower store index first). So any prefix of the global order holds each store
 within one sample (per block) of its share, the order is a pure function of the
 weights, and each store's own samples follow its seeded sample index.
+
+A mixture schedule is several such blends one after another, each over a range of global
+samples (phases). A store's samples continue across a phase change where the previous
+phase left them, so the order is still a pure function of (schedule, global index) and a
+run resumed at any sample, before, at or after a change, reads what an uninterrupted run
+reads.
 """
 
 from __future__ import annotations
+
+import bisect
 
 import numpy as np
 
@@ -58,19 +66,61 @@ class BlendSchedule:
         return b * self.counts + np.bincount(self.store[:rest], minlength=len(self.counts))
 
 
-class BlendedSequences:
-    """Training samples drawn from several stores in proportion to weights."""
+Phases = list[tuple[int | None, list[float]]]  # (end in global samples or None: open, weights)
 
-    def __init__(self, parts: list[TrainSequences], weights: list[float]) -> None:
-        if len(parts) != len(weights):
-            raise ModtrainError(
-                f"data.weights has {len(weights)} entries for {len(parts)} stores; "
-                "give one weight per store"
-            )
+
+class PhasedSchedule:
+    """Global sample g -> (store d, that store's sample index) under weights that change:
+    phase k covers samples [ends[k-1], ends[k]); the last phase is open-ended."""
+
+    def __init__(self, phases: Phases, block: int = BLOCK) -> None:
+        ends = [e for e, _ in phases[:-1]]
+        if not phases or phases[-1][0] is not None or any(e is None for e in ends):
+            raise ModtrainError("data.weights schedule: every phase but the last needs 'until' "
+                                "and the last none; it holds the weights to the end")
+        if any(b <= a for a, b in zip([0, *ends], ends)):
+            raise ModtrainError(f"data.weights schedule: 'until' steps {ends} must increase "
+                                "and be positive")
+        self.ends = ends
+        self.starts = [0, *ends]
+        self.phases = [BlendSchedule(w, block) for _, w in phases]
+        before = [np.zeros(len(self.phases[0].counts), dtype=np.int64)]
+        for k in range(1, len(self.phases)):
+            span = self.starts[k] - self.starts[k - 1]
+            before.append(before[-1] + self.phases[k - 1].taken(span))
+        self.before = before
+
+    def _phase(self, g: int) -> int:
+        return bisect.bisect_right(self.ends, g)
+
+    def locate(self, g: int) -> tuple[int, int]:
+        k = self._phase(int(g))
+        d, i = self.phases[k].locate(int(g) - self.starts[k])
+        return d, int(self.before[k][d]) + i
+
+    def taken(self, n: int) -> np.ndarray:
+        k = self._phase(int(n)) if n > 0 else 0
+        return self.before[k] + self.phases[k].taken(int(n) - self.starts[k])
+
+
+class BlendedSequences:
+    """Training samples drawn from several stores in proportion to weights (or a schedule
+    of weights: `phases`, whose ends are in global samples)."""
+
+    def __init__(self, parts: list[TrainSequences], weights: list[float],
+                 phases: Phases | None = None) -> None:
+        for w in [weights] + [w for _, w in phases or []]:
+            if len(parts) != len(w):
+                raise ModtrainError(
+                    f"data.weights has {len(w)} entries for {len(parts)} stores; "
+                    "give one weight per store"
+                )
         self.parts = parts
         self.weights = [float(w) for w in weights]
-        self.schedule = BlendSchedule(self.weights)
-        self.fingerprint = fingerprint([p.fingerprint for p in parts] + self.weights)
+        self.schedule: BlendSchedule | PhasedSchedule = (
+            PhasedSchedule(phases) if phases else BlendSchedule(self.weights))
+        self.fingerprint = fingerprint([p.fingerprint for p in parts] + self.weights
+                                       + ([[e, list(w)] for e, w in phases] if phases else []))
 
     def __getitem__(self, global_index: int) -> np.ndarray:
         d, i = self.schedule.locate(global_index)

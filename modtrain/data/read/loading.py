@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modtrain.config import Config
-from modtrain.data.read.blend import BlendedSequences, block_counts
+from modtrain.data.read.blend import BlendedSequences, PhasedSchedule, block_counts
 from modtrain.data.read.dataset import (
     BatchLoader,
     TrainSequences,
@@ -25,15 +25,43 @@ class DataSources:
 
     stores: list[TokenStore]
     weights: list[float] | None = None
+    phases: list[tuple[int | None, list[float]]] | None = None  # a schedule; ends in steps
+
+
+def weight_phases(weights: list) -> list[tuple[int | None, list[float]]] | None:
+    """data.weights as a schedule [{until: STEP, weights: [...]}, ..., {weights: [...]}] ->
+    [(until, weights)], or None for plain weights [w, ...]."""
+    if not any(isinstance(w, dict) for w in weights):
+        if not all(isinstance(w, int | float) and not isinstance(w, bool) for w in weights):
+            raise ModtrainError(f"data.weights {weights!r} must be numbers, one per store, "
+                                "or a schedule [{until: STEP, weights: [...]}, ...]")
+        return None
+    phases = []
+    for w in weights:
+        if not isinstance(w, dict) or not set(w) <= {"until", "weights"} or "weights" not in w:
+            raise ModtrainError(f"data.weights schedule entry {w!r} is not {{until: STEP, "
+                                "weights: [w, ...]} (no 'until' in the last)")
+        until, ws = w.get("until"), w["weights"]
+        if until is not None and (not isinstance(until, int) or isinstance(until, bool)):
+            raise ModtrainError(f"data.weights schedule: until {until!r} must be a step number")
+        if not isinstance(ws, list) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in ws):
+            raise ModtrainError(f"data.weights schedule: weights {ws!r} must be a list of "
+                                "numbers, one per store")
+        phases.append((until, [float(x) for x in ws]))
+    return phases
 
 
 def store_paths(config: Config) -> list[str]:
     d = config.data
     if d.weights and not d.stores:
         raise ModtrainError("data.weights needs data.stores: list the stores to blend")
-    if d.stores and d.weights and len(d.weights) != len(d.stores):
+    phases = weight_phases(d.weights) or []
+    for ws in [w for _, w in phases] or ([d.weights] if d.stores and d.weights else []):
+        if len(ws) == len(d.stores):
+            continue
         raise ModtrainError(
-            f"data.weights has {len(d.weights)} entries for {len(d.stores)} data.stores; "
+            f"data.weights has {len(ws)} entries for {len(d.stores)} data.stores; "
             "give one weight per store"
         )
     return list(d.stores) if d.stores else [d.store]
@@ -46,6 +74,12 @@ def open_sources(config: Config) -> DataSources:
         return DataSources(stores)
     # no weights: each store in proportion to its size, as if concatenated
     sizes = [float(s.num_tokens) for s in stores]
+    phases = weight_phases(d.weights)
+    if phases:
+        for _, w in phases:
+            block_counts(w)
+        PhasedSchedule(phases)  # its ends are checked here, before training
+        return DataSources(stores, phases[-1][1], phases)
     weights = [float(w) for w in d.weights] if d.weights else sizes
     block_counts(weights)  # weights that cannot be honoured fail here, before training
     return DataSources(stores, weights)
@@ -72,18 +106,24 @@ def build_training_data(
                              dp_size)
         return loader, ValidationSequences(only, val_split, d.seq_length, val_total)
 
-    parts, vals = [], []
-    total_w = sum(sources.weights)
-    for i, (s, w) in enumerate(zip(sources.stores, sources.weights)):
+    parts, splits = [], []
+    for i, s in enumerate(sources.stores):
         train_split, val_split = train_val_split(s.num_tokens, d.val_fraction)
         parts.append(TrainSequences(s, train_split, d.seq_length, config.run.seed, stream=i,
                                     cache_dir=cache))
-        vals.append(ValidationSequences(s, val_split, d.seq_length,
-                                        max(1, round(val_total * w / total_w))))
-    blend = BlendedSequences(parts, sources.weights)
+        splits.append(val_split)
+    planned = t.steps * t.global_batch_size
+    phases = None if sources.phases is None else [
+        (None if e is None else e * t.global_batch_size, w) for e, w in sources.phases]
+    blend = BlendedSequences(parts, sources.weights, phases)
+    # validation: each store by its weight; under a schedule, by its share of the whole run
+    weights = sources.weights if phases is None else list(blend.proportions(planned))
+    total_w = sum(weights)
+    vals = [ValidationSequences(s, v, d.seq_length, max(1, round(val_total * w / total_w)))
+            for s, v, w in zip(sources.stores, splits, weights)]
     loader = BatchLoader(blend, t.global_batch_size, t.micro_batch(dp_size), dp_rank, dp_size)
     if dp_rank == 0:
-        (log or print)(describe_blend(blend, t.steps * t.global_batch_size))
+        (log or print)(describe_blend(blend, planned))
     return loader, ValidationSet(vals)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from modtrain.data.tokenizer import Tokenizer
+from modtrain.data.write.filters import Filter, parse_filter
 from modtrain.data.write.plan import Plan
 from modtrain.data.write.sources import FORMATS, InputFile, InputReader, Piece
 from modtrain.errors import ModtrainError
@@ -122,7 +123,7 @@ def _sub_blocks(text: str) -> list[str]:
 
 
 def _encode_one_document(tok: Tokenizer, w: PartWriter, reader: InputReader, f: InputFile,
-                         piece: Piece, field: str, report: Report) -> None:
+                         piece: Piece, field: str, report: Report, where: Filter | None) -> None:
     """A piece of a file that is one document: its texts are consecutive fragments."""
     blank = True
     for size, texts in reader.texts(f, piece, field):
@@ -142,7 +143,7 @@ def _encode_one_document(tok: Tokenizer, w: PartWriter, reader: InputReader, f: 
 
 
 def _encode_documents(tok: Tokenizer, w: PartWriter, reader: InputReader, f: InputFile,
-                      piece: Piece, field: str, report: Report) -> None:
+                      piece: Piece, field: str, report: Report, where: Filter | None) -> None:
     """A piece of a file of records: each text is a document, an empty one is skipped."""
     batch: list[str] = []
     chars = 0
@@ -153,7 +154,7 @@ def _encode_documents(tok: Tokenizer, w: PartWriter, reader: InputReader, f: Inp
         batch.clear()
         chars = 0
 
-    for size, texts in reader.texts(f, piece, field):
+    for size, texts in reader.texts(f, piece, field, where):
         before = w.count
         for text in texts:
             if not text.strip():
@@ -180,11 +181,12 @@ def encode_slice(build: Path, plan: Plan, index: int, report: Report | None = No
         )
     report = report or (lambda b, t: None)
     w = PartWriter(part_dir(build, index), plan.dtype, plan.eos_id)
+    where = parse_filter(plan.filter)
     for piece in plan.slices[index]:
         f = plan.files[piece.file]
         reader = FORMATS[f.kind]
         encode_piece = _encode_one_document if reader.whole_file_document else _encode_documents
-        encode_piece(tok, w, reader, f, piece, plan.jsonl_field, report)
+        encode_piece(tok, w, reader, f, piece, plan.jsonl_field, report, where)
     return w.close()
 
 

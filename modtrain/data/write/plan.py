@@ -16,6 +16,7 @@ import numpy as np
 from modtrain.data.format import CHUNK_TOKENS, FORMAT_VERSION, SHARD_CHUNKS, token_dtype
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.data.write import sources
+from modtrain.data.write.filters import parse_filter
 from modtrain.data.write.sources import InputFile, Piece
 from modtrain.errors import ModtrainError
 
@@ -37,12 +38,13 @@ class Plan:
     tokenizer_sha256: str
     vocab_size: int
     eos_id: int
-    jsonl_field: str
+    jsonl_field: str  # the text's JSON field or column (--text-field)
     slice_bytes: int
     chunk_tokens: int
     shard_chunks: int
     files: list[InputFile]
     slices: list[list[Piece]]
+    filter: str = ""  # --filter on the records: COLUMN OP VALUE, or "" for all
 
     @property
     def dtype(self) -> np.dtype:
@@ -66,6 +68,7 @@ class Plan:
             "slice_bytes": self.slice_bytes,
             "chunk_tokens": self.chunk_tokens,
             "shard_chunks": self.shard_chunks,
+            "filter": self.filter,
             **sources.to_json(self.files, self.slices),
         }
 
@@ -74,7 +77,8 @@ class Plan:
         files, slices = sources.from_json(data)
         keys = ("tokenizer", "tokenizer_sha256", "vocab_size", "eos_id", "jsonl_field",
                 "slice_bytes", "chunk_tokens", "shard_chunks")
-        return cls(**{k: data[k] for k in keys}, files=files, slices=slices)
+        return cls(**{k: data[k] for k in keys}, files=files, slices=slices,
+                   filter=data.get("filter", ""))  # plans written before --filter: none
 
     def same_work(self, other: Plan, any_slicing: bool = False) -> bool:
         """Same content to encode; the tokenizer may have moved, its hash may not change.
@@ -106,15 +110,22 @@ def make_plan(
     chunk_tokens: int = CHUNK_TOKENS,
     shard_chunks: int = SHARD_CHUNKS,
     workers: int = 1,
+    filter: str | None = None,
 ) -> Plan:
-    """`slice_mb` None: sized for `workers` processes (auto_slice_bytes)."""
+    """`slice_mb` None: sized for `workers` processes (auto_slice_bytes); `filter`: keep
+    only the records where COLUMN OP VALUE holds (see columnar.parse_filter)."""
     if slice_mb is not None and slice_mb <= 0:
         raise ModtrainError(f"--slice-size {slice_mb} must be positive (megabytes per slice)")
     if chunk_tokens < 1 or shard_chunks < 1:
         raise ModtrainError("--chunk-tokens and --shard-chunks must be at least 1")
     if not jsonl_field:
-        raise ModtrainError("--jsonl-field is empty; name the field that holds the text")
+        raise ModtrainError("--text-field is empty; name the field that holds the text")
+    parse_filter(filter)
     files = sources.expand_inputs(inputs, input_format)
+    whole = [f.path for f in files if sources.FORMATS[f.kind].whole_file_document]
+    if filter and whole:
+        raise ModtrainError(f"--filter selects records, but {whole[0]} is a text file (one "
+                            "document); drop --filter or pass only record formats")
     tokenizer = Tokenizer(tokenizer_path)
     slice_bytes = (auto_slice_bytes(sum(f.size for f in files), workers) if slice_mb is None
                    else max(1, int(slice_mb * 1e6)))
@@ -129,4 +140,5 @@ def make_plan(
         shard_chunks=shard_chunks,
         files=files,
         slices=sources.plan_slices(files, slice_bytes),
+        filter=filter or "",
     )

@@ -57,6 +57,7 @@ def prepare_store(
     chunk_tokens: int = CHUNK_TOKENS,
     shard_chunks: int = SHARD_CHUNKS,
     progress: bool = False,
+    filter: str | None = None,
 ) -> Path:
     """Encode `inputs` (files, directories, globs) into the store `out`; returns its path.
 
@@ -67,7 +68,7 @@ def prepare_store(
         raise ModtrainError(f"--workers {workers} must be at least 1")
     out = Path(out)
     settings = dict(input_format=input_format, jsonl_field=jsonl_field, slice_mb=slice_mb,
-                    chunk_tokens=chunk_tokens, shard_chunks=shard_chunks)
+                    chunk_tokens=chunk_tokens, shard_chunks=shard_chunks, filter=filter)
     comm = mpi_world()
     if comm is None:
         with _stop_on_signals():
@@ -97,6 +98,8 @@ def _attrs(plan: Plan) -> dict[str, Any]:
     }
     if any(FORMATS[f.kind].uses_field for f in plan.files):
         attrs["jsonl_field"] = plan.jsonl_field
+    if plan.filter:
+        attrs["filter"] = plan.filter
     return attrs
 
 

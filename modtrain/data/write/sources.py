@@ -1,8 +1,9 @@
-"""Input corpora: the registry of input formats, expansion of files/directories/globs, pieces.
+"""Input corpora: text and JSON Lines readers, expansion of files/directories/globs, slices.
 
-Each input format is one InputReader subclass decorated with @register, here and nowhere
-else: its name (for --format), the file names it claims under --format auto, how a file
-is cut into pieces and which texts a piece holds. Everything else derives from FORMATS:
+Each input format is one InputReader subclass (registry.py) decorated with @register, here or in
+columnar.py (Parquet, Arrow IPC), and nowhere else: its name (for --format), the file
+names it claims under --format auto, how a file is cut into pieces and which texts a
+piece holds. Everything else derives from FORMATS:
 the --format choices and help, detection by name, slicing, encoding, store attributes.
 
 A *text* file is one document. A *JSON Lines* file holds one document per line, in a
@@ -22,48 +23,27 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import BinaryIO
 
 from modtrain.errors import ModtrainError
 
-AUTO = "auto"  # --format auto: each file's format from its name
+from modtrain.data.write.filters import Filter
+from modtrain.data.write.registry import (  # noqa: F401 - the registry's names, used here too
+    AUTO,
+    FORMATS,
+    InputFile,
+    InputReader,
+    Piece,
+    register,
+)
+
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 BLOCK_BYTES = 1 << 20  # read and encode in line-aligned blocks of about this size
 _GZIP_MAGIC, _ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 
 
-@dataclass(frozen=True)
-class InputFile:
-    path: str
-    size: int
-    mtime_ns: int
-    kind: str  # the name of its format, a key of FORMATS
-    compression: str  # "none" | "gzip" | "zstd"
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Bytes [start, stop) of input `file`; compressed files are always whole."""
-
-    file: int
-    start: int
-    stop: int
-
-
-class InputReader:
-    """One input format: subclass, set the class attributes, define `texts`, add @register."""
-
-    name: ClassVar[str]  # --format NAME; stored as InputFile.kind
-    title: ClassVar[str]  # in help texts, e.g. "JSON Lines"
-    documents: ClassVar[str]  # what a document is, for help texts: "one document per line"
-    # Names (less .gz/.zst) this format claims under --format auto; the longest match wins
-    # and "" matches every name; () claims none: the format is used only with --format NAME.
-    suffixes: ClassVar[tuple[str, ...]] = ()
-    # True: the whole file is one document and `texts` yields consecutive fragments of it
-    # (an empty file is an error, an overlong line may be cut); False: each text is a
-    # document (an empty one is skipped and counted) and a line is never cut.
-    whole_file_document: ClassVar[bool] = False
-    uses_field: ClassVar[bool] = False  # the text is the record field --jsonl-field
+class LineReader(InputReader):
+    """A format of lines (text, JSON Lines): cut at line starts."""
 
     def pieces(self, index: int, f: InputFile, slice_bytes: int) -> list[Piece]:
         """Input file `index` cut into pieces of about `slice_bytes`, encoded independently.
@@ -79,47 +59,34 @@ class InputReader:
             start = stop
         return pieces
 
-    def texts(self, f: InputFile, piece: Piece, field: str) -> Iterator[tuple[int, Iterable[str]]]:
-        """For each block of the piece read in turn: (its size in bytes, its texts)."""
-        raise NotImplementedError
-
-
-FORMATS: dict[str, InputReader] = {}  # name -> reader, in registration order
-
-
-def register(cls: type[InputReader]) -> type[InputReader]:
-    """Class decorator: make an input format known to `modtrain data prepare`."""
-    if cls.name in FORMATS or cls.name == AUTO:
-        raise ValueError(f"input format {cls.name!r} is already taken")
-    FORMATS[cls.name] = cls()
-    return cls
-
 
 @register
-class TextReader(InputReader):
+class TextReader(LineReader):
     name = "text"
     title = "text"
     documents = "one document per file"
     suffixes = ("",)
     whole_file_document = True
 
-    def texts(self, f: InputFile, piece: Piece, field: str) -> Iterator[tuple[int, list[str]]]:
+    def texts(self, f: InputFile, piece: Piece, field: str,
+              where: Filter | None = None) -> Iterator[tuple[int, list[str]]]:
         for block in line_blocks(f, piece):
             yield len(block), [decode_utf8(block, f)]
 
 
 @register
-class JsonLinesReader(InputReader):
+class JsonLinesReader(LineReader):
     name = "jsonl"
     title = "JSON Lines"
     documents = "one document per line"
     suffixes = (".jsonl", ".ndjson", ".json")
     uses_field = True
 
-    def texts(self, f: InputFile, piece: Piece, field: str) -> Iterator[tuple[int, Iterator[str]]]:
+    def texts(self, f: InputFile, piece: Piece, field: str,
+              where: Filter | None = None) -> Iterator[tuple[int, Iterator[str]]]:
         offset = piece.start if f.compression == "none" else 0
         for block in line_blocks(f, piece):
-            yield len(block), jsonl_texts(block, f, field, offset)
+            yield len(block), jsonl_texts(block, f, field, offset, where)
             offset += len(block)
 
 
@@ -171,6 +138,15 @@ def _expand_one(pattern: str) -> list[Path]:
     path = Path(pattern)
     if path.is_file():
         return [path]
+    from modtrain.data.write.columnar import saved_dataset_files
+
+    saved = saved_dataset_files(path) if path.is_dir() else None
+    if saved is not None:
+        missing = [p for p in saved if not p.is_file()]
+        if missing or not saved:
+            raise ModtrainError(f"saved dataset {path} lacks its data file "
+                                f"{missing[0] if missing else 'data-*.arrow'}; save it again")
+        return saved
     if path.is_dir():
         files = [
             p for p in path.rglob("*")
@@ -335,8 +311,10 @@ def decode_utf8(data: bytes, f: InputFile) -> str:
         ) from None
 
 
-def jsonl_texts(block: bytes, f: InputFile, field: str, offset: int) -> Iterator[str]:
-    """The `field` strings of the JSON lines in `block`, which starts at byte `offset`."""
+def jsonl_texts(block: bytes, f: InputFile, field: str, offset: int,
+                where: Filter | None = None) -> Iterator[str]:
+    """The `field` strings of the JSON lines in `block`, which starts at byte `offset`,
+    of the records that `where` keeps."""
     text = decode_utf8(block, f)
     for n, line in enumerate(text.split("\n")):
         if not line.strip():
@@ -353,7 +331,8 @@ def jsonl_texts(block: bytes, f: InputFile, field: str, offset: int) -> Iterator
         if not isinstance(value, str):
             raise _bad_line(f, offset, block, n, f"holds {type(value).__name__} in field "
                             f"{field!r}, not a string")
-        yield value
+        if where is None or where.keep([record.get(where.column)])[0]:
+            yield value
 
 
 def _bad_line(f: InputFile, offset: int, block: bytes, n: int, problem: str) -> ModtrainError:
@@ -372,3 +351,8 @@ def from_json(data: dict) -> tuple[list[InputFile], list[list[Piece]]]:
     files = [InputFile(**f) for f in data["files"]]
     slices = [[Piece(*p) for p in s] for s in data["slices"]]
     return files, slices
+
+
+# The columnar formats (Parquet, Arrow IPC) register after the line-based ones: every
+# format is in FORMATS once this module is imported.
+from modtrain.data.write import columnar  # noqa: E402, F401

@@ -123,3 +123,64 @@ def test_loader_state_names_the_epoch(char_store):
         loader.next_step()
     assert loader.state_dict()["epoch"] == 1
     assert loader.state_dict()["consumed_samples"] == steps * 6
+
+
+def test_each_phase_of_a_schedule_holds_its_weights_and_stores_continue():
+    from modtrain.data.read.blend import PhasedSchedule
+
+    phases = [(40_000, [0.7, 0.3]), (90_000, [0.2, 0.8]), (None, [0.5, 0.5])]
+    schedule = PhasedSchedule(phases)
+    seen: list[list[int]] = [[], []]
+    for start, (end, w) in zip([0, 40_000, 90_000], phases):
+        stores = [schedule.locate(g) for g in range(start, end or 120_000)]
+        n = len(stores)
+        for d, store_w in enumerate(w):
+            count = sum(1 for s, _ in stores if s == d)
+            p = store_w / sum(w)
+            assert abs(count - n * p) <= 4 * (n * p * (1 - p)) ** 0.5, (start, d, count)
+        for d, i in stores:
+            seen[d].append(i)
+    # across the changes each store's samples go on where they stopped: none skipped or reused
+    assert all(s == list(range(len(s))) for s in seen)
+    assert list(schedule.taken(120_000)) == [len(s) for s in seen]
+    assert list(schedule.taken(40_000)) == list(BlendSchedule([0.7, 0.3]).taken(40_000))
+
+
+def test_resume_across_a_change_of_weights_is_exact(tmp_path, char_store, second_store,
+                                                   char_tokenizer):
+    schedule = "data.weights=[{until: 10, weights: [0.9, 0.1]}, {weights: [0.1, 0.9]}]"
+    config = _config(tmp_path, f"data.stores=[{char_store},{second_store}]", schedule,
+                     f"data.tokenizer={char_tokenizer}")
+    loader, _ = build_training_data(config, check_inputs(config), 0, 1, log=lambda s: None)
+    for _ in range(8):
+        loader.next_step()
+    state = loader.state_dict()
+    resumed, _ = build_training_data(config, check_inputs(config), 0, 1, log=lambda s: None)
+    resumed.load_state_dict(state)
+    fresh, _ = build_training_data(config, check_inputs(config), 0, 1, log=lambda s: None)
+    for _ in range(8):
+        fresh.next_step()
+    for _ in range(5):  # steps 9-13: the weights change after step 10
+        assert all(np.array_equal(a, b) for a, b in zip(resumed.next_step(), fresh.next_step()))
+    blend = fresh.sequences
+    assert [blend.schedule.locate(g)[0] for g in range(60)].count(0) == 54  # 0.9 of 60
+    assert [blend.schedule.locate(g)[0] for g in range(60, 120)].count(1) == 54
+    plain = _config(tmp_path, f"data.stores=[{char_store},{second_store}]",
+                    "data.weights=[0.9, 0.1]", f"data.tokenizer={char_tokenizer}")
+    assert blend.fingerprint != build_training_data(
+        plain, check_inputs(plain), 0, 1, log=lambda s: None)[0].sequences.fingerprint
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("[{until: 10, weights: [1, 1]}]", "every phase but the last needs 'until'"),
+    ("[{until: 10, weights: [1, 1]}, {until: 5, weights: [1, 1]}, {weights: [1, 1]}]",
+     "must increase"),
+    ("[{until: 10, weights: [1]}, {weights: [1, 1]}]", "has 1 entries for 2"),
+    ("[{until: 10, mix: [1, 1]}, {weights: [1, 1]}]", "is not {until: STEP"),
+])
+def test_bad_schedules_are_one_line_errors(tmp_path, char_store, second_store, char_tokenizer,
+                                           weights, message):
+    config = _config(tmp_path, f"data.stores=[{char_store},{second_store}]",
+                     f"data.weights={weights}", f"data.tokenizer={char_tokenizer}")
+    with pytest.raises(ModtrainError, match=message):
+        check_inputs(config)
