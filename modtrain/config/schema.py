@@ -147,6 +147,9 @@ class TrainConfig:
     zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3 (pipeline: 0 or 1)
     # Compile each decoder block with torch.compile (Inductor); docs/benchmarks_training.md.
     compile: bool = False
+    # Compute the loss this many tokens at a time so the fp32 [tokens, vocab] logits never
+    # exist whole (0: all at once). Tensor parallelism keeps the vocabulary-parallel loss.
+    loss_chunk_tokens: int = 0
     # Optional DeepSpeed JSON (e.g. launch/ds_zero2.json) merged over the derived config.
     deepspeed_config: str | None = None
 
@@ -340,6 +343,9 @@ class Config:
             raise ModtrainError(f"train.precision={t.precision!r}; use fp32, bf16 or fp16")
         if t.zero_stage not in (0, 1, 2, 3):
             raise ModtrainError(f"train.zero_stage={t.zero_stage}; use 0, 1, 2 or 3")
+        if t.loss_chunk_tokens < 0:
+            raise ModtrainError(f"train.loss_chunk_tokens={t.loss_chunk_tokens}; use 0 (the "
+                                "whole loss at once) or a positive number of tokens")
         for name in ("steps", "global_batch_size", "log_interval", "eval_interval",
                      "save_interval"):
             if getattr(t, name) <= 0:
