@@ -7,6 +7,7 @@ layers, data parallelism and ZeRO in DeepSpeed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -45,11 +46,13 @@ class GPTOutput:
 
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig, seed: int = 0, tensor: TensorSlice | None = None,
-                 expert: ExpertSlice | None = None, loss_chunk_tokens: int = 0) -> None:
+                 expert: ExpertSlice | None = None, loss_chunk_tokens: int = 0,
+                 recompute_layers: Sequence[int] = ()) -> None:
         """`tensor`: this process's tensor-parallel slice (rank 0 of 1 by default); it must
         match the tensor-parallel group megatron-core's layers were built in. `expert`: its
         expert-parallel slice (model.moe; all experts by default). `loss_chunk_tokens`:
-        compute the loss this many tokens at a time (train.loss_chunk_tokens; 0: whole)."""
+        compute the loss this many tokens at a time (train.loss_chunk_tokens; 0: whole).
+        `recompute_layers`: blocks that recompute their activations in backward."""
         super().__init__()
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
@@ -62,6 +65,8 @@ class GPT(nn.Module):
         self.embedding = build_embedding(config, tc)
         self.blocks = nn.ModuleList(build_block(config, tc, i, expert)
                                     for i in range(config.num_layers))
+        for i in recompute_layers:
+            self.blocks[i].recompute = True
         self.final_norm = build_final_norm(config, tc)
         self.output_layer = build_output_layer(config, tc, tied=config.tie_embeddings)
         # megatron-core's parallel linears add `_extra_state` entries that are always None

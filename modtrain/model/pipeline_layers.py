@@ -81,10 +81,11 @@ def tied_head_input(module: EmbeddingLayer,
 class BlockLayer(nn.Module):
     """One decoder block; accumulates its routing statistics between `pop_stats` calls."""
 
-    def __init__(self, config: ModelConfig, index: int) -> None:
+    def __init__(self, config: ModelConfig, index: int, recompute: bool = False) -> None:
         super().__init__()
         tc = transformer_config(config)
         self.block = build_block(config, tc, index)
+        self.block.recompute = recompute
         self.index = index
         head_dim = config.hidden_size // config.num_heads
         self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base)

@@ -106,7 +106,8 @@ def pipeline_layer_specs(config: Config, tensor: TensorSlice) -> list:
     else:
         first = LayerSpec(EmbeddingLayer, m)
         last = LayerSpec(OutputLayer, m, tensor, chunked)
-    blocks = [LayerSpec(BlockLayer, m, i) for i in range(m.num_layers)]
+    recompute = set(config.train.recompute_layer_ids(m.num_layers))
+    blocks = [LayerSpec(BlockLayer, m, i, i in recompute) for i in range(m.num_layers)]
     return [first, *blocks, LayerSpec(FinalNormLayer, m), last]
 
 
