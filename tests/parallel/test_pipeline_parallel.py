@@ -39,7 +39,8 @@ MODEL = ["model.vocab_size=67", "model.num_layers=4", "model.hidden_size=32",
     # The last stage hands (hidden, head weight) to the chunked loss (tied and untied head).
     (False, ["train.loss_chunk_tokens=24"]),
     (False, ["train.loss_chunk_tokens=24", "model.tie_embeddings=false"]),
-], ids=["mod", "dense", "chunked-loss-tied", "chunked-loss-untied"])
+    (True, ["train.recompute=full"]),  # each stage's blocks recompute in backward
+], ids=["mod", "dense", "chunked-loss-tied", "chunked-loss-untied", "mod-recompute"])
 def test_pp2_step_matches_one_process(tmp_path, dist, mod, extra):
     overrides = [*MODEL, f"model.mod.enabled={str(mod).lower()}", *extra]
     proc = subprocess.run(
