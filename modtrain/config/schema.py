@@ -158,8 +158,30 @@ class TrainConfig:
     zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3 (pipeline: 0 or 1)
     # Compile each decoder block with torch.compile (Inductor); docs/benchmarks_training.md.
     compile: bool = False
+    # Compute the loss this many tokens at a time so the fp32 [tokens, vocab] logits never
+    # exist whole (0: all at once). Tensor parallelism keeps the vocabulary-parallel loss.
+    loss_chunk_tokens: int = 0
+    # none | full: recompute each chosen block's attention and MLP in backward instead of
+    # keeping their activations (a routed block recomputes its k routed tokens only).
+    recompute: str = "none"
+    recompute_layers: str | list[int] = "all"  # with recompute: all | every_N | [0-based ids]
     # Optional DeepSpeed JSON (e.g. launch/ds_zero2.json) merged over the derived config.
     deepspeed_config: str | None = None
+
+    def recompute_layer_ids(self, num_layers: int) -> list[int]:
+        """The blocks that recompute (train.recompute, train.recompute_layers)."""
+        if self.recompute == "none":
+            return []
+        layers = self.recompute_layers
+        if isinstance(layers, list):
+            return sorted(set(layers))
+        if layers == "all":
+            return list(range(num_layers))
+        step = layers.removeprefix("every_")
+        if not (layers.startswith("every_") and step.isdigit() and int(step) > 0):
+            raise ModtrainError(f"train.recompute_layers={layers!r}; use all, every_N (N >= 1, "
+                                "blocks 0, N, 2N, ...) or a list of block indices")
+        return list(range(0, num_layers, int(step)))
 
     def micro_batch(self, data_parallel_size: int) -> int:
         """The micro-batch on `data_parallel_size` ranks (micro_batch_size, or derived)."""
@@ -358,6 +380,15 @@ class Config:
             raise ModtrainError(f"train.precision={t.precision!r}; use fp32, bf16 or fp16")
         if t.zero_stage not in (0, 1, 2, 3):
             raise ModtrainError(f"train.zero_stage={t.zero_stage}; use 0, 1, 2 or 3")
+        if t.recompute not in ("none", "full"):
+            raise ModtrainError(f"train.recompute={t.recompute!r}; use none or full")
+        for i in t.recompute_layer_ids(m.num_layers):
+            if not 0 <= i < m.num_layers:
+                raise ModtrainError(f"train.recompute_layers contains {i}, but the model has "
+                                    f"{m.num_layers} layers (0..{m.num_layers - 1})")
+        if t.loss_chunk_tokens < 0:
+            raise ModtrainError(f"train.loss_chunk_tokens={t.loss_chunk_tokens}; use 0 (the "
+                                "whole loss at once) or a positive number of tokens")
         for name in ("steps", "global_batch_size", "log_interval", "eval_interval",
                      "save_interval"):
             if getattr(t, name) <= 0:

@@ -18,6 +18,7 @@ from modtrain.model.attention import self_attention
 from modtrain.model.experts import ExpertMLP, ExpertSlice
 from modtrain.model.layer_spec import decoder_layer_spec, expert_mlp_spec
 from modtrain.model.mlp import is_plain_swiglu, swiglu
+from modtrain.model.recompute import recomputed
 from modtrain.model.rope import Rope
 from modtrain.model.router import MoDRouter, membership, tokens_per_row, topk_indices
 
@@ -55,6 +56,7 @@ def expert_outputs(layer: TransformerLayer) -> tuple[torch.Tensor | None, BlockS
 
 class DenseBlock(nn.Module):
     routed = False
+    recompute = False  # recompute attention and MLP in backward (model/recompute.py)
 
     def __init__(self, layer: TransformerLayer) -> None:
         super().__init__()
@@ -65,7 +67,7 @@ class DenseBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
         # (x + attn) + mlp: the residual stream as a plain pre-norm layer adds it, one add
         # fewer than x + f(x) (forward and backward); equal up to rounding.
-        _, mid, mlp = _attention_and_mlp(self.layer, x, rope)
+        _, mid, mlp = recomputed(self.recompute, _attention_and_mlp, self.layer, x, rope)
         return (mid + mlp, *expert_outputs(self.layer))
 
 
@@ -73,6 +75,7 @@ class RoutedBlock(nn.Module):
     """A MoD block: only the routed tokens enter attention (as queries and keys) and MLP."""
 
     routed = True
+    recompute = False  # recompute f on the k routed tokens in backward; the routing stays
 
     def __init__(
         self, layer: TransformerLayer, config: MoDConfig, hidden_size: int, init_std: float
@@ -91,7 +94,7 @@ class RoutedBlock(nn.Module):
         gather_index = index.unsqueeze(-1).expand(-1, -1, hidden)
         x_sel = x.gather(0, gather_index)
         r_sel = logits.gather(0, index).unsqueeze(-1)  # fp32
-        delta = block_delta(self.layer, x_sel, rope.gather(index))
+        delta = recomputed(self.recompute, block_delta, self.layer, x_sel, rope.gather(index))
         # r stays fp32 for the product; only the scaled delta is cast to the stream's dtype.
         return x.scatter(0, gather_index, x_sel + (r_sel * delta).to(x.dtype))
 

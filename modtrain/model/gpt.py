@@ -7,11 +7,10 @@ layers, data parallelism and ZeRO in DeepSpeed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from megatron.core import tensor_parallel
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
@@ -20,6 +19,7 @@ from modtrain.model.embedding_and_head import build_embedding, build_final_norm,
 from modtrain.model.experts import ExpertSlice
 from modtrain.model.init import initialize_parameters
 from modtrain.model.layer_spec import transformer_config
+from modtrain.model.loss import chunked_lm_loss, lm_loss, mask_padded_vocab
 from modtrain.model.rope import Rope
 from modtrain.model.tensor_split import TensorSlice
 
@@ -36,24 +36,6 @@ def _fill_extra_state(module, state_dict, prefix, *args) -> None:
         state_dict.setdefault(prefix + key, None)
 
 
-def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, vocab_start: int) -> torch.Tensor:
-    """-inf for padded vocabulary ids in this rank's vocabulary shard ([..., V/tp] logits)."""
-    shard = logits.shape[-1]
-    if vocab_start + shard <= vocab_size:
-        return logits
-    ids = torch.arange(vocab_start, vocab_start + shard, device=logits.device)
-    return logits.masked_fill(ids >= vocab_size, float("-inf"))
-
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, tensor_size: int = 1) -> torch.Tensor:
-    """Mean cross-entropy; logits [S, B, V/tp] (vocabulary-parallel), labels [B, S]."""
-    labels = labels.transpose(0, 1)
-    if tensor_size == 1:  # the whole vocabulary here: torch's fused kernel, no collectives
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
-    per_token = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.contiguous())
-    return per_token.mean()
-
-
 @dataclass
 class GPTOutput:
     loss: torch.Tensor | None  # language-model loss + routing aux losses (what is optimised)
@@ -64,20 +46,27 @@ class GPTOutput:
 
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig, seed: int = 0, tensor: TensorSlice | None = None,
-                 expert: ExpertSlice | None = None) -> None:
+                 expert: ExpertSlice | None = None, loss_chunk_tokens: int = 0,
+                 recompute_layers: Sequence[int] = ()) -> None:
         """`tensor`: this process's tensor-parallel slice (rank 0 of 1 by default); it must
         match the tensor-parallel group megatron-core's layers were built in. `expert`: its
-        expert-parallel slice (model.moe; all experts by default)."""
+        expert-parallel slice (model.moe; all experts by default). `loss_chunk_tokens`:
+        compute the loss this many tokens at a time (train.loss_chunk_tokens; 0: whole).
+        `recompute_layers`: blocks that recompute their activations in backward."""
         super().__init__()
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
         self.config = config
         self.tensor_size = (tensor or TensorSlice()).size
+        # Under tensor parallelism the vocabulary-parallel loss stays (its logits are a shard).
+        self.loss_chunk_tokens = loss_chunk_tokens if self.tensor_size == 1 else 0
         tc = transformer_config(config)
         self.transformer_config = tc
         self.embedding = build_embedding(config, tc)
         self.blocks = nn.ModuleList(build_block(config, tc, i, expert)
                                     for i in range(config.num_layers))
+        for i in recompute_layers:
+            self.blocks[i].recompute = True
         self.final_norm = build_final_norm(config, tc)
         self.output_layer = build_output_layer(config, tc, tied=config.tie_embeddings)
         # megatron-core's parallel linears add `_extra_state` entries that are always None
@@ -119,10 +108,17 @@ class GPT(nn.Module):
                 stats[f"{name}/layer{i}"] = value
         x = self.final_norm(x)
         weight = self.embedding.weight if self.config.tie_embeddings else None
-        logits, _ = self.output_layer(x, weight=weight)  # [S, B, V/tp]
-        logits = mask_padded_vocab(logits, self.config.vocab_size, self.embedding.vocab_start_index)
         if labels is None:
-            return GPTOutput(None, None, logits.transpose(0, 1), stats)
-        lm = lm_loss(logits, labels, self.tensor_size)
+            return GPTOutput(None, None, self._logits(x, weight).transpose(0, 1), stats)
+        if self.loss_chunk_tokens:
+            head = self.output_layer.weight if weight is None else weight
+            lm = chunked_lm_loss(x, head, labels, self.config.vocab_size, self.loss_chunk_tokens)
+        else:
+            lm = lm_loss(self._logits(x, weight), labels, self.tensor_size)
         loss = lm if aux_total is None else lm + aux_total
         return GPTOutput(loss, lm, None, stats)
+
+    def _logits(self, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """[S, B, V/tp] logits of the final hidden states, padded vocabulary ids -inf."""
+        logits, _ = self.output_layer(x, weight=weight)
+        return mask_padded_vocab(logits, self.config.vocab_size, self.embedding.vocab_start_index)

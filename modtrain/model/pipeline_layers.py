@@ -22,8 +22,8 @@ from modtrain.model.embedding_and_head import (
     build_final_norm,
     build_output_layer,
 )
-from modtrain.model.gpt import mask_padded_vocab
 from modtrain.model.layer_spec import transformer_config
+from modtrain.model.loss import mask_padded_vocab
 from modtrain.model.rope import Rope
 from modtrain.model.tensor_split import TensorSlice
 
@@ -74,13 +74,20 @@ def tied_head(module: EmbeddingLayer, hidden: torch.Tensor) -> torch.Tensor:
     return module.project(hidden)
 
 
+def tied_head_input(module: EmbeddingLayer,
+                    hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked loss's input (hidden, head weight): the loss projects a chunk at a time."""
+    return hidden, module.embedding.weight
+
+
 class BlockLayer(nn.Module):
     """One decoder block; accumulates its routing statistics between `pop_stats` calls."""
 
-    def __init__(self, config: ModelConfig, index: int) -> None:
+    def __init__(self, config: ModelConfig, index: int, recompute: bool = False) -> None:
         super().__init__()
         tc = transformer_config(config)
         self.block = build_block(config, tc, index)
+        self.block.recompute = recompute
         self.index = index
         head_dim = config.hidden_size // config.num_heads
         self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base)
@@ -123,17 +130,22 @@ class FinalNormLayer(nn.Module):
 
 
 class OutputLayer(nn.Module):
-    """Untied output projection (last stage); `tensor` says which vocabulary shard it holds."""
+    """Untied output projection (last stage); `tensor` says which vocabulary shard it holds.
+    With `chunked`, it returns (hidden, weight) for the chunked loss to project."""
 
-    def __init__(self, config: ModelConfig, tensor: TensorSlice | None = None) -> None:
+    def __init__(self, config: ModelConfig, tensor: TensorSlice | None = None,
+                 chunked: bool = False) -> None:
         super().__init__()
+        self.chunked = chunked
         tc = transformer_config(config)
         self.config = config
         self.output_layer = build_output_layer(config, tc, tied=False)
         tensor = tensor or TensorSlice()
         self.vocab_start = config.padded_vocab_size // tensor.size * tensor.rank
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.chunked:
+            return hidden, self.output_layer.weight
         logits, _ = self.output_layer(hidden)
         return mask_padded_vocab(logits, self.config.vocab_size, self.vocab_start)
 

@@ -4,12 +4,15 @@ analytic FLOPs (the layers themselves are `model/pipeline_layers.py`)."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 from modtrain.config import Config
 from modtrain.model.flops import head_flops, layer_flops
-from modtrain.model.gpt import lm_loss
 from modtrain.model.init import initialize_parameters
+from modtrain.model.loss import chunked_lm_loss, lm_loss
 from modtrain.model.param_layout import gpt_name
 from modtrain.model.pipeline_layers import (
     BlockLayer,
@@ -17,6 +20,7 @@ from modtrain.model.pipeline_layers import (
     FinalNormLayer,
     OutputLayer,
     tied_head,
+    tied_head_input,
 )
 from modtrain.model.tensor_split import TensorSlice
 from modtrain.parallel.distributed import Topology
@@ -67,19 +71,43 @@ def format_stage_costs(table: list[StageCost]) -> str:
     return "\n".join(lines)
 
 
+def chunks_loss(config: Config, tensor: TensorSlice) -> bool:
+    """Whether the last stage hands (hidden, weight) to the chunked loss instead of logits;
+    under tensor parallelism the vocabulary-parallel loss over logits stays."""
+    return config.train.loss_chunk_tokens > 0 and tensor.size == 1
+
+
+def chunked_stage_loss(outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
+                       vocab_size: int, chunk_tokens: int) -> torch.Tensor:
+    hidden, weight = outputs
+    return chunked_lm_loss(hidden, weight, labels, vocab_size, chunk_tokens)
+
+
+def stage_loss_fn(config: Config, tensor: TensorSlice) -> Callable:
+    """The last stage's loss: `GPT`'s, over what the last layer returns."""
+    if chunks_loss(config, tensor):
+        return functools.partial(chunked_stage_loss, vocab_size=config.model.vocab_size,
+                                 chunk_tokens=config.train.loss_chunk_tokens)
+    # The last stage's logits are this rank's vocabulary shard under tensor parallelism.
+    return functools.partial(lm_loss, tensor_size=tensor.size)
+
+
 def pipeline_layer_specs(config: Config, tensor: TensorSlice) -> list:
     """DeepSpeed LayerSpecs: embedding, blocks 0..L-1, final norm, output projection."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
     m = config.model
+    chunked = chunks_loss(config, tensor)
     if m.tie_embeddings:
         first = TiedLayerSpec("embed", EmbeddingLayer, m, tied_weight_attr="weight")
-        last = TiedLayerSpec("embed", EmbeddingLayer, m, forward_fn=tied_head,
+        last = TiedLayerSpec("embed", EmbeddingLayer, m,
+                             forward_fn=tied_head_input if chunked else tied_head,
                              tied_weight_attr="weight")
     else:
         first = LayerSpec(EmbeddingLayer, m)
-        last = LayerSpec(OutputLayer, m, tensor)
-    blocks = [LayerSpec(BlockLayer, m, i) for i in range(m.num_layers)]
+        last = LayerSpec(OutputLayer, m, tensor, chunked)
+    recompute = set(config.train.recompute_layer_ids(m.num_layers))
+    blocks = [LayerSpec(BlockLayer, m, i, i in recompute) for i in range(m.num_layers)]
     return [first, *blocks, LayerSpec(FinalNormLayer, m), last]
 
 
@@ -105,8 +133,7 @@ def build_pipeline(config: Config, topo: Topology):
     )
     pipe = CostBalancedPipeline(
         layers=pipeline_layer_specs(config, tensor), topology=topology,
-        # The last stage's logits are this rank's vocabulary shard under tensor parallelism.
-        loss_fn=functools.partial(lm_loss, tensor_size=tensor.size),
+        loss_fn=stage_loss_fn(config, tensor),
         partition_method="cost",
     )
     initialize_parameters(

@@ -78,7 +78,8 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
     else:
         model = GPT(config.model, seed=config.run.seed,
                     tensor=TensorSlice(topo.tensor_rank, topo.tensor),
-                    expert=expert_slice(config, topo))
+                    expert=expert_slice(config, topo), loss_chunk_tokens=t.loss_chunk_tokens,
+                    recompute_layers=t.recompute_layer_ids(config.model.num_layers))
         mpu = MegatronMPU(topo)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)
@@ -99,6 +100,10 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         # ZeRO-3 gathers a parameter only inside its own module's forward; the tied output
         # projection reads the embedding weight from another module.
         deepspeed.zero.register_external_parameter(model.output_layer, model.embedding.weight)
+    if t.zero_stage == 3 and model.loss_chunk_tokens:
+        # The chunked loss reads the head weight outside the output layer's forward.
+        head = model.embedding if config.model.tie_embeddings else model.output_layer
+        deepspeed.zero.register_external_parameter(model, head.weight)
     clipper = (GradientClipper(model, t.grad_clip, topo.groups.tensor)
                if modtrain_clips(config) else None)
     return engine, optimizer, EngineStep(engine, optimizer, clipper, build_detector(t))

@@ -119,3 +119,23 @@ def test_expert_configs_are_the_dense_model_with_experts():
         assert config.model.mod.enabled is mod and config.model.moe.noop_experts == noop
         assert (config.model.hidden_size, config.model.num_layers) == (128, 4)
         assert config.train == dense.train and config.data == dense.data
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.loss_chunk_tokens=-1"], "train.loss_chunk_tokens=-1; use 0"),
+    (["train.recompute=selective"], "train.recompute='selective'; use none or full"),
+    (["train.recompute=full", "train.recompute_layers=every_0"],
+     "train.recompute_layers='every_0'; use all, every_N"),
+    (["train.recompute=full", "train.recompute_layers=[7]"],
+     "train.recompute_layers contains 7, but the model has 4 layers"),
+])
+def test_bad_memory_settings_are_refused(overrides, message):
+    with pytest.raises(ModtrainError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
+def test_recompute_layers_from_the_command_line():
+    config = load_config(None, ["train.recompute=full", "train.recompute_layers=[3,1]"])
+    assert config.train.recompute_layer_ids(config.model.num_layers) == [1, 3]
+    config = load_config(None, ["train.recompute=full", "train.recompute_layers=every_2"])
+    assert config.train.recompute_layer_ids(config.model.num_layers) == [0, 2]

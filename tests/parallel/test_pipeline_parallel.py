@@ -34,9 +34,15 @@ MODEL = ["model.vocab_size=67", "model.num_layers=4", "model.hidden_size=32",
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mod", [True, False], ids=["mod", "dense"])
-def test_pp2_step_matches_one_process(tmp_path, dist, mod):
-    overrides = [*MODEL, f"model.mod.enabled={str(mod).lower()}"]
+@pytest.mark.parametrize("mod,extra", [
+    (True, []), (False, []),
+    # The last stage hands (hidden, head weight) to the chunked loss (tied and untied head).
+    (False, ["train.loss_chunk_tokens=24"]),
+    (False, ["train.loss_chunk_tokens=24", "model.tie_embeddings=false"]),
+    (True, ["train.recompute=full"]),  # each stage's blocks recompute in backward
+], ids=["mod", "dense", "chunked-loss-tied", "chunked-loss-untied", "mod-recompute"])
+def test_pp2_step_matches_one_process(tmp_path, dist, mod, extra):
+    overrides = [*MODEL, f"model.mod.enabled={str(mod).lower()}", *extra]
     proc = subprocess.run(
         [*deepspeed_launcher(), "--module", "tests.parallel.pp_step_worker", str(tmp_path),
          *overrides, "parallel.pipeline=2"],

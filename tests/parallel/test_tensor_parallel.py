@@ -33,9 +33,15 @@ MODEL = ["model.vocab_size=67", "model.vocab_multiple=2", "model.num_layers=4",
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mod", [True, False], ids=["mod", "dense"])
-def test_tp2_step_matches_one_process(tmp_path, dist, mod):
-    overrides = [*MODEL, f"model.mod.enabled={str(mod).lower()}", "model.mod.capacity=0.25"]
+@pytest.mark.parametrize("mod,extra", [
+    (True, []), (False, []),
+    # Recomputed blocks rerun their tensor-parallel collectives in backward; the chunk
+    # setting leaves the vocabulary-parallel loss in place.
+    (True, ["train.recompute=full", "train.loss_chunk_tokens=16"]),
+], ids=["mod", "dense", "mod-recompute"])
+def test_tp2_step_matches_one_process(tmp_path, dist, mod, extra):
+    overrides = [*MODEL, f"model.mod.enabled={str(mod).lower()}", "model.mod.capacity=0.25",
+                 *extra]
     out = tmp_path / "tp2.pt"
     worker = Path(__file__).with_name("tp_step_worker.py")
     proc = subprocess.run(

@@ -1,0 +1,129 @@
+"""Activation memory and step time by recomputation mode and loss chunking, dense and MoD.
+
+    python benchmarks/memory.py [--seqs 1024 4096] [--width 64] [--steps 10] [--threads 1]
+
+Table 1: the bytes one micro-batch (batch 1) keeps for backward, counted with
+torch.autograd.graph.saved_tensors_hooks over the model's forward with the loss (weights
+left out; a tensor that shares storage with another counts once), for train.recompute none
+and full, with and without train.loss_chunk_tokens, dense and MoD (capacity 0.125, every
+other block routed), at each --seqs. Only the tensors autograd saves are counted, not the
+transient ones (the [tokens, V] logits of the full loss are both).
+
+Table 2: forward + backward milliseconds of each mode on one small model, the modes run
+in turn step by step in this one process (so a slow phase of the machine hits all alike);
+the median of --steps, and the ratio to recompute none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import torch  # noqa: E402
+
+from modtrain.config.schema import MoDConfig, ModelConfig  # noqa: E402
+from modtrain.model import GPT  # noqa: E402
+from modtrain.parallel import init_distributed  # noqa: E402
+
+VOCAB = 32000
+LAYERS = 4
+CHUNK = 1024
+MODES = {  # name: (recompute every block, loss chunk tokens)
+    "none": (False, 0),
+    "none + chunked loss": (False, CHUNK),
+    "full": (True, 0),
+    "full + chunked loss": (True, CHUNK),
+}
+
+
+def model_config(mod: bool, seq: int, width: int) -> ModelConfig:
+    return ModelConfig(vocab_size=VOCAB, num_layers=LAYERS, hidden_size=width,
+                       num_heads=max(1, width // 32), max_seq_length=seq,
+                       mod=MoDConfig(enabled=mod, capacity=0.125))
+
+
+def build(config: ModelConfig, mode: str) -> GPT:
+    recompute, chunk = MODES[mode]
+    layers = range(config.num_layers) if recompute else ()
+    return GPT(config, seed=0, loss_chunk_tokens=chunk, recompute_layers=layers)
+
+
+def saved_bytes(model: GPT, tokens: torch.Tensor) -> int:
+    """Bytes autograd keeps from forward to backward for one batch (weights left out)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(tokens[:, :-1], tokens[:, 1:]).loss
+    loss.backward()
+    return sum(seen.values())
+
+
+def memory_table(seqs: list[int], width: int) -> list[str]:
+    lines = ["model | S | " + " | ".join(f"{m} (MiB)" for m in MODES)]
+    for mod in (False, True):
+        for seq in seqs:
+            config = model_config(mod, seq, width)
+            tokens = torch.randint(0, VOCAB, (1, seq + 1))
+            row = [saved_bytes(build(config, mode), tokens) / 2**20 for mode in MODES]
+            lines.append(f"{'MoD 0.125' if mod else 'dense'} | {seq} | "
+                         + " | ".join(f"{v:.1f}" for v in row))
+    return lines
+
+
+def time_table(seq: int, width: int, steps: int) -> list[str]:
+    config = model_config(False, seq, width)
+    models = {mode: build(config, mode) for mode in MODES}
+    tokens = torch.randint(0, VOCAB, (2, seq + 1))
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for step in range(steps + 2):  # two warm-up steps
+        for mode, model in models.items():
+            start = time.perf_counter()
+            model(tokens[:, :-1], tokens[:, 1:]).loss.backward()
+            if step >= 2:
+                times[mode].append(time.perf_counter() - start)
+            model.zero_grad(set_to_none=True)
+    base = statistics.median(times["none"])
+    lines = [f"mode (dense, S {seq}, width {width}, batch 2) | ms per forward + backward | "
+             "ratio to none"]
+    for mode, t in times.items():
+        lines.append(f"{mode} | {statistics.median(t) * 1e3:.1f} | "
+                     f"{statistics.median(t) / base:.2f}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seqs", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--time-seq", type=int, default=512)
+    parser.add_argument("--time-width", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    init_distributed()
+    print(f"activation bytes one micro-batch keeps (batch 1, {LAYERS} layers, width "
+          f"{args.width}, vocabulary {VOCAB}, loss chunk {CHUNK} tokens)")
+    print("\n".join(memory_table(args.seqs, args.width)))
+    print()
+    print("\n".join(time_table(args.time_seq, args.time_width, args.steps)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""benchmarks/memory.py: its counts order the modes as the memory settings promise."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "memory.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("memory_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["memory_benchmark"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chunked_loss_and_recompute_each_keep_less(dist):
+    bench = load_script()
+    config = bench.model_config(mod=True, seq=128, width=32)
+    tokens = torch.randint(0, bench.VOCAB, (1, 129), generator=torch.Generator().manual_seed(0))
+    kept = {mode: bench.saved_bytes(bench.build(config, mode), tokens) for mode in bench.MODES}
+    logits = 128 * config.padded_vocab_size * 4
+    # The chunked loss keeps the fp32 head-weight and the hidden-state gradients instead.
+    instead = 4 * (config.padded_vocab_size + 128) * config.hidden_size
+    assert kept["none"] - kept["none + chunked loss"] >= logits - instead
+    assert kept["full"] < kept["none"]
+    assert kept["full + chunked loss"] < min(kept["full"], kept["none + chunked loss"])

@@ -1,0 +1,114 @@
+"""Recomputing blocks in backward changes no loss or gradient and keeps fewer activations; a
+routed block recomputes its k routed tokens with the routing of the forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modtrain.config.schema import MoDConfig, ModelConfig, MoEConfig, TrainConfig
+from modtrain.model.gpt import GPT
+from modtrain.model.rope import Rope
+from modtrain.model.router import tokens_per_row
+
+SEQ, BATCH, HIDDEN = 32, 2, 32
+
+
+def _config(kind: str, dropout: float = 0.1) -> ModelConfig:
+    mod = MoDConfig(enabled=kind.startswith("mod"),
+                    capacity=float(kind.split("-")[1]) if kind.startswith("mod") else 0.125)
+    return ModelConfig(vocab_size=64, num_layers=2, hidden_size=HIDDEN, num_heads=2,
+                       max_seq_length=SEQ, dropout=dropout, mod=mod,
+                       moe=MoEConfig(enabled=kind == "moe", num_experts=2))
+
+
+def _loss_and_grads(config: ModelConfig, recompute: list[int], tokens: torch.Tensor):
+    model = GPT(config, seed=5, recompute_layers=recompute)
+    torch.manual_seed(11)  # the same dropout masks in both runs, if recomputation replays them
+    out = model(tokens[:, :-1], tokens[:, 1:])
+    out.loss.backward()
+    return model, out.loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["dense", "mod-0.125", "mod-0.5", "moe"])
+def test_full_recompute_gives_the_same_loss_and_gradients(dist, kind):
+    config = _config(kind)
+    tokens = torch.randint(0, 64, (BATCH, SEQ + 1), generator=torch.Generator().manual_seed(0))
+    _, loss, grads = _loss_and_grads(config, [], tokens)
+    model, loss_r, grads_r = _loss_and_grads(config, [0, 1], tokens)
+    assert all(block.recompute for block in model.blocks)
+    torch.testing.assert_close(loss_r, loss, rtol=1e-6, atol=0)
+    for name, grad in grads.items():
+        error = (grads_r[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-30)
+        assert error <= 1e-6, (name, error)
+
+
+def test_routed_block_recomputes_the_forward_routing_on_k_tokens(dist):
+    model = GPT(_config("mod-0.125"), seed=5, recompute_layers=[1])
+    block = model.blocks[1]
+    assert block.routed
+    seen: list[torch.Tensor] = []  # what the block's layer receives: forward, then recompute
+    block.layer.input_layernorm.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    router_calls: list[torch.Tensor] = []
+    block.router.register_forward_pre_hook(lambda m, a: router_calls.append(a[0]))
+    x = torch.randn(SEQ, BATCH, HIDDEN, requires_grad=True)
+    rope = Rope.table(SEQ, HIDDEN // 2, 10000.0).window(0, SEQ)
+    torch.manual_seed(3)
+    out, aux, _ = block(x, rope)
+    index = block.last_index
+    k = tokens_per_row(0.125, SEQ)
+    assert index.shape == (k, BATCH)
+    assert len(seen) == 1
+    (out.sum() + aux).backward()
+    assert len(seen) == 2  # recomputed once in backward, on the same k tokens at the index
+    forward_in, recompute_in = seen
+    assert recompute_in.shape == (k, BATCH, HIDDEN)
+    gathered = x.detach().gather(0, index.unsqueeze(-1).expand(-1, -1, HIDDEN))
+    assert torch.equal(forward_in, gathered) and torch.equal(recompute_in, gathered)
+
+
+def saved_activation_bytes(model: GPT, x: torch.Tensor, rope: Rope) -> list[int]:
+    """Bytes each block keeps for backward (what autograd saves, weights left out; a
+    checkpoint's saved input counts as well)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    per_block = []
+    for block in model.blocks:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor, seen: dict[int, int] = seen) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
+                seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            x = block(x, rope)[0]
+        per_block.append(sum(seen.values()))
+    return per_block
+
+
+@pytest.mark.parametrize("capacity", [0.125, 0.5])
+def test_recompute_keeps_the_block_inputs_and_routed_blocks_keep_capacity_times_dense(
+        dist, capacity):
+    config = _config(f"mod-{capacity}", dropout=0.0)  # block 0 dense, block 1 routed
+    config.mod.predictor = False  # its activations cover every token, outside the block
+    x = torch.randn(SEQ, BATCH, HIDDEN, requires_grad=True)
+    rope = Rope.table(SEQ, HIDDEN // 2, 10000.0).window(0, SEQ)
+    dense, routed = saved_activation_bytes(GPT(config, seed=5), x, rope)
+    dense_r, routed_r = saved_activation_bytes(GPT(config, seed=5, recompute_layers=[0, 1]),
+                                               x, rope)
+    block_input = x.numel() * x.element_size()
+    # Without recomputation a routed block keeps the router's input and ~capacity x dense.
+    assert abs((routed - block_input) / dense - capacity) < 0.05, (routed, dense)
+    assert dense_r == block_input  # the dense block keeps its input only
+    # The routed block keeps its input, the k routed tokens and their delta, and small
+    # [S, B] / [k, B] routing tensors (logits, indices: a few bytes a token).
+    assert routed_r <= (1 + 2 * capacity) * block_input + 8 * 8 * SEQ * BATCH, routed_r
+
+
+def test_recompute_layer_ids():
+    assert TrainConfig().recompute_layer_ids(4) == []
+    assert TrainConfig(recompute="full").recompute_layer_ids(4) == [0, 1, 2, 3]
+    assert TrainConfig(recompute="full", recompute_layers="every_2").recompute_layer_ids(5) == [
+        0, 2, 4]
+    assert TrainConfig(recompute="full", recompute_layers=[3, 1]).recompute_layer_ids(4) == [1, 3]
