@@ -24,9 +24,12 @@ def shield_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
     DeepSpeed runs while it starts would die of SIGUSR1. So the main thread blocks the
     signals (every thread and child it starts inherits that) and one idle thread receives
     them for the process; Python runs the handler in the main thread as usual. Until training
-    installs its handlers (signals.StopFlag), a signal is held and then delivered again, so
-    a pre-timeout signal during start-up still ends in a checkpoint and exit 75.
+    installs its handlers (signals.StopFlag), SIGUSR1 is held and then delivered again, so
+    a pre-timeout signal during start-up still ends in a checkpoint and exit 75; SIGTERM and
+    SIGINT end the start-up at once (signals.exit_before_training).
     """
+    from modtrain.train.signals import EXIT_AT_START, exit_before_training
+
     global _SHIELDED
     if _SHIELDED:
         return
@@ -49,8 +52,10 @@ def shield_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
     def hold(sig: int, frame) -> None:
         threading.Thread(target=redeliver, args=(sig,), daemon=True).start()
 
-    for sig in signals:
-        signal.signal(sig, hold)
+    signal.signal(signal.SIGINT, exit_before_training)
+    # SIGTERM last: once it is caught, every stop signal is (tests wait for that)
+    for sig in sorted(signals, key=lambda s: s in EXIT_AT_START):
+        signal.signal(sig, exit_before_training if sig in EXIT_AT_START else hold)
 
 
 def print_config_warnings(config: Config, is_main: bool) -> None:

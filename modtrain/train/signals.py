@@ -8,12 +8,28 @@ with EXIT_REQUEUE, which slurm/train.sbatch turns into `scontrol requeue`.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from types import FrameType
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry".
 EXIT_REQUEUE = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Before training starts these end the process at once (SIGUSR1, the pre-timeout warning,
+# is held for training instead: commands.shield_stop_signals).
+EXIT_AT_START = (signal.SIGTERM, signal.SIGINT)
+
+
+def exit_before_training(signum: int, frame: FrameType | None) -> None:
+    """A stop before training has started: nothing to save, so exit at once (128 + signal).
+
+    os._exit, because start-up may sit in a wait (a rendezvous, a build lock) that a
+    raised exception would not leave, and no state needs flushing yet.
+    """
+    print(f"modtrain: stopped by {signal.Signals(signum).name} before training started; "
+          "nothing to save", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 class RequeueRequested(Exception):
@@ -40,6 +56,9 @@ class StopFlag:
     def install(self) -> StopFlag:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        if signal.getsignal(signal.SIGINT) is exit_before_training:  # Ctrl-C: as usual again
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT,
+                                                          signal.default_int_handler)
         return self
 
     def restore(self) -> None:
