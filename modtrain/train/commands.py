@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -78,7 +79,7 @@ def _train(args: argparse.Namespace) -> None:
     from modtrain.train.inputs import check_inputs
 
     check_inputs(config)  # bad files are reported before DeepSpeed and megatron start
-    from modtrain.train.run_guard import check_run_dir
+    from modtrain.train.run_guard import check_run_dir, hold_run_dir
 
     check_run_dir(Path(config.run.dir), config.run.resume, args.overwrite)
     from modtrain.launcher import detect
@@ -89,13 +90,17 @@ def _train(args: argparse.Namespace) -> None:
     from modtrain.train.signals import EXIT_REQUEUE, RequeueRequested
     from modtrain.train.trainer import train
 
-    try:
-        result = train(config, overwrite=args.overwrite)
-    except RequeueRequested as stop:
-        if launch.is_main:
-            print(f"modtrain: {stop}", file=sys.stderr)
-        destroy_distributed()
-        sys.exit(EXIT_REQUEUE)
+    # Rank 0 holds the run directory for the whole job; a second training into it stops
+    # before DeepSpeed starts, and its launcher ends the other ranks of that job.
+    held = hold_run_dir(Path(config.run.dir)) if launch.is_main else contextlib.nullcontext()
+    with held:
+        try:
+            result = train(config, overwrite=args.overwrite)
+        except RequeueRequested as stop:
+            if launch.is_main:
+                print(f"modtrain: {stop}", file=sys.stderr)
+            destroy_distributed()
+            sys.exit(EXIT_REQUEUE)
     if launch.is_main:
         print(
             f"done: {result.steps} steps, world size {launch.world_size} ({launch.launcher}), "
