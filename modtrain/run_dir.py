@@ -21,6 +21,7 @@ from typing import Any
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 LATEST = "latest"
 STATE_FILE = "modtrain.json"  # in each tag: step, data-loader state, config, layout (JSON)
 LOG_DIR = "logs"

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from modtrain.errors import ModtrainError
-from modtrain.run_dir import CHECKPOINTS, METRICS_FILE, complete_tags
+from modtrain.run_dir import CHECKPOINTS, LOG_DIR, METRICS_FILE, TENSORBOARD_DIR, complete_tags
+
+WRITTEN_DIRS = (CHECKPOINTS, TENSORBOARD_DIR, LOG_DIR)  # inside the run dir
 
 
 def previous_run(run_dir: Path) -> str | None:
@@ -37,13 +39,21 @@ def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> None:
                             "pass only one of them")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir, prefix=".write-test-"):
-            pass
     except OSError as e:
-        raise ModtrainError(
-            f"run.dir={run_dir} is not a writable directory ({e.strerror or e}); "
-            "set run.dir to a directory you can write"
-        ) from None
+        raise ModtrainError(f"run.dir={run_dir} is not a writable directory "
+                            f"({e.strerror or e}); set run.dir to a directory you can write"
+                            ) from None
+    # every directory a run writes into, found now rather than at the first save
+    for path in (run_dir, *(run_dir / sub for sub in WRITTEN_DIRS if (run_dir / sub).exists())):
+        try:
+            with tempfile.TemporaryFile(dir=path, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            name = f"run.dir={path}" if path == run_dir else str(path)
+            raise ModtrainError(
+                f"{name} is not a writable directory ({e.strerror or e}); make it writable "
+                "or set run.dir to a directory you can write"
+            ) from None
     found = previous_run(run_dir)
     if found and resume != "auto" and not overwrite:
         raise ModtrainError(

@@ -158,3 +158,31 @@ def test_moving_a_run_aside_keeps_the_lock_on_the_run_dir(tmp_path):
         with pytest.raises(ModtrainError, match="in use by another training"), \
                 hold_run_dir(run_dir):
             pass
+
+
+@pytest.fixture
+def read_only():
+    """Make a directory read-only for this user, root included (chattr +i)."""
+    made: list = []
+
+    def make(path):
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o555)
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i", str(path)], check=True)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o755)
+
+
+@pytest.mark.parametrize("sub", ["checkpoints", "tensorboard", "logs"])
+def test_an_unwritable_directory_the_run_writes_is_found_at_preflight(tmp_path, read_only,
+                                                                      sub):
+    target = read_only(tmp_path / "run" / sub)
+    with pytest.raises(ModtrainError, match=rf"^{target} is not a writable directory"):
+        check_run_dir(tmp_path / "run", "auto", False)
