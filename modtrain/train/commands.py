@@ -124,6 +124,15 @@ def _universal(args: argparse.Namespace) -> None:
     if not (root / tag / checkpoint.STATE_FILE).is_file():
         raise ModtrainError(f"{root / tag} is not a complete modtrain checkpoint; pick one of: "
                             + (", ".join(checkpoint.complete_tags(root)) or "(none)"))
+    from modtrain.checkpoint_files import check_tag
+
+    problems, _ = check_tag(root / tag)  # a damaged tag would convert into a damaged copy
+    if problems:
+        unsafe = [p.text for p in problems if p.kind == "unsafe"]
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise ModtrainError(unsafe[0] if unsafe else
+                            f"{root / tag} is damaged ({problems[0].text}{more}); restore the "
+                            "file, or pass --tag with an older checkpoint that verifies")
     if checkpoint.read_state(root, tag)["layout"]["zero_stage"] == 0:
         raise ModtrainError(f"{root / tag} was saved with train.zero_stage=0; DeepSpeed builds "
                             "universal checkpoints from ZeRO states only (train with ZeRO 1-3)")
