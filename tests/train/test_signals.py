@@ -38,3 +38,30 @@ def test_a_stop_during_start_up_exits_at_once(tmp_path, sig, code):
     assert stderr.strip().splitlines() == [
         f"modtrain: stopped by {sig.name} before training started; nothing to save"]
     assert not (tmp_path / "run").exists()
+
+
+RANK = """
+import time
+from modtrain.train.signals import StopFlag
+flag = StopFlag().install().watch_parent(interval=0.05)
+print("watching", flush=True)
+deadline = time.monotonic() + 60
+while not flag.requested and time.monotonic() < deadline:
+    time.sleep(0.02)
+print(flag.requested, flag.signal_name, flush=True)
+"""
+LAUNCHER = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+time.sleep(600)
+"""
+
+
+def test_a_rank_learns_that_its_launcher_was_killed():
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, RANK], env=cli_env(),
+                                stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout.readline() == "watching\n"
+    launcher.kill()  # SIGKILL: the launcher can forward nothing
+    launcher.wait()
+    # the rank (reparented, still writing to the pipe) stops as if signalled
+    assert launcher.stdout.readline() == f"True the death of launcher pid {launcher.pid}\n"
