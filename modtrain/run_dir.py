@@ -21,6 +21,7 @@ from typing import Any
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 LATEST = "latest"
 STATE_FILE = "modtrain.json"  # in each tag: step, data-loader state, config, layout (JSON)
 LOG_DIR = "logs"
@@ -69,3 +70,17 @@ def complete_tags(checkpoint_dir: str | Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+
+
+def candidate_tags(checkpoint_dir: str | Path) -> list[str]:
+    """The complete tags to try, best first: the one `latest` names, then the older ones
+    newest first. An empty, garbage or dangling `latest` hides none: then every complete tag,
+    newest first. The one order resume and convert choose from (callers verify)."""
+    complete = complete_tags(checkpoint_dir)
+    try:
+        latest = latest_tag(checkpoint_dir)
+    except (OSError, UnicodeDecodeError):
+        latest = None
+    if latest not in complete:
+        return complete[::-1]
+    return [latest, *(t for t in reversed(complete) if t < latest)]

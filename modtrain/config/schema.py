@@ -211,6 +211,8 @@ class ParallelConfig:
     # Expert-parallel size: each group of this many data-parallel ranks splits the experts of
     # every expert layer between them (model.moe); it divides the data-parallel size.
     expert: int = 1
+    # A collective (torch, DeepSpeed, megatron-core groups) waiting this long fails, not hangs.
+    timeout_minutes: int = 30
 
 
 @dataclass
@@ -233,7 +235,7 @@ class RunConfig:
 # Sizes that must be at least 1 (the others are counts that may be 0, see their comments).
 POSITIVE = ("model.num_layers", "model.hidden_size", "model.num_heads", "model.max_seq_length",
             "model.mod.predictor_hidden", "train.eval_batches", "model.moe.num_experts",
-            "parallel.expert")
+            "parallel.expert", "parallel.timeout_minutes")
 NON_NEGATIVE = ("model.vocab_size", "model.ffn_hidden_size", "train.warmup_steps",
                 "train.decay_steps", "train.peak_tflops", "model.moe.noop_experts",
                 "model.moe.min_capacity", "model.moe.ffn_hidden_size",

@@ -22,7 +22,7 @@ from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zer
 from modtrain.model.param_layout import expert_index, gpt_name
 from modtrain.model.tensor_split import merge as merge_tensor_shards
 from modtrain.progress_bar import bar
-from modtrain.run_dir import CHECKPOINTS, STATE_FILE, complete_tags, latest_tag
+from modtrain.run_dir import CHECKPOINTS, STATE_FILE, candidate_tags, complete_tags, latest_tag
 
 
 @dataclass
@@ -38,10 +38,12 @@ class TrainingCheckpoint:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run dir, its checkpoints/ dir (both via `latest`) or a tag dir -> the tag dir."""
     path = Path(path)
-    if latest_tag(path / CHECKPOINTS) is not None:
+    if candidate_tags(path / CHECKPOINTS) or latest_tag(path / CHECKPOINTS) is not None:
         path = path / CHECKPOINTS
-    if (tag := latest_tag(path)) is not None:
-        path = path / tag
+    # the newest complete tag, even when `latest` is empty or garbage; a damaged one is
+    # refused by name with the older ones that verify (_verify), never exported silently
+    if candidates := candidate_tags(path):
+        path = path / candidates[0]
     if path.is_dir() and any(path.glob("*model_states.pt")):
         return path
     raise ModtrainError(

@@ -6,18 +6,16 @@ parallel layers read their tensor-parallel group from `parallel_state`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import torch
 
 from modtrain import launcher
 from modtrain.errors import ModtrainError
-from modtrain.parallel import collectives
 
 
 def _free_port() -> int:
@@ -31,6 +29,34 @@ def select_accelerator() -> str:
     if "DS_ACCELERATOR" not in os.environ:
         os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
     return os.environ["DS_ACCELERATOR"]
+
+
+def device_index(local_rank: int, visible: int) -> int:
+    """The CUDA device a rank uses among the `visible` ones it sees.
+
+    One device per process (`srun --gpus-per-task=1`) shows every rank device 0; a node's
+    devices shared by its ranks (deepspeed, torchrun) are taken in local-rank order.
+    """
+    if visible < 1:
+        raise ModtrainError("DS_ACCELERATOR=cuda but this process sees no CUDA device; check "
+                            "CUDA_VISIBLE_DEVICES and the launcher's GPU binding")
+    return local_rank % visible
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from building and loading its shared-memory comm op.
+
+    DeepSpeed 0.19's TorchBackend JIT-builds `deepspeed_shm_comm` at every initialisation
+    (comm/torch.py, build_shm_op) for `inference_all_reduce` alone, which training never
+    calls; a build killed mid-way leaves a lock every later start waits on forever. That
+    function builds only an op `deepspeed.ops.__compatible_ops__` marks compatible, and
+    DeepSpeed keeps that dict for edits; seeding the entry also spares its compiler probe.
+    """
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    compatible = vars(deepspeed.ops).setdefault("__compatible_ops__", {})
+    compatible[ShareMemCommBuilder.NAME] = False
 
 
 @dataclass(frozen=True)
@@ -63,11 +89,16 @@ class Topology:
     groups: ParallelGroups | None = field(default=None, compare=False, repr=False)
 
 
-def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = True) -> Topology:
+DEFAULT_TIMEOUT_MINUTES = 30  # torch's gloo default and megatron-core's
+
+
+def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = True,
+                     timeout_minutes: int = DEFAULT_TIMEOUT_MINUTES) -> Topology:
     """Initialise torch.distributed and megatron-core's parallel state.
 
     Training goes through DeepSpeed's communication layer (its engine requires it);
-    inference (`deepspeed_comm=False`) uses torch.distributed alone.
+    inference (`deepspeed_comm=False`) uses torch.distributed alone. A collective that
+    waits longer than `timeout_minutes` (parallel.timeout_minutes) fails instead of hanging.
     """
     launch = launcher.detect()  # torchrun, deepspeed, srun, mpirun or one process
     if launch.master_port is None:  # one process: any free loopback port
@@ -86,26 +117,29 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
         )
     local_rank = launch.local_rank
     if accelerator == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = device_index(local_rank, torch.cuda.device_count())
+        os.environ["LOCAL_RANK"] = str(index)  # DeepSpeed binds its engine to this device
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
         backend = "nccl"
     else:
         device = torch.device("cpu")
         backend = "gloo"
+        skip_shm_comm_op()
+    timeout = timedelta(minutes=timeout_minutes)
     if not torch.distributed.is_initialized():
         if deepspeed_comm:
-            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-            if accelerator == "cpu":
-                _unlink_shm_allreduce_buffer()
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                       timeout=timeout)
         else:
-            torch.distributed.init_process_group(backend)
+            torch.distributed.init_process_group(backend, timeout=timeout)
     if not parallel_state.model_parallel_is_initialized():
         # No extra gloo copies of the data-parallel groups: they serve megatron-core's own
         # distributed optimizer, which modtrain does not use (DeepSpeed's ZeRO instead), and
         # every gloo group keeps an event-loop thread that wakes every 10 ms.
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline,
-            create_gloo_process_groups=False,
+            create_gloo_process_groups=False, distributed_timeout_minutes=timeout_minutes,
         )
     ps = parallel_state
     return Topology(
@@ -125,21 +159,6 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
             data=ps.get_data_parallel_group(),
         ),
     )
-
-
-def _unlink_shm_allreduce_buffer() -> None:
-    """Remove the name of this rank's DeepSpeed CPU shared-memory all-reduce buffer.
-
-    DeepSpeed's CPU backend creates a 66 MB /dev/shm segment per rank when all ranks are on
-    one host and never unlinks it, so every multi-process CPU run would leave them behind.
-    Once every rank has mapped every segment (done inside init), the names are not needed:
-    the memory lives until the last process unmaps it at exit.
-    """
-    collectives.barrier()
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{torch.distributed.get_rank()}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(Path("/dev/shm") / name)
 
 
 def destroy_distributed() -> None:

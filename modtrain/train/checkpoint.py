@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -300,12 +301,39 @@ def _check_expert_parallel_size(engine, state: dict[str, Any], tag: str) -> None
             f"were saved with; set parallel.expert={saved}")
 
 
+_SIZE_MISMATCH = re.compile(r"size mismatch for ([^:]+): copying a param with shape "
+                            r"torch\.Size\((\[[^\]]*\])\) from checkpoint, the shape in "
+                            r"current model is torch\.Size\((\[[^\]]*\])\)")
+
+
+def state_dict_mismatch(message: str, tag_dir: Path, shown: int = 3) -> str:
+    """torch's many-line load_state_dict error as one line: the first differing keys and
+    their shapes (saved -> this model), and how many keys are missing or unexpected."""
+    sizes = _SIZE_MISMATCH.findall(message)
+    parts = [f"{key} {saved} -> {now}" for key, saved, now in sizes[:shown]]
+    if len(sizes) > shown:
+        parts.append(f"and {len(sizes) - shown} more")
+    for kind in ("Missing", "Unexpected"):
+        found = re.search(rf'{kind} key\(s\) in state_dict: ((?:"[^"]+"(?:, )?)+)', message)
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{len(keys)} {kind.lower()} keys ({', '.join(keys[:shown])}"
+                         + (", ..." if len(keys) > shown else "") + ")")
+    return (f"{tag_dir} was saved from another model shape: {'; '.join(parts)}; resume with "
+            "the model.* settings of that run (its config.yaml) or train into a new run.dir")
+
+
 def load(engine, checkpoint_dir: str | Path, tag: str, same_layout: bool) -> dict[str, Any]:
     """Load `tag` into `engine`; restore this rank's RNG when the layout is unchanged."""
     root = Path(checkpoint_dir)
     _check_expert_parallel_size(engine, read_state(root, original_tag(tag)), tag)
-    with weights_only_loads():
-        path, _ = engine.load_checkpoint(str(root), tag=tag)
+    try:
+        with weights_only_loads():
+            path, _ = engine.load_checkpoint(str(root), tag=tag)
+    except RuntimeError as e:
+        if "Error(s) in loading state_dict" not in str(e):
+            raise
+        raise ModtrainError(state_dict_mismatch(str(e), root / tag)) from None
     if path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint {root / tag}")
     source = original_tag(tag)

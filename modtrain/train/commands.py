@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,9 +25,12 @@ def shield_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
     DeepSpeed runs while it starts would die of SIGUSR1. So the main thread blocks the
     signals (every thread and child it starts inherits that) and one idle thread receives
     them for the process; Python runs the handler in the main thread as usual. Until training
-    installs its handlers (signals.StopFlag), a signal is held and then delivered again, so
-    a pre-timeout signal during start-up still ends in a checkpoint and exit 75.
+    installs its handlers (signals.StopFlag), SIGUSR1 is held and then delivered again, so
+    a pre-timeout signal during start-up still ends in a checkpoint and exit 75; SIGTERM and
+    SIGINT end the start-up at once (signals.exit_before_training).
     """
+    from modtrain.train.signals import EXIT_AT_START, exit_before_training
+
     global _SHIELDED
     if _SHIELDED:
         return
@@ -48,8 +53,10 @@ def shield_stop_signals(signals: tuple[signal.Signals, ...]) -> None:
     def hold(sig: int, frame) -> None:
         threading.Thread(target=redeliver, args=(sig,), daemon=True).start()
 
-    for sig in signals:
-        signal.signal(sig, hold)
+    signal.signal(signal.SIGINT, exit_before_training)
+    # SIGTERM last: once it is caught, every stop signal is (tests wait for that)
+    for sig in sorted(signals, key=lambda s: s in EXIT_AT_START):
+        signal.signal(sig, exit_before_training if sig in EXIT_AT_START else hold)
 
 
 def print_config_warnings(config: Config, is_main: bool) -> None:
@@ -74,6 +81,7 @@ def _train(args: argparse.Namespace) -> None:
     # Bad files and run directories are reported before DeepSpeed and megatron start.
     sources = preflight(config, args.overwrite)
     from modtrain.launcher import detect
+    from modtrain.train.run_guard import hold_run_dir
 
     launch = detect()  # a contradictory launch is reported before DeepSpeed starts too
     print_config_warnings(config, launch.is_main)
@@ -81,13 +89,17 @@ def _train(args: argparse.Namespace) -> None:
     from modtrain.train.signals import EXIT_REQUEUE, RequeueRequested
     from modtrain.train.trainer import train
 
-    try:
-        result = train(config, overwrite=args.overwrite, sources=sources)
-    except RequeueRequested as stop:
-        if launch.is_main:
-            print(f"modtrain: {stop}", file=sys.stderr)
-        destroy_distributed()
-        sys.exit(EXIT_REQUEUE)
+    # Rank 0 holds the run directory for the whole job; a second training into it stops
+    # before DeepSpeed starts, and its launcher ends the other ranks of that job.
+    held = hold_run_dir(Path(config.run.dir)) if launch.is_main else contextlib.nullcontext()
+    with held:
+        try:
+            result = train(config, overwrite=args.overwrite, sources=sources)
+        except RequeueRequested as stop:
+            if launch.is_main:
+                print(f"modtrain: {stop}", file=sys.stderr)
+            destroy_distributed()
+            sys.exit(EXIT_REQUEUE)
     if launch.is_main:
         print(
             f"done: {result.steps} steps, world size {launch.world_size} ({launch.launcher}), "
@@ -99,8 +111,6 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _universal(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from modtrain.errors import ModtrainError
     from modtrain.train import checkpoint
 
@@ -111,6 +121,15 @@ def _universal(args: argparse.Namespace) -> None:
     if not (root / tag / checkpoint.STATE_FILE).is_file():
         raise ModtrainError(f"{root / tag} is not a complete modtrain checkpoint; pick one of: "
                             + (", ".join(checkpoint.complete_tags(root)) or "(none)"))
+    from modtrain.checkpoint_files import check_tag
+
+    problems, _ = check_tag(root / tag)  # a damaged tag would convert into a damaged copy
+    if problems:
+        unsafe = [p.text for p in problems if p.kind == "unsafe"]
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise ModtrainError(unsafe[0] if unsafe else
+                            f"{root / tag} is damaged ({problems[0].text}{more}); restore the "
+                            "file, or pass --tag with an older checkpoint that verifies")
     if checkpoint.read_state(root, tag)["layout"]["zero_stage"] == 0:
         raise ModtrainError(f"{root / tag} was saved with train.zero_stage=0; DeepSpeed builds "
                             "universal checkpoints from ZeRO states only (train with ZeRO 1-3)")

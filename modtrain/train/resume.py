@@ -18,7 +18,7 @@ import torch.distributed as dist
 from modtrain.checkpoint_files import Problem, check_tag
 from modtrain.errors import ModtrainError
 from modtrain.parallel import collectives
-from modtrain.run_dir import LATEST, STATE_FILE, complete_tags, latest_tag, read_state, step_of
+from modtrain.run_dir import LATEST, STATE_FILE, candidate_tags, read_state, step_of
 from modtrain.train import checkpoint
 
 
@@ -80,19 +80,34 @@ def _why_not(checkpoint_dir: Path, tag: str, log: Callable[[str], None]) -> str 
     return None
 
 
+def _latest_text(checkpoint_dir: Path) -> str | None:
+    """What `latest` holds, whatever it is (None: no such file)."""
+    try:
+        return (checkpoint_dir / LATEST).read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return None
+
+
 def choose_tag(checkpoint_dir: Path, fallback: bool = True,
                log: Callable[[str], None] = lambda _: None) -> str | None:
     """The tag to resume from: `latest` if it verifies, else (with `fallback`) the newest
-    older complete tag that does. None when the directory holds no checkpoint."""
-    complete = complete_tags(checkpoint_dir)
-    latest = latest_tag(checkpoint_dir)
-    if latest is None and complete:  # killed between the rename and `latest`'s update
-        latest = complete[-1]
-    if latest is None:
+    older complete tag that does (every complete tag when `latest` is empty or garbage:
+    run_dir.candidate_tags). None when the directory holds no checkpoint."""
+    candidates = candidate_tags(checkpoint_dir)
+    named = _latest_text(checkpoint_dir)
+    skipped: list[str] = []
+    if named is not None and named not in candidates[:1]:  # empty, garbage or dangling
+        skipped.append(f"{checkpoint_dir / LATEST} names {named!r}, which is not a complete "
+                       "modtrain checkpoint")
+        if not fallback or not candidates:
+            raise ModtrainError(f"{skipped[0]}; restore it, or "
+                                + ("resume from the newest complete checkpoint with "
+                                   "run.resume_fallback=true" if candidates else
+                                   "start afresh in a new run.dir"))
+    if not candidates:
         log(f"--resume auto: no checkpoint in {checkpoint_dir} yet; starting from step 0")
         return None
-    skipped: list[str] = []
-    for tag in [latest, *(t for t in reversed(complete) if t < latest)]:
+    for tag in candidates:
         why = _why_not(checkpoint_dir, tag, log)
         if why is None:
             if skipped:

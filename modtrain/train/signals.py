@@ -8,12 +8,31 @@ with EXIT_REQUEUE, which slurm/train.sbatch turns into `scontrol requeue`.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import threading
 from types import FrameType
+
+from modtrain import launcher
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry".
 EXIT_REQUEUE = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Before training starts these end the process at once (SIGUSR1, the pre-timeout warning,
+# is held for training instead: commands.shield_stop_signals).
+EXIT_AT_START = (signal.SIGTERM, signal.SIGINT)
+
+
+def exit_before_training(signum: int, frame: FrameType | None) -> None:
+    """A stop before training has started: nothing to save, so exit at once (128 + signal).
+
+    os._exit, because start-up may sit in a wait (a rendezvous, a build lock) that a
+    raised exception would not leave, and no state needs flushing yet.
+    """
+    print(f"modtrain: stopped by {signal.Signals(signum).name} before training started; "
+          "nothing to save", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 class RequeueRequested(Exception):
@@ -37,9 +56,32 @@ class StopFlag:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
+    def watch_parent(self, interval: float = 1.0) -> StopFlag:
+        """Stop like on a signal when this process's parent (its launcher) dies.
+
+        After SIGKILL of a per-node launcher (deepspeed, torchrun) its ranks are reparented
+        and would train on unwatched; a daemon thread polls os.getppid() instead, so they
+        save at the next step and exit 75 like any preempted run.
+        """
+        parent = os.getppid()
+
+        def poll() -> None:
+            while os.getppid() == parent:
+                threading.Event().wait(interval)
+            self.requested = True
+            self.signal_name = f"the death of launcher pid {parent}"
+
+        threading.Thread(target=poll, name="modtrain-parent-watch", daemon=True).start()
+        return self
+
     def install(self) -> StopFlag:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        if launcher.detect().launcher != "single":  # a launcher's rank: watch the launcher
+            self.watch_parent()
+        if signal.getsignal(signal.SIGINT) is exit_before_training:  # Ctrl-C: as usual again
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT,
+                                                          signal.default_int_handler)
         return self
 
     def restore(self) -> None:

@@ -71,7 +71,8 @@ def set_up(config: Config, overwrite: bool = False,
     if sources is None:
         sources = preflight(config, overwrite)
     run_dir = Path(config.run.dir)
-    topo = init_distributed(config.parallel.tensor, config.parallel.pipeline)
+    topo = init_distributed(config.parallel.tensor, config.parallel.pipeline,
+                            timeout_minutes=config.parallel.timeout_minutes)
     t = config.train
     is_main = topo.rank == 0
     progress = Progress(t.steps, enabled=is_main)

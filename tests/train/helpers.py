@@ -53,7 +53,7 @@ def deepspeed_command(config: Path, *overrides: str, nproc: int = 2) -> list[str
 
 
 def leftover_shm(cmd: list[str]) -> list[Path]:
-    """DeepSpeed CPU all-reduce segments a launch left in /dev/shm (modtrain unlinks them)."""
+    """DeepSpeed CPU all-reduce segments a launch left in /dev/shm (none: no shm op loads)."""
     if "--master_port" not in cmd:
         return []
     port = cmd[cmd.index("--master_port") + 1]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from modtrain.config import load_config
+from modtrain.errors import ModtrainError
 from modtrain.model import GPT
 from modtrain.train import checkpoint
 from modtrain.train.ds_config import deepspeed_config
@@ -189,3 +190,17 @@ def test_resume_on_another_layout(tmp_path, char_store, char_tokenizer, referenc
     checkpoints = tmp_path / "moved" / "checkpoints"
     assert not (checkpoints / "latest_universal").exists()
     assert checkpoint.latest_tag(checkpoints) == "step_00000008"
+
+
+def test_resuming_into_another_model_shape_is_one_line(tmp_path, dist, char_store,
+                                                       char_tokenizer):
+    engine, state = _engine(tmp_path, char_store, char_tokenizer)
+    root = tmp_path / "ckpt"
+    tag = checkpoint.save(engine, root, 1, {"step": 1, **state}, 3, 0)
+    wider, _ = _engine(tmp_path, char_store, char_tokenizer, "model.hidden_size=48")
+    with pytest.raises(ModtrainError) as info:
+        checkpoint.load(wider, root, tag, True)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{root / tag} was saved from another model shape: ")
+    assert "[67, 32] -> [67, 48]" in message and "more" in message

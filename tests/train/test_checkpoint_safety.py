@@ -152,3 +152,16 @@ def test_allow_list_covers_universal_copies(tmp_path, saved_run):
     universal = checkpoint.write_universal(tag_dir.parent, TAG, pipeline=False)
     found = _globals(universal.glob("**/*.pt"))
     assert found and found <= set(DEEPSPEED_GLOBALS)
+
+
+def test_checkpoint_universal_refuses_a_damaged_tag(tmp_path, saved_run):
+    _, tag_dir = _copy(saved_run, tmp_path)
+    target = next(tag_dir.glob("*optim_states.pt"))
+    target.write_bytes(target.read_bytes()[:1000])  # a copy cut short
+    proc = run([sys.executable, "-m", "modtrain", "checkpoint", "universal",
+                str(tag_dir.parent)], expect=2)
+    assert proc.stderr.strip().splitlines() == [
+        f"modtrain: error: {tag_dir} is damaged ({target.name} has 1000 bytes, "
+        f"{(saved_run / 'run' / 'checkpoints' / TAG / target.name).stat().st_size} were saved); "
+        "restore the file, or pass --tag with an older checkpoint that verifies"]
+    assert not (tag_dir.parent / checkpoint.universal_tag(TAG, False)).exists()

@@ -73,3 +73,22 @@ def test_latest_naming_an_incomplete_checkpoint_is_refused(tmp_path):
     (tmp_path / "latest").write_text("step_00000009")
     with pytest.raises(ModtrainError, match="not a complete modtrain checkpoint"):
         plan_resume(tmp_path, current_layout(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("latest", [b"", b"\x00\xffgarbage\n", b"step_00000099"])
+def test_an_empty_or_garbage_latest_resumes_from_the_newest_complete_tag(tmp_path, latest):
+    root = _saved(tmp_path, current_layout(1, 1, 1, 1))
+    (root / "step_00000002").mkdir()
+    (root / "step_00000002" / "modtrain.json").write_text("{}")
+    (root / "latest").write_bytes(latest)
+    messages: list[str] = []
+    plan = plan_resume(root, current_layout(1, 1, 1, 1), log=messages.append)
+    assert plan.tag == "step_00000004"
+    assert any("which is not a complete modtrain checkpoint" in m for m in messages)
+
+
+def test_a_garbage_latest_with_fallback_off_is_one_line(tmp_path):
+    root = _saved(tmp_path, current_layout(1, 1, 1, 1))
+    (root / "latest").write_text("garbage")
+    with pytest.raises(ModtrainError, match="names 'garbage'.*run.resume_fallback=true"):
+        plan_resume(root, current_layout(1, 1, 1, 1), fallback=False)
