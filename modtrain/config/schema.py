@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 
-from modtrain.errors import ModtrainError
+from modtrain.errors import ModtrainError, shown
 
 
 @dataclass
@@ -242,7 +242,7 @@ def _check_experts(config: Config) -> None:
     (docs/moe.md has the table)."""
     moe, par, t = config.model.moe, config.parallel, config.train
     if moe.layers not in ("all", "every_other"):
-        raise ModtrainError(f"model.moe.layers={moe.layers!r}; use 'all' or 'every_other'")
+        raise ModtrainError(f"model.moe.layers={shown(moe.layers)}; use 'all' or 'every_other'")
     if moe.top_k not in (1, 2):
         raise ModtrainError(f"model.moe.top_k={moe.top_k}; use 1 or 2")
     if moe.top_k > moe.num_experts + moe.noop_experts:
@@ -338,7 +338,7 @@ class Config:
                 )
         if m.mod.inference_routing not in ("predictor", "router"):
             raise ModtrainError(
-                f"model.mod.inference_routing={m.mod.inference_routing!r}; use 'predictor' or "
+                f"model.mod.inference_routing={shown(m.mod.inference_routing)}; use 'predictor' or "
                 "'router'"
             )
         if m.mod.inference_routing == "predictor" and m.mod.enabled and not m.mod.predictor:
@@ -347,7 +347,7 @@ class Config:
                 "enable the predictor or route sampling with 'router'"
             )
         if t.precision not in ("fp32", "bf16", "fp16"):
-            raise ModtrainError(f"train.precision={t.precision!r}; use fp32, bf16 or fp16")
+            raise ModtrainError(f"train.precision={shown(t.precision)}; use fp32, bf16 or fp16")
         if t.zero_stage not in (0, 1, 2, 3):
             raise ModtrainError(f"train.zero_stage={t.zero_stage}; use 0, 1, 2 or 3")
         for name in ("steps", "global_batch_size", "log_interval", "eval_interval",
@@ -367,7 +367,7 @@ class Config:
                 "train.max_nonfinite_steps >= 1"
             )
         if self.run.resume not in ("none", "auto"):
-            raise ModtrainError(f"run.resume={self.run.resume!r}; use 'none' or 'auto'")
+            raise ModtrainError(f"run.resume={shown(self.run.resume)}; use 'none' or 'auto'")
         if self.parallel.tensor < 1 or self.parallel.pipeline < 1:
             raise ModtrainError("parallel.tensor and parallel.pipeline must be >= 1")
         if m.vocab_multiple < 1 or m.vocab_multiple % self.parallel.tensor:

@@ -119,3 +119,27 @@ def test_expert_configs_are_the_dense_model_with_experts():
         assert config.model.mod.enabled is mod and config.model.moe.noop_experts == noop
         assert (config.model.hidden_size, config.model.num_layers) == (128, 4)
         assert config.train == dense.train and config.data == dense.data
+
+
+BOMB = 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)
+) + "train:\n  lr: *l8\n"
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)  # 9**9 strings once expanded
+    with pytest.raises(ModtrainError, match=r"bomb\.yaml:1:5: invalid YAML, YAML anchors"):
+        load_config(path)
+    with pytest.raises(ModtrainError, match="anchors .* and aliases .* are not allowed") as err:
+        load_config(None, ["train.lr=[&a [1, 2], *a, *a]"])
+    assert len(str(err.value)) < 300
+
+
+def test_values_in_error_messages_are_capped():
+    with pytest.raises(ModtrainError) as err:
+        load_config(None, [f"train.precision={'x' * 10_000}"])
+    assert len(str(err.value)) < 200 and "xxx…" in str(err.value)
+    with pytest.raises(ModtrainError) as err:
+        load_config(None, [f"train.lr=[{', '.join(['1'] * 10_000)}]"])
+    assert len(str(err.value)) < 200
