@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, fields, is_dataclass
 
 from modtrain.errors import ModtrainError, shown
@@ -208,6 +209,19 @@ NON_NEGATIVE = ("model.vocab_size", "model.ffn_hidden_size", "train.warmup_steps
                 "train.decay_steps", "train.peak_tflops", "model.moe.noop_experts",
                 "model.moe.min_capacity", "model.moe.ffn_hidden_size",
                 "model.moe.balance_loss_coef", "model.moe.z_loss_coef")
+# Floats that pass as numbers but fail or train nonsense outside these ranges.
+RANGES = {"train.lr": "(0, inf)", "train.min_lr": "[0, inf)", "train.eps": "(0, inf)",
+          "train.beta1": "[0, 1)", "train.beta2": "[0, 1)", "train.weight_decay": "[0, inf)",
+          "train.grad_clip": "[0, inf)", "model.dropout": "[0, 1)", "model.init_std": "(0, inf)",
+          "model.rope_base": "(0, inf)", "model.norm_eps": "(0, inf)",
+          "model.mod.router_bce_coef": "[0, inf)", "model.mod.predictor_loss_coef": "[0, inf)",
+          "model.moe.balance_loss_coef": "[0, inf)", "model.moe.z_loss_coef": "[0, inf)"}
+
+
+def _inside(v: float, interval: str) -> bool:
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    return ((low <= v) if interval[0] == "[" else (low < v)) and \
+        ((v <= high) if interval[-1] == "]" else (v < high))
 
 
 def _check_numbers(config: Config) -> None:
@@ -235,6 +249,10 @@ def _check_numbers(config: Config) -> None:
             raise ModtrainError(f"{key}={value(key)} must be 0 or more (0: derived)"
                                 if key in ("model.vocab_size", "model.ffn_hidden_size")
                                 else f"{key}={value(key)} must be 0 or more")
+    for key, interval in RANGES.items():
+        if not _inside(value(key), interval):
+            raise ModtrainError(f"{key}={value(key)} is outside {interval}; set it within "
+                                "that range")
 
 
 def _check_experts(config: Config) -> None:
@@ -330,6 +348,11 @@ class Config:
             raise ModtrainError(f"data.seq_length={d.seq_length} must be at least 2")
         if not 0.0 < d.val_fraction < 1.0:
             raise ModtrainError(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
+        routed = m.mod.routed_layers or []
+        if len(set(routed)) != len(routed):
+            twice = sorted(i for i, n in Counter(routed).items() if n > 1)[:5]
+            raise ModtrainError(f"model.mod.routed_layers lists layer(s) {twice} more than once; "
+                                "list each routed layer once")
         for i in m.routed_layer_ids:
             if not 0 <= i < m.num_layers:
                 raise ModtrainError(
