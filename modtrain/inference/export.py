@@ -1,7 +1,7 @@
 """`modtrain convert`: a training checkpoint -> a Hugging Face-loadable export directory.
 
-EXPORT_DIR/ model.safetensors, config.json, tokenizer.model, and for a MoD model the
-modelling code (configuration_modtrain.py, modeling_modtrain.py, modtrain_core.py). No
+EXPORT_DIR/ model.safetensors, config.json, tokenizer.model, and for a MoD or MoE model
+the modelling code (hf_template.REMOTE_CODE_FILES). No
 pickle anywhere: tensors in safetensors, everything else JSON, Python source or the
 SentencePiece model. The directory is written next to its destination and renamed into
 place, so an interrupted convert leaves no half export. Format: docs/export_format.md.
