@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError, shown
 from modtrain.inference.checkpoint_reader import read_checkpoint
 from modtrain.inference.hf_layout import EXPORT_FORMAT, hf_config, to_hf_tensors
@@ -46,9 +47,7 @@ def _find_tokenizer(configured: str, tag_dir: Path, override: str | Path | None)
 
 
 def _eos_id(tokenizer: Path) -> int | None:
-    import sentencepiece as spm
-
-    eos = spm.SentencePieceProcessor(model_file=str(tokenizer)).eos_id()
+    eos = Tokenizer(tokenizer).sp.eos_id()
     return eos if eos >= 0 else None
 
 
@@ -121,9 +120,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp
     ckpt = read_checkpoint(checkpoint)
     tok = _find_tokenizer(ckpt.config.get("data", {}).get("tokenizer", ""), ckpt.tag_dir,
                           tokenizer)
-    import sentencepiece as spm
-
-    check_vocabulary(spm.SentencePieceProcessor(model_file=str(tok)).vocab_size(),
+    check_vocabulary(Tokenizer(tok).vocab_size,
                      ckpt.config["model"]["vocab_size"], tok,
                      "pass the tokenizer training used with --tokenizer PATH.model")
     return write_export(ckpt.tensors, ckpt.config["model"], out, tok, dtype, ckpt.step)

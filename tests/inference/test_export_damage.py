@@ -53,3 +53,13 @@ def test_a_truncated_safetensors_file_is_one_line(tmp_path, mod_export, keep):
     (out / "model.safetensors").write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
     with pytest.raises(ModtrainError, match="model.safetensors is damaged or truncated"):
         load_export(out)
+
+
+def test_convert_with_a_garbage_tokenizer_is_one_line(tmp_path, mod_run):
+    from modtrain.inference.export import convert_checkpoint
+
+    garbage = tmp_path / "g.model"
+    garbage.write_bytes(b"\x8f not a model \x00" * 8)
+    with pytest.raises(ModtrainError, match=r"g\.model is not a SentencePiece model"):
+        convert_checkpoint(mod_run, tmp_path / "e", tokenizer=garbage)
+    assert not (tmp_path / "e").exists()
