@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except ModtrainError as e:
         print(f"modtrain: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # permissions, a full disk, a path under a file: the OS's words
+        where = f": {e.filename}" if e.filename is not None else ""
+        print(f"modtrain: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -49,15 +49,15 @@ def read_state(checkpoint_dir: str | Path, tag: str) -> dict[str, Any]:
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a metrics file (whole JSON lines with a step); a last line that a kill
-    cut short is skipped. An absent file has none."""
+    cut short, or any line that is not JSON text, is skipped. An absent file has none."""
     path = Path(path)
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except ValueError:  # also a line that is not UTF-8
             continue
         if isinstance(record, dict) and "step" in record:
             records.append(record)

@@ -68,6 +68,21 @@ CASES = [
     ("convert run missing", lambda d, c: ["convert", str(d / "norun"), "--out", str(d / "e")],
      "norun"),
     ("generate export missing", lambda d, c: ["generate", str(d / "noexport")], "noexport"),
+    # An OSError anywhere is the OS's words and the path, not a traceback.
+    ("tokenizer out under a file", lambda d, c: [
+        "tokenizer", "train", "--input", str(_write(d / "a.txt", "abc\n")), "--out",
+        str(_write(d / "f", "x") / "t")], "modtrain: error: File exists: "),
+    ("prepare garbage tokenizer", lambda d, c: [
+        "data", "prepare", "--tokenizer", str(_write(d / "g.model", b"\x8f junk\x00" * 9)),
+        "--input", str(_write(d / "a.txt", "abc\n")), "--out", str(d / "s.zarr")],
+     "g.model is not a SentencePiece model"),
+    ("convert out is a file", lambda d, c: ["convert", str(d / "norun"), "--out",
+                                            str(_write(d / "e", "x"))], "is a file"),
+    ("inspect damaged config", lambda d, c: [
+        "inspect", str(_write(d / "r" / "config.yaml", "model: {}\n").parent)], "is damaged"),
+    ("generate truncated export", lambda d, c: [
+        "generate", str(_write(d / "x" / "model.safetensors", b"\x10\x00").parent)],
+     "not a modtrain export"),
 ]
 
 

@@ -12,7 +12,24 @@ from typing import Any
 import yaml
 
 from modtrain.config.schema import Config
-from modtrain.errors import ModtrainError
+from modtrain.errors import ModtrainError, shown
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without anchors and aliases: nested aliases ("billion laughs") expand to
+    exponentially large values, and configs need neither."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors (&name) and aliases (*name) are not allowed in "
+                "configs; write the values out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -28,8 +45,9 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 def _unknown_key_error(key: str) -> ModtrainError:
     close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see docs/config.md for valid keys"
-    return ModtrainError(f"unknown config key {key!r}{hint}")
+    hint = (f"; did you mean '{close[0]}'?" if close
+            else "; see docs/configuration.md for valid keys")
+    return ModtrainError(f"unknown config key {shown(key)}{hint}")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -51,7 +69,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise ModtrainError(f"config key '{key}' expects a list, got {value!r}")
+            raise ModtrainError(f"config key '{key}' expects a list, got {shown(value)}")
         return [_coerce(v, item, key) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -64,7 +82,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     ):
         raise ModtrainError(
-            f"config key '{key}' expects {hint.__name__}, got {value!r} "
+            f"config key '{key}' expects {hint.__name__}, got {shown(value)} "
             f"({type(value).__name__})"
         )
     return value
@@ -90,7 +108,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 
 def _apply_override(data: dict[str, Any], override: str) -> None:
     if "=" not in override:
-        raise ModtrainError(f"override {override!r} is not of the form section.key=value")
+        raise ModtrainError(f"override {shown(override)} is not of the form section.key=value")
     key, raw = override.split("=", 1)
     if key not in _all_keys(Config):
         raise _unknown_key_error(key)
@@ -101,10 +119,10 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         if not isinstance(node, dict):
             raise ModtrainError(f"config key '{key}' cannot be set: its parent is not a section")
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = _safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
         raise ModtrainError(
-            f"override {override!r} has a value that is not valid YAML "
+            f"override {shown(override)} has a value that is not valid YAML "
             f"({_yaml_problem(e)}); quote the value or fix its syntax"
         ) from None
 
@@ -114,10 +132,10 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return " ".join(str(problem).split())
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     """The file's YAML; a syntax error is one line naming the file, line and column."""
     try:
-        return yaml.safe_load(path.read_text())
+        return _safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -143,7 +161,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ModtrainError(
                 f"config file {path} does not exist; pass a YAML file from configs/"
             )
-        loaded = _read_yaml(path)
+        loaded = read_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

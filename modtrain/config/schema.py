@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, fields, is_dataclass
 
-from modtrain.errors import ModtrainError
+from modtrain.errors import ModtrainError, shown
 
 
 @dataclass
@@ -240,6 +241,19 @@ NON_NEGATIVE = ("model.vocab_size", "model.ffn_hidden_size", "train.warmup_steps
                 "train.decay_steps", "train.peak_tflops", "model.moe.noop_experts",
                 "model.moe.min_capacity", "model.moe.ffn_hidden_size",
                 "model.moe.balance_loss_coef", "model.moe.z_loss_coef")
+# Floats that pass as numbers but fail or train nonsense outside these ranges.
+RANGES = {"train.lr": "(0, inf)", "train.min_lr": "[0, inf)", "train.eps": "(0, inf)",
+          "train.beta1": "[0, 1)", "train.beta2": "[0, 1)", "train.weight_decay": "[0, inf)",
+          "train.grad_clip": "[0, inf)", "model.dropout": "[0, 1)", "model.init_std": "(0, inf)",
+          "model.rope_base": "(0, inf)", "model.norm_eps": "(0, inf)",
+          "model.mod.router_bce_coef": "[0, inf)", "model.mod.predictor_loss_coef": "[0, inf)",
+          "model.moe.balance_loss_coef": "[0, inf)", "model.moe.z_loss_coef": "[0, inf)"}
+
+
+def _inside(v: float, interval: str) -> bool:
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    return ((low <= v) if interval[0] == "[" else (low < v)) and \
+        ((v <= high) if interval[-1] == "]" else (v < high))
 
 
 def _check_numbers(config: Config) -> None:
@@ -267,6 +281,10 @@ def _check_numbers(config: Config) -> None:
             raise ModtrainError(f"{key}={value(key)} must be 0 or more (0: derived)"
                                 if key in ("model.vocab_size", "model.ffn_hidden_size")
                                 else f"{key}={value(key)} must be 0 or more")
+    for key, interval in RANGES.items():
+        if not _inside(value(key), interval):
+            raise ModtrainError(f"{key}={value(key)} is outside {interval}; set it within "
+                                "that range")
 
 
 def _check_experts(config: Config) -> None:
@@ -274,7 +292,7 @@ def _check_experts(config: Config) -> None:
     (docs/moe.md has the table)."""
     moe, par, t = config.model.moe, config.parallel, config.train
     if moe.layers not in ("all", "every_other"):
-        raise ModtrainError(f"model.moe.layers={moe.layers!r}; use 'all' or 'every_other'")
+        raise ModtrainError(f"model.moe.layers={shown(moe.layers)}; use 'all' or 'every_other'")
     if moe.top_k not in (1, 2):
         raise ModtrainError(f"model.moe.top_k={moe.top_k}; use 1 or 2")
     if moe.top_k > moe.num_experts + moe.noop_experts:
@@ -362,6 +380,11 @@ class Config:
             raise ModtrainError(f"data.seq_length={d.seq_length} must be at least 2")
         if not 0.0 < d.val_fraction < 1.0:
             raise ModtrainError(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
+        routed = m.mod.routed_layers or []
+        if len(set(routed)) != len(routed):
+            twice = sorted(i for i, n in Counter(routed).items() if n > 1)[:5]
+            raise ModtrainError(f"model.mod.routed_layers lists layer(s) {twice} more than once; "
+                                "list each routed layer once")
         for i in m.routed_layer_ids:
             if not 0 <= i < m.num_layers:
                 raise ModtrainError(
@@ -370,7 +393,7 @@ class Config:
                 )
         if m.mod.inference_routing not in ("predictor", "router"):
             raise ModtrainError(
-                f"model.mod.inference_routing={m.mod.inference_routing!r}; use 'predictor' or "
+                f"model.mod.inference_routing={shown(m.mod.inference_routing)}; use 'predictor' or "
                 "'router'"
             )
         if m.mod.inference_routing == "predictor" and m.mod.enabled and not m.mod.predictor:
@@ -379,7 +402,7 @@ class Config:
                 "enable the predictor or route sampling with 'router'"
             )
         if t.precision not in ("fp32", "bf16", "fp16"):
-            raise ModtrainError(f"train.precision={t.precision!r}; use fp32, bf16 or fp16")
+            raise ModtrainError(f"train.precision={shown(t.precision)}; use fp32, bf16 or fp16")
         if t.zero_stage not in (0, 1, 2, 3):
             raise ModtrainError(f"train.zero_stage={t.zero_stage}; use 0, 1, 2 or 3")
         if t.recompute not in ("none", "full"):
@@ -419,7 +442,7 @@ class Config:
                 "train.max_nonfinite_steps >= 1"
             )
         if self.run.resume not in ("none", "auto"):
-            raise ModtrainError(f"run.resume={self.run.resume!r}; use 'none' or 'auto'")
+            raise ModtrainError(f"run.resume={shown(self.run.resume)}; use 'none' or 'auto'")
         if self.parallel.tensor < 1 or self.parallel.pipeline < 1:
             raise ModtrainError("parallel.tensor and parallel.pipeline must be >= 1")
         if m.vocab_multiple < 1 or m.vocab_multiple % self.parallel.tensor:

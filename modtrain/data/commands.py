@@ -16,7 +16,7 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
         settings["model_type"] = args.type
     if args.vocab_size is not None:
         settings["vocab_size"] = args.vocab_size
-    path = train_tokenizer(text_files(args.input), args.out, **settings)
+    path = train_tokenizer(text_files(args.input), args.out, overwrite=args.overwrite, **settings)
     print(f"wrote {path} (vocabulary {Tokenizer(path).vocab_size})")
 
 
@@ -77,6 +77,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "sampling, threads (flags given here override it)")
     t.add_argument("--type", choices=["char", "bpe", "unigram"], help="default: bpe")
     t.add_argument("--vocab-size", type=int, help="default: 8000")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing PREFIX.model (stores built with it stop verifying)")
     t.set_defaults(func=_tokenizer_train)
 
     data = sub.add_parser("data", help="token stores")
@@ -93,7 +95,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "optionally .gz or .zst")
     p.add_argument("--out", required=True, help="output STORE.zarr")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing store (and discard a partial build of other inputs)")
+                   help="replace an existing store, moving it aside to OUT.old-<time> (and discard a "
+                        "partial build of other inputs); anything else at OUT is refused")
     p.add_argument("--workers", type=int, default=1, help="local encoding processes (default 1)")
     p.add_argument("--format", default=sources.AUTO, choices=list(sources.format_choices()),
                    help=f"input format; {sources.AUTO}: {sources.describe_detection()}")

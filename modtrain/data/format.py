@@ -11,6 +11,7 @@ must agree on (the schema in full: docs/data_format.md). A store is a zarr v3 gr
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,16 @@ def token_dtype(vocab_size: int) -> np.dtype:
         if vocab_size - 1 <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     return np.dtype(np.uint64)
+
+
+def is_store(path: Path) -> bool:
+    """Whether `path` is a complete modtrain token store (its group metadata names the format)."""
+    try:
+        meta = json.loads((path / GROUP_METADATA).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("attributes"), dict) and \
+        meta["attributes"].get("format") == FORMAT_NAME
 
 
 def build_dir_for(out: Path) -> Path:

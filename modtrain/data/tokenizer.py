@@ -30,12 +30,32 @@ def _lines(paths: Iterable[Path], progress=None) -> Iterator[str]:
     """Non-empty lines of the files; `progress` (a bar) advances by the bytes read."""
     for path in paths:
         with open(path, "rb") as f:
-            for raw in f:
+            for number, raw in enumerate(f, 1):
                 if progress is not None:
                     progress.update(len(raw))
-                line = raw.decode("utf-8").rstrip("\n")
+                try:
+                    line = raw.decode("utf-8").rstrip("\n")
+                except UnicodeDecodeError as e:
+                    raise ModtrainError(
+                        f"corpus file {path} line {number} is not UTF-8 (byte {e.start} of the "
+                        "line); convert the file to UTF-8 or leave it out") from None
                 if line:
                     yield line
+
+
+class _Lines:
+    """_lines for SentencePiece, which reports an error raised by its iterator as a
+    RuntimeError with a traceback in its text: keep the error to raise it whole."""
+
+    def __init__(self, paths: list[Path], progress) -> None:
+        self.lines, self.error = _lines(paths, progress), None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self.lines
+        except ModtrainError as e:
+            self.error = e
+            raise
 
 
 # tokenizer/NAME.yaml keys -> train_tokenizer arguments
@@ -79,11 +99,13 @@ def train_tokenizer(
     character_coverage: float = 1.0,
     num_threads: int = 0,
     max_sentence_length: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Train a SentencePiece model on text files; returns the path of `<out>.model`.
 
     At most `max_sentences` lines, sampled uniformly when `shuffle`, are kept in memory;
-    `num_threads` 0 uses every usable core."""
+    `num_threads` 0 uses every usable core. An existing `<out>.model` is replaced only with
+    `overwrite` (stores built with it record its hash)."""
     if model_type not in MODEL_TYPES:
         raise ModtrainError(f"tokenizer type {model_type!r} is unknown; use one of {MODEL_TYPES}")
     paths = [Path(p) for p in inputs]
@@ -93,6 +115,10 @@ def train_tokenizer(
         if p.stat().st_size == 0 or not any(True for _ in _lines([p])):
             raise ModtrainError(f"corpus file {p} is empty; pass a file with text in it")
     out = Path(str(out).removesuffix(".model"))
+    final = out.with_name(out.name + ".model")
+    if final.exists() and not overwrite:
+        raise ModtrainError(f"tokenizer {final} already exists (token stores built with it check "
+                            "its hash); pass --overwrite to replace it or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_prefix = out.with_name(out.name + ".tmp")
     spm.set_random_generator_seed(seed)  # sentence sampling; same corpus -> same model
@@ -106,7 +132,6 @@ def train_tokenizer(
     except RuntimeError as e:  # SentencePiece reports bad settings as RuntimeError
         reason = str(e).split("]")[-1].strip() or str(e)
         raise ModtrainError(f"SentencePiece training failed: {reason}") from None
-    final = out.with_name(out.name + ".model")
     Path(str(tmp_prefix) + ".model").replace(final)
     Path(str(tmp_prefix) + ".vocab").replace(out.with_name(out.name + ".vocab"))
     return final
@@ -120,8 +145,22 @@ def _train_spm(
     # (its sampling of sentences); training the vocabulary follows, without one.
     reading = bar(total=sum(p.stat().st_size for p in paths), desc="tokenizer: reading",
                   unit="B", unit_scale=True)
+    lines = _Lines(paths, reading)
+    try:
+        _spm_train(lines, prefix, model_type, vocab_size, max_sentences, sampling)
+    except RuntimeError:
+        if lines.error is not None:  # a line that is not UTF-8: our message, not its traceback
+            raise lines.error from None
+        raise
+    reading.close()
+
+
+def _spm_train(
+    lines: _Lines, prefix: Path, model_type: str, vocab_size: int, max_sentences: int,
+    sampling: dict[str, Any],
+) -> None:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_lines(paths, reading),
+        sentence_iterator=iter(lines),
         model_prefix=str(prefix),
         model_type=model_type,
         vocab_size=vocab_size,
@@ -142,7 +181,6 @@ def _train_spm(
         minloglevel=2,
         **sampling,  # shuffle_input_sentence, character_coverage, num_threads, ...
     )
-    reading.close()
 
 
 class Tokenizer:
@@ -155,7 +193,12 @@ class Tokenizer:
                 f"tokenizer {path} does not exist; train one with 'modtrain tokenizer train'"
             )
         self.path = path
-        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        except RuntimeError:  # SentencePiece's report of a file that is not a model
+            raise ModtrainError(f"tokenizer {path} is not a SentencePiece model (damaged or "
+                                "truncated); pass the .model file 'modtrain tokenizer train' "
+                                "wrote") from None
         self.sha256 = file_sha256(path)
 
     @property

@@ -1,7 +1,7 @@
 """`modtrain convert`: a training checkpoint -> a Hugging Face-loadable export directory.
 
-EXPORT_DIR/ model.safetensors, config.json, tokenizer.model, and for a MoD model the
-modelling code (configuration_modtrain.py, modeling_modtrain.py, modtrain_core.py). No
+EXPORT_DIR/ model.safetensors, config.json, tokenizer.model, and for a MoD or MoE model
+the modelling code (hf_template.REMOTE_CODE_FILES). No
 pickle anywhere: tensors in safetensors, everything else JSON, Python source or the
 SentencePiece model. The directory is written next to its destination and renamed into
 place, so an interrupted convert leaves no half export. Format: docs/export_format.md.
@@ -9,6 +9,7 @@ place, so an interrupted convert leaves no half export. Format: docs/export_form
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from modtrain.errors import ModtrainError
+from modtrain.data.tokenizer import Tokenizer
+from modtrain.errors import ModtrainError, shown
 from modtrain.inference.checkpoint_reader import read_checkpoint
 from modtrain.inference.hf_layout import EXPORT_FORMAT, hf_config, to_hf_tensors
 from modtrain.inference.hf_template import REMOTE_CODE_FILES
@@ -45,9 +47,7 @@ def _find_tokenizer(configured: str, tag_dir: Path, override: str | Path | None)
 
 
 def _eos_id(tokenizer: Path) -> int | None:
-    import sentencepiece as spm
-
-    eos = spm.SentencePieceProcessor(model_file=str(tokenizer)).eos_id()
+    eos = Tokenizer(tokenizer).sp.eos_id()
     return eos if eos >= 0 else None
 
 
@@ -81,12 +81,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _check_out(out: Path) -> None:
+    """`out` may be replaced: absent, an empty directory or an earlier export."""
+    if out.exists() and not out.is_dir():
+        raise ModtrainError(f"--out {out} is a file; give a directory for the export")
+    if out.exists() and any(out.iterdir()) and not _is_export(out):
+        raise ModtrainError(f"{out} exists and is not a modtrain export; choose another "
+                            "--out or remove it")
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished export to `out`, replacing an earlier export there."""
     if out.exists():
-        if any(out.iterdir()) and not _is_export(out):
-            raise ModtrainError(f"{out} exists and is not a modtrain export; choose another "
-                                "--out or remove it")
+        _check_out(out)
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)
@@ -109,12 +116,11 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp
                        tokenizer: str | Path | None = None) -> Path:
     if dtype not in DTYPES:
         raise ModtrainError(f"--dtype {dtype} is unknown; use fp32, bf16 or fp16")
+    _check_out(Path(out))
     ckpt = read_checkpoint(checkpoint)
     tok = _find_tokenizer(ckpt.config.get("data", {}).get("tokenizer", ""), ckpt.tag_dir,
                           tokenizer)
-    import sentencepiece as spm
-
-    check_vocabulary(spm.SentencePieceProcessor(model_file=str(tok)).vocab_size(),
+    check_vocabulary(Tokenizer(tok).vocab_size,
                      ckpt.config["model"]["vocab_size"], tok,
                      "pass the tokenizer training used with --tokenizer PATH.model")
     return write_export(ckpt.tensors, ckpt.config["model"], out, tok, dtype, ckpt.step)
@@ -156,13 +162,75 @@ def read_export_config(export_dir: str | Path) -> dict[str, Any]:
     return json.loads((export_dir / "config.json").read_text())
 
 
+def _core_config(export_dir: Path) -> CoreConfig:
+    """config.json as the model's config, every field of its declared type."""
+    damaged = f"export {export_dir}: config.json is damaged"
+    try:
+        config = CoreConfig.from_dict(read_export_config(export_dir))
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+        raise ModtrainError(f"{damaged} ({type(e).__name__}: {shown(str(e))}); convert the "
+                            "checkpoint again") from None
+    for f in dataclasses.fields(config):
+        v, kind = getattr(config, f.name), str(f.type)
+        ok = (isinstance(v, list) and all(type(i) is int for i in v) if kind.startswith("list")
+              else type(v) is bool if kind == "bool" else isinstance(v, str) if kind == "str"
+              else type(v) in (int, float) if kind == "float" else type(v) is int)
+        if not ok:
+            raise ModtrainError(f"{damaged}: {f.name} is {shown(v)}, not {kind}; convert the "
+                                "checkpoint again")
+    return config
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from the safetensors header, reading no tensor data."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise ModtrainError(f"{path} is damaged or truncated ({shown(str(e))}); convert the "
+                            "checkpoint again") from None
+
+
+def _check_tensors(export_dir: Path, config: CoreConfig) -> None:
+    """config.json against the safetensors header, before anything is allocated: a size in
+    config.json that lies would otherwise allocate whatever it says."""
+    stored = _stored_shapes(export_dir / "model.safetensors")
+    layers = {int(k.split(".")[2]) for k in stored if k.startswith("model.layers.")
+              and k.split(".")[2].isdigit()}
+    # The counts that size loops in the model's constructor, bounded by the file first.
+    if config.num_hidden_layers != len(layers) or config.moe_num_experts > len(stored):
+        raise ModtrainError(f"export {export_dir}: config.json (num_hidden_layers="
+                            f"{config.num_hidden_layers}, moe_num_experts={config.moe_num_experts})"
+                            f" does not fit model.safetensors ({len(layers)} layers, {len(stored)} "
+                            "tensors); convert the checkpoint again")
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in ModtrainLM(config).state_dict().items()}
+    except (RuntimeError, ValueError, TypeError, IndexError, ZeroDivisionError) as e:
+        raise ModtrainError(f"export {export_dir}: config.json describes no model "
+                            f"({shown(str(e))}); convert the checkpoint again") from None
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+        stored = {k: v for k, v in stored.items() if k != "lm_head.weight"}
+    for name in sorted(set(expected) | set(stored)):
+        if expected.get(name) != stored.get(name):
+            raise ModtrainError(
+                f"export {export_dir} does not match its config.json: {name} is "
+                f"{stored.get(name, 'missing')} in model.safetensors, config.json implies "
+                f"{expected.get(name, 'no such tensor')}; convert the checkpoint again")
+
+
 def load_export(export_dir: str | Path, dtype: torch.dtype = torch.float32,
                 inference_routing: str | None = None) -> ModtrainLM:
     """The export as modtrain's plain-torch inference model, in eval mode.
 
     inference_routing overrides the export's causal routing: "predictor" or "router".
     """
-    config = CoreConfig.from_dict(read_export_config(export_dir))
+    export_dir = Path(export_dir)
+    config = _core_config(export_dir)
+    _check_tensors(export_dir, config)
     if inference_routing is not None:
         if inference_routing not in ("predictor", "router"):
             raise ModtrainError(f"--routing {inference_routing} is unknown; use predictor or "
@@ -172,7 +240,11 @@ def load_export(export_dir: str | Path, dtype: torch.dtype = torch.float32,
             raise ModtrainError("this export has no predictor; use --routing router")
         config.mod_inference_routing = inference_routing
     model = ModtrainLM(config)
-    tensors = load_file(str(Path(export_dir) / "model.safetensors"))
+    try:
+        tensors = load_file(str(export_dir / "model.safetensors"))
+    except Exception as e:  # safetensors reports bad data in its own and in builtin types
+        raise ModtrainError(f"{export_dir / 'model.safetensors'} cannot be read ("
+                            f"{shown(str(e))}); convert the checkpoint again") from None
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if config.tie_word_embeddings:
         missing = [k for k in missing if k != "lm_head.weight"]

@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from modtrain.config import config_from_dict
+from modtrain.config import load_config
 from modtrain.errors import ModtrainError
 from modtrain.model.flops import model_flops
 from modtrain.report import figures
@@ -40,22 +38,27 @@ def read_run(run_dir: str | Path) -> RunCurves:
     if not metrics.is_file() or not config_file.is_file():
         raise ModtrainError(f"{run_dir} is not a run directory (no {METRICS_FILE} or "
                             f"{CONFIG_FILE}); pass the run.dir a training wrote")
-    config = config_from_dict(yaml.safe_load(config_file.read_text()))
+    config = load_config(config_file)
     seq, batch = config.data.seq_length, config.train.global_batch_size
     curves = RunCurves(name=run_dir.name, tokens_per_step=seq * batch,
                        flops_per_step=3 * model_flops(config.model, seq) * batch)
     last_step, seconds = 0, 0.0
     for record in read_metrics(metrics):
-        step = int(record["step"])
-        if record.get("loss") is not None:
-            curves.train.append((step, float(record["loss"])))
-            rate = record.get("tokens_per_s")
+        try:
+            step = int(record["step"])
+            loss, val = (None if record.get(k) is None else float(record[k])
+                         for k in ("loss", "val_loss"))
+            rate = float(record.get("tokens_per_s") or 0)
+        except (TypeError, ValueError):  # a damaged record: skipped, as a cut line is
+            continue
+        if loss is not None:
+            curves.train.append((step, loss))
             if rate:
-                seconds += (step - last_step) * curves.tokens_per_step / float(rate)
+                seconds += (step - last_step) * curves.tokens_per_step / rate
             last_step = step
             curves.seconds_at[step] = seconds
-        if record.get("val_loss") is not None:
-            curves.val.append((step, float(record["val_loss"])))
+        if val is not None:
+            curves.val.append((step, val))
     if not curves.train and not curves.val:
         raise ModtrainError(f"{metrics} holds no loss records yet; plot after the first "
                             "logged step")

@@ -10,15 +10,18 @@ the safetensors header.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import SafetensorError
 
 from modtrain.config import config_from_dict
+from modtrain.config.load import read_yaml
 from modtrain.config.schema import ModelConfig
 from modtrain.data.tokenizer import file_sha256
-from modtrain.errors import ModtrainError
+from modtrain.errors import ModtrainError, shown
 from modtrain.model.flops import model_flops
 from modtrain.model.param_layout import parameter_count
 from modtrain.run_dir import (
@@ -81,21 +84,35 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
     """A description of `path` as a JSON-ready dict; one-line error for anything else."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
-        return _run(path)
+        return _described(_run, path, f"its {CONFIG_FILE} or its latest checkpoint's {STATE_FILE}")
     if (path / STATE_FILE).is_file():
-        return _checkpoint(path.parent, path.name)
+        return _described(lambda p: _checkpoint(p.parent, p.name), path, STATE_FILE)
     if latest_tag(path) is not None or complete_tags(path):
-        return _checkpoint(path, latest_tag(path) or complete_tags(path)[-1])
+        return _described(lambda p: _checkpoint(p, latest_tag(p) or complete_tags(p)[-1]),
+                          path, f"the latest checkpoint's {STATE_FILE}")
     if (path / "config.json").is_file():
-        return _export(path)
+        return _described(_export, path, "config.json or model.safetensors")
     if (path / "zarr.json").is_file():
         return _store(path)
     raise ModtrainError(f"{path} is not a run directory, checkpoint, export or token store; "
                         "pass one of those")
 
 
+def _described(describe: Callable[[Path], dict[str, Any]], path: Path, files: str
+               ) -> dict[str, Any]:
+    """`describe(path)`, a damaged file in it (bad JSON or YAML, wrong types, missing keys)
+    one line naming the files it reads."""
+    try:
+        return describe(path)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, yaml.YAMLError,
+            SafetensorError) as e:
+        raise ModtrainError(f"{path} cannot be described: {files} is damaged "
+                            f"({type(e).__name__}: {shown(str(e))}); restore it from a copy"
+                            ) from None
+
+
 def _run(path: Path) -> dict[str, Any]:
-    config = yaml.safe_load((path / CONFIG_FILE).read_text())
+    config = read_yaml(path / CONFIG_FILE)
     ckpts = path / CHECKPOINTS
     tag = latest_tag(ckpts)
     info: dict[str, Any] = {

@@ -29,6 +29,24 @@ def test_default_routing_is_every_other_block():
     ("train.lr=fast", "expects float"),
     ("model.num_layers=2.5", "expects int"),
     ("train.micro_batch_size=5", "not a multiple of train.micro_batch_size=5"),
+    ("train.lr=0", "train.lr=0.0 is outside (0, inf)"),
+    ("train.lr=-1e-3", "train.lr=-0.001 is outside (0, inf)"),
+    ("train.min_lr=-1e-5", "train.min_lr=-1e-05 is outside [0, inf)"),
+    ("model.dropout=1", "model.dropout=1.0 is outside [0, 1)"),
+    ("model.dropout=-0.1", "model.dropout=-0.1 is outside [0, 1)"),
+    ("model.init_std=0", "model.init_std=0.0 is outside (0, inf)"),
+    ("train.beta1=1", "train.beta1=1.0 is outside [0, 1)"),
+    ("train.beta2=-0.5", "train.beta2=-0.5 is outside [0, 1)"),
+    ("train.weight_decay=-0.1", "train.weight_decay=-0.1 is outside [0, inf)"),
+    ("train.grad_clip=-1", "train.grad_clip=-1.0 is outside [0, inf)"),
+    ("train.eps=0", "train.eps=0.0 is outside (0, inf)"),
+    ("model.mod.router_bce_coef=-1", "model.mod.router_bce_coef=-1.0 is outside [0, inf)"),
+    ("model.mod.predictor_loss_coef=-1", "predictor_loss_coef=-1.0 is outside [0, inf)"),
+    ("model.moe.balance_loss_coef=-1", "model.moe.balance_loss_coef=-1.0 must be 0 or more"),
+    ("model.moe.z_loss_coef=-1", "model.moe.z_loss_coef=-1.0 must be 0 or more"),
+    ("model.mod.routed_layers=[1,1,3]", "routed_layers lists layer(s) [1] more than once"),
+    ("model.rope_base=0", "model.rope_base=0.0 is outside (0, inf)"),
+    ("model.norm_eps=-1e-5", "model.norm_eps=-1e-05 is outside (0, inf)"),
 ])
 def test_bad_values_name_the_key_and_the_fix(override, message):
     with pytest.raises(ModtrainError, match=message.replace("(", r"\(").replace(")", r"\)")
@@ -139,3 +157,27 @@ def test_recompute_layers_from_the_command_line():
     assert config.train.recompute_layer_ids(config.model.num_layers) == [1, 3]
     config = load_config(None, ["train.recompute=full", "train.recompute_layers=every_2"])
     assert config.train.recompute_layer_ids(config.model.num_layers) == [0, 2]
+
+
+BOMB = 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)
+) + "train:\n  lr: *l8\n"
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)  # 9**9 strings once expanded
+    with pytest.raises(ModtrainError, match=r"bomb\.yaml:1:5: invalid YAML, YAML anchors"):
+        load_config(path)
+    with pytest.raises(ModtrainError, match="anchors .* and aliases .* are not allowed") as err:
+        load_config(None, ["train.lr=[&a [1, 2], *a, *a]"])
+    assert len(str(err.value)) < 300
+
+
+def test_values_in_error_messages_are_capped():
+    with pytest.raises(ModtrainError) as err:
+        load_config(None, [f"train.precision={'x' * 10_000}"])
+    assert len(str(err.value)) < 200 and "xxx…" in str(err.value)
+    with pytest.raises(ModtrainError) as err:
+        load_config(None, [f"train.lr=[{', '.join(['1'] * 10_000)}]"])
+    assert len(str(err.value)) < 200

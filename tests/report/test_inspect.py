@@ -49,3 +49,46 @@ def test_unknown_path_is_one_line(tmp_path):
     with pytest.raises(ModtrainError, match="is not a run directory, checkpoint") as err:
         inspect_path(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def _fake_run(root, config_text=None, state_text=None):
+    from modtrain.config import load_config, save_config
+
+    root.mkdir()
+    save_config(load_config(None), root / "config.yaml")
+    if config_text is not None:
+        (root / "config.yaml").write_text(config_text)
+    if state_text is not None:
+        tag = root / "checkpoints" / "step_00000004"
+        tag.mkdir(parents=True)
+        (tag / "modtrain.json").write_text(state_text)
+        (root / "checkpoints" / "latest").write_text("step_00000004")
+    return root
+
+
+@pytest.mark.parametrize("config_text,state_text,target,message", [
+    ("model: [1, 2\n", None, "", r"config.yaml:2:1: invalid YAML"),
+    ("- just a list\n", None, "", r"cannot be described: its config.yaml .* is damaged"),
+    ("model: {}\n", None, "", r"cannot be described: its config.yaml .* is damaged \(KeyError"),
+    (None, '{"step": 4, "conf', "", r"latest checkpoint's modtrain.json is damaged"),
+    (None, '{"step": 4}', "checkpoints", r"latest checkpoint's modtrain.json is damaged"),
+    (None, "\xff\xfe", "checkpoints/step_00000004", r"modtrain.json is damaged"),
+])
+def test_a_damaged_run_or_checkpoint_is_one_line(tmp_path, config_text, state_text, target,
+                                                 message):
+    run = _fake_run(tmp_path / "run", config_text, state_text)
+    with pytest.raises(ModtrainError, match=message) as err:
+        inspect_path(run / target)
+    assert "\n" not in str(err.value)
+
+
+def test_a_metrics_line_that_is_not_utf8_or_not_a_record_is_skipped(tmp_path):
+    from modtrain.report.curves import read_run
+
+    run = _fake_run(tmp_path / "run")
+    (run / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": 2.5}\n\xff\xfe\x00 garbage\n'
+                                        b'{"step": "x", "loss": 1}\n{"step": 2, "loss": "y"}\n'
+                                        b'{"step": 3, "loss": 2.0, "val_loss": 2.25}\n')
+    curves = read_run(run)
+    assert curves.train == [(1, 2.5), (3, 2.0)] and curves.val == [(3, 2.25)]
+    assert inspect_path(run)["last_metrics"]["step"] == 3

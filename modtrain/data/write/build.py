@@ -11,8 +11,8 @@ process from the memory-mapped parts, so processes never share a shard file.
 
 from __future__ import annotations
 
-import os
 import shutil
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from modtrain.data.format import (
     content_digest,
     file_digest,
     ids_digest,
+    is_store,
     shard_file,
     token_dtype,
 )
@@ -76,8 +77,27 @@ def write_shard(store_path: Path, shard: int, data: np.ndarray) -> bytes:
 
 
 def check_destination(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
+    """Refuse an existing `out` without --overwrite, and with it anything but a token store or
+    an empty directory (--overwrite must never take a corpus or a run directory with it)."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
         raise ModtrainError(f"store {out} already exists; pass --overwrite or choose another --out")
+    if not (is_store(out) or (out.is_dir() and not any(out.iterdir()))):
+        raise ModtrainError(f"--out {out} exists and is not a modtrain token store; --overwrite "
+                            "replaces only a token store or an empty directory: choose another --out")
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` to PATH.old-<time> (never deleted); returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.old-{stamp}-{n}")
+        n += 1
+    path.rename(target)
+    return target
 
 
 def open_build(out: Path, plan: Plan, overwrite: bool, any_slicing: bool = False) -> Path:
@@ -216,14 +236,16 @@ def finalize(
 
 
 def _move_into_place(built: Path, out: Path, overwrite: bool) -> None:
+    """Rename the built store to `out`; a store already there moves to OUT.old-<time>, an
+    empty directory is removed."""
     if out.exists():
         check_destination(out, overwrite)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        built.rename(out)
-        shutil.rmtree(old)
-    else:
-        built.rename(out)
+        if is_store(out):
+            old = move_aside(out)
+            print(f"moved the earlier store {out} aside to {old}")
+        else:
+            out.rmdir()
+    built.rename(out)
 
 
 def write_store(

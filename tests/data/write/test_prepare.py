@@ -141,3 +141,23 @@ def test_undecodable_and_empty_inputs(tmp_path, char_tokenizer):
     with pytest.raises(ModtrainError, match="empty.txt.gz is empty"):
         prepare_store(char_tokenizer, [empty], tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_overwrite_refuses_what_is_not_a_store_and_moves_a_store_aside(
+        tmp_path, char_tokenizer, corpus):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ModtrainError, match="is not a modtrain token store"):
+        prepare_store(char_tokenizer, [corpus], run, overwrite=True)
+    assert (run / "metrics.jsonl").is_file() and (run / "checkpoints").is_dir()
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    assert TokenStore(prepare_store(char_tokenizer, [corpus], empty, overwrite=True))
+    first = TokenStore(empty).attrs["content_sha256"]
+    other = tmp_path / "other.txt"
+    other.write_text("Second Citizen:\n")
+    prepare_store(char_tokenizer, [other], empty, overwrite=True)
+    (old,) = tmp_path.glob("empty.zarr.old-*")
+    assert TokenStore(old).attrs["content_sha256"] == first
+    assert TokenStore(empty).attrs["content_sha256"] != first
