@@ -1,0 +1,249 @@
+"""Memory, communication and step-time cost of a model on a parallel layout (for planning).
+
+Parameter counts come from the parameter table (`model/param_layout.py`), FLOPs from
+`model/flops.py`; this module adds bytes and seconds. Byte models:
+  model states   DeepSpeed's accounting (its ZeRO estimators): mixed precision holds 2 B of
+                 16-bit weights, 2 B of 16-bit gradients, 4 B of fp32 gradients, 4 B of fp32
+                 master weights and 8 B of Adam m, v per parameter; ZeRO-1 shards the fp32
+                 part, ZeRO-2 the 16-bit gradients too, ZeRO-3 everything (18 B, no separate
+                 16-bit gradient; plus one gathered layer, 4 B a parameter). fp32 training:
+                 4 B weights, 4 B gradients, 8 B m, v.
+  activations    tensors autograd saves, per token of a micro-batch: a block holds
+                 12d + 4f elements (+ a heads' log-sum-exp, 2 norm scales in fp32); a routed
+                 block that much for its k = ceil(c S) tokens plus the router's d + 2 on every
+                 token; the final norm 3d + 1, the logits V in fp32. Full recomputation keeps
+                 each block's input (d) and one block's activations. Measured against
+                 saved_tensors_hooks (tests/model/test_cost.py): dense exact, MoD within 2 %
+                 (fp32 on CPU; bf16 counts the fp32 scalars at 2 B, TP splits approximate).
+  communication  ring collectives, bytes sent per GPU per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from modtrain.config.schema import ModelConfig
+from modtrain.model.flops import training_flops_per_token
+from modtrain.model.param_layout import (
+    Part,
+    Split,
+    expert_index,
+    gpt_parameter_names,
+    param_kind,
+)
+from modtrain.model.router import tokens_per_row
+
+RECOMPUTE = ("none", "full")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One way to place a model on `gpus` GPUs, and how each rank steps."""
+
+    tensor: int = 1
+    pipeline: int = 1
+    data: int = 1
+    expert: int = 1
+    zero_stage: int = 0
+    micro_batch: int = 1
+    recompute: str = "none"
+    precision: str = "bf16"  # bf16 | fp32
+
+    @property
+    def gpus(self) -> int:
+        return self.tensor * self.pipeline * self.data
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameter counts of one rank's largest pipeline stage, after TP and EP splits."""
+
+    dense: int  # replicated over all data-parallel ranks
+    expert: int  # replicated over the expert-data-parallel ranks only (data / expert)
+    largest_layer: int  # the biggest single block or embedding (ZeRO-3 gathers one at a time)
+
+    @property
+    def total(self) -> int:
+        return self.dense + self.expert
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def parameter_count_by_part(m: ModelConfig) -> dict[str, int]:
+    """Unsplit parameters: "embedding", "blocks.N", "final_norm", "output"."""
+    parts: dict[str, int] = {}
+    for name in gpt_parameter_names(m):
+        key = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else name.split(".")[0]
+        parts[key] = parts.get(key, 0) + _numel(param_kind(name).shape(m))
+    return parts
+
+
+def rank_params(m: ModelConfig, layout: Layout) -> Params:
+    """Parameters held by one rank of the largest pipeline stage (before ZeRO sharding)."""
+    per_stage = -(-m.num_layers // layout.pipeline)
+    stages: list[list[int]] = [[0, 0] for _ in range(layout.pipeline)]
+    layer_sizes: dict[str, int] = {}
+    for name in gpt_parameter_names(m):
+        kind = param_kind(name)
+        if kind.per_expert and expert_index(name) >= m.moe.num_experts // layout.expert:
+            continue  # another expert-parallel rank's expert
+        n = _numel(kind.shape(m))
+        if kind.split is not Split.REPLICATED:
+            n //= layout.tensor
+        if kind.part is Part.BLOCK:
+            block = int(name.split(".")[1])
+            owners, layer = [block // per_stage], f"blocks.{block}"
+        elif kind.part is Part.EMBEDDING:
+            # DeepSpeed's pipeline ties the embedding into the first and the last stage.
+            tied = m.tie_embeddings and layout.pipeline > 1
+            owners, layer = [0, layout.pipeline - 1] if tied else [0], kind.part.value
+        else:
+            owners, layer = [layout.pipeline - 1], kind.part.value
+        slot = 1 if kind.per_expert else 0
+        for stage in owners:
+            stages[stage][slot] += n
+        layer_sizes[layer] = layer_sizes.get(layer, 0) + n
+    dense, expert = max(stages, key=sum)
+    return Params(dense, expert, max(layer_sizes.values()))
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Bytes per GPU of weights, gradients and optimizer state."""
+
+    params: float
+    grads: float
+    optim: float
+
+    @property
+    def total(self) -> float:
+        return self.params + self.grads + self.optim
+
+
+def model_state_bytes(params: Params, layout: Layout) -> ModelStates:
+    """DeepSpeed's ZeRO accounting (stage 0-3), sharded over each parameter's data group."""
+    mixed = layout.precision != "fp32"
+    w, g16, g32, optim = (2, 2, 4, 12) if mixed else (4, 0, 4, 8)  # bytes per parameter
+    zero = layout.zero_stage
+    out = [0.0, 0.0, 0.0]
+    for count, group in ((params.dense, layout.data),
+                         (params.expert, max(1, layout.data // layout.expert))):
+        out[0] += count * w / (group if zero >= 3 else 1)
+        # ZeRO-3 reduces 16-bit gradients straight into the fp32 partition (DeepSpeed: 18 B).
+        out[1] += count * (g16 if zero < 3 else 0) / (group if zero >= 2 else 1) + count * g32 / (
+            group if zero >= 1 else 1)
+        out[2] += count * optim / (group if zero >= 1 else 1)
+    if zero >= 3:
+        out[0] += 4 * params.largest_layer  # one layer gathered for its forward/backward
+    return ModelStates(*out)
+
+
+def _block_elements(m: ModelConfig, tokens: int, experts: bool, tensor: int) -> float:
+    """Saved elements of one block over `tokens` tokens (16-bit part, fp32 part)."""
+    d, a = m.hidden_size, m.num_heads
+    if experts:
+        moe = m.moe
+        slots = moe.num_experts * moe.top_k * moe.capacity_factor / (moe.num_experts
+                                                                     + moe.noop_experts)
+        mlp = 4 * m.expert_ffn_size * slots + (moe.num_experts + moe.noop_experts)
+    else:
+        mlp = 4 * m.ffn_size / tensor
+    # Norm inputs/outputs are whole on every TP rank; projections and attention are split.
+    return tokens * (6 * d + (6 * d + a) / tensor + mlp + 2)
+
+
+def activation_bytes(m: ModelConfig, layout: Layout, seq: int, layers: int | None = None,
+                     head: bool = True) -> float:
+    """Bytes autograd saves for one micro-batch through `layers` blocks (default: the
+    first stage's share) and, with `head`, the final norm and the loss."""
+    e = 2 if layout.precision != "fp32" else 4
+    tokens = layout.micro_batch * seq
+    per_stage = -(-m.num_layers // layout.pipeline)
+    blocks = range(per_stage if layers is None else layers)
+    routed, experts = set(m.routed_layer_ids), set(m.moe_layer_ids)
+    sizes = []
+    for i in blocks:
+        if i in routed:
+            k = layout.micro_batch * tokens_per_row(m.mod.capacity, seq)
+            sizes.append(e * _block_elements(m, k, i in experts, layout.tensor)
+                         + tokens * (e * m.hidden_size + 8))
+        else:
+            sizes.append(e * _block_elements(m, tokens, i in experts, layout.tensor))
+    if layout.recompute == "full":
+        total = len(sizes) * tokens * e * m.hidden_size + max(sizes, default=0)
+    else:
+        total = sum(sizes)
+    if head:
+        total += tokens * (e * (3 * m.hidden_size + 1) + 4 * m.padded_vocab_size / layout.tensor
+                           + 16)  # final norm, fp32 logits, int64 tokens and labels
+        total += 2 * seq * (m.hidden_size // m.num_heads) * e + 4  # RoPE cos/sin, the loss
+    return total
+
+
+def kv_cache_bytes(m: ModelConfig, batch: int, context: int, tensor: int = 1,
+                   bytes_per_element: int = 2) -> float:
+    """Keys and values for sampling: a routed block caches only its routed tokens
+    (about capacity x context of them)."""
+    routed = set(m.routed_layer_ids)
+    per_token = sum(m.mod.capacity if i in routed else 1.0 for i in range(m.num_layers))
+    return 2 * batch * context * per_token * m.hidden_size * bytes_per_element / tensor
+
+
+def bubble_fraction(pipeline: int, micro_batches: int) -> float:
+    """Idle share of a 1F1B pipeline step: (p - 1) / (m + p - 1)."""
+    return (pipeline - 1) / (micro_batches + pipeline - 1)
+
+
+def comm_bytes(m: ModelConfig, layout: Layout, seq: int, global_batch: int) -> dict[str, float]:
+    """Bytes each GPU sends per optimizer step, by kind (ring algorithms)."""
+    e = 2 if layout.precision != "fp32" else 4
+    params = rank_params(m, layout)
+    micro_batches = global_batch // (layout.data * layout.micro_batch)
+    out = {"dp": 0.0, "tp": 0.0, "ep": 0.0, "pp": 0.0}
+    for count, group in ((params.dense, layout.data),
+                         (params.expert, max(1, layout.data // layout.expert))):
+        ring = (group - 1) / group
+        if layout.zero_stage == 0:
+            out["dp"] += 2 * ring * count * e  # all-reduce of the gradients
+        elif layout.zero_stage < 3:
+            out["dp"] += 2 * ring * count * e  # reduce-scatter grads + all-gather weights
+        else:
+            out["dp"] += 3 * ring * count * e  # weights gathered twice + reduce-scatter
+    per_stage = -(-m.num_layers // layout.pipeline)
+    routed, experts = set(m.routed_layer_ids), set(m.moe_layer_ids)
+    tokens = layout.micro_batch * seq
+    for i in range(per_stage):
+        t = layout.micro_batch * tokens_per_row(m.mod.capacity, seq) if i in routed else tokens
+        width = t * m.hidden_size * e
+        # Two all-reduces forward (attention, MLP) and two backward.
+        out["tp"] += micro_batches * 4 * 2 * (layout.tensor - 1) / layout.tensor * width
+        if i in experts and layout.expert > 1:
+            slots = m.moe.top_k * m.moe.capacity_factor
+            out["ep"] += micro_batches * 4 * (layout.expert - 1) / layout.expert * width * slots
+    if layout.pipeline > 1:
+        out["pp"] = micro_batches * 2 * tokens * m.hidden_size * e
+    return out
+
+
+@dataclass(frozen=True)
+class StepTime:
+    seconds: float
+    tokens_per_s: float
+    bubble: float
+    flops_per_step: float
+
+
+def step_time(m: ModelConfig, layout: Layout, seq: int, global_batch: int,
+              peak_tflops: float, mfu: float) -> StepTime:
+    """Analytic FLOPs / (GPUs x peak x MFU), stretched by the pipeline bubble; full
+    recomputation runs every forward twice (4/3 of the work)."""
+    tokens = global_batch * seq
+    flops = training_flops_per_token(m, seq) * tokens
+    work = flops * (4 / 3 if layout.recompute == "full" else 1)
+    compute = work / (layout.gpus * peak_tflops * 1e12 * mfu)
+    bubble = bubble_fraction(layout.pipeline, global_batch // (layout.data * layout.micro_batch))
+    seconds = compute / (1 - bubble)
+    return StepTime(seconds, tokens / seconds, bubble, flops)
