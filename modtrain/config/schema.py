@@ -147,8 +147,8 @@ class TrainConfig:
     # applied steps is skipped (no update); spike_max_skips of them within spike_window steps
     # stop the run. Needs parallel.pipeline=1 (the pipeline engine updates inside its step).
     spike_window: int = 0
-    spike_zscore: float = 6.0
-    spike_max_skips: int = 3
+    spike_zscore: float = 6.0  # standard deviations above the window's mean that skip a step
+    spike_max_skips: int = 3  # skips within spike_window steps that stop the run
     precision: str = "fp32"  # fp32 | bf16 | fp16
     # bf16: accumulate gradients over micro-batches and reduce them across data-parallel
     # ranks in fp32 (false: in bf16, half the traffic, less exact); docs/gpu.md.
