@@ -76,6 +76,10 @@ def _train(args: argparse.Namespace) -> None:
     from modtrain.train.run_guard import check_run_dir
 
     check_run_dir(Path(config.run.dir), config.run.resume, args.overwrite)
+    from modtrain.train.branch import check_schedule, start_from
+
+    check_schedule(config)  # before run.init_from's checkpoint is linked into run.dir
+    start_from(config)
     from modtrain.launcher import detect
 
     launch = detect()  # a contradictory launch is reported before DeepSpeed starts too
@@ -128,7 +132,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="auto: continue from the latest checkpoint in the run directory")
     tr.add_argument("--overwrite", action="store_true",
                     help="move an earlier run in run.dir aside to RUN_DIR.old-<time> first")
-    tr.set_defaults(func=_train)
+    # `train CONFIG --resume auto key=value`: overrides may also follow the options.
+    tr.set_defaults(func=_train, trailing_overrides=True)
 
     ck = sub.add_parser("checkpoint", help="training checkpoints")
     ck_sub = ck.add_subparsers(dest="checkpoint_command", required=True)
