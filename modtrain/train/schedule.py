@@ -59,13 +59,16 @@ def lr_multiplier(train: TrainConfig):
 
 def check_continues(saved: TrainConfig, train: TrainConfig, step: int) -> None:
     """Refuse a resume whose schedule differs from the checkpoint's over the `step` updates
-    already made: only what lies ahead (train.steps, the decay's start and end, and the
-    schedule past `step`) may change, as for an anneal branch from the stable phase."""
+    already made, when a schedule key changed: only what lies ahead (the decay's start and
+    end, the schedule past `step`) may change, as for an anneal branch from the stable
+    phase. train.steps alone may change freely (a run extended or cut short)."""
+    keys = [k for k in ("schedule", "lr", "min_lr", "warmup_steps", "decay_steps",
+                        "decay_start", "decay_fraction", "decay_shape")
+            if getattr(saved, k) != getattr(train, k)]
+    if not keys:  # train.steps alone: extending a run recomputes its schedule, as always
+        return
     for s in range(step):
         if lr_at(s, saved) != lr_at(s, train):
-            keys = [k for k in ("schedule", "lr", "min_lr", "warmup_steps", "decay_steps",
-                                "decay_start", "decay_fraction", "decay_shape")
-                    if getattr(saved, k) != getattr(train, k)]
             changed = ", ".join(f"train.{k}={getattr(saved, k)!r} -> {getattr(train, k)!r}"
                                 for k in keys)
             raise ModtrainError(
