@@ -126,9 +126,15 @@ class TrainConfig:
     # micro-batch per step, no gradient accumulation), so a config runs on any process count.
     micro_batch_size: int = 0
     lr: float = 1e-3  # peak learning rate, reached after warm-up
-    min_lr: float = 1e-4  # learning rate at the end of the cosine decay
+    min_lr: float = 1e-4  # learning rate at the end of the decay
     warmup_steps: int = 100  # linear warm-up from 0 to train.lr
-    decay_steps: int = 0  # cosine decay ends here (0: at train.steps); lets a run stop early
+    # After warm-up: cosine | linear (decay to min_lr) | constant | wsd (warm-up, stable at
+    # lr, then decay). docs/schedules.md
+    schedule: str = "cosine"
+    decay_steps: int = 0  # the decay ends here (0: at train.steps); lets a run stop early
+    decay_shape: str = "1-sqrt"  # wsd's decay: linear | cosine | 1-sqrt
+    decay_start: int = 0  # wsd: the step its decay begins (0: from decay_fraction)
+    decay_fraction: float = 0.2  # wsd with decay_start=0: the schedule's last share decays
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only, not norms)
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.99  # AdamW beta2
@@ -184,6 +190,17 @@ class TrainConfig:
                                 "blocks 0, N, 2N, ...) or a list of block indices")
         return list(range(0, num_layers, int(step)))
 
+    @property
+    def schedule_end(self) -> int:
+        """The step at which the decay reaches min_lr."""
+        return self.decay_steps or self.steps
+
+    @property
+    def wsd_decay_start(self) -> int:
+        """The first step of schedule=wsd's decay."""
+        end = self.schedule_end
+        return self.decay_start or end - round(self.decay_fraction * end)
+
     def micro_batch(self, data_parallel_size: int) -> int:
         """The micro-batch on `data_parallel_size` ranks (micro_batch_size, or derived)."""
         if self.micro_batch_size:
@@ -221,6 +238,9 @@ class RunConfig:
     dir: str = "runs/default"  # where config.yaml, metrics.jsonl, tensorboard/ and checkpoints/ go
     seed: int = 1337  # weights (the same on every layout), data order and dropout
     resume: str = "none"  # none | auto
+    # With resume=auto: the checkpoint (RUN/checkpoints/step_N, or RUN/checkpoints for its
+    # latest) a new run.dir starts from, e.g. a WSD anneal branch. docs/schedules.md
+    init_from: str = ""
     # resume=auto and `latest` fails its checksums: resume from the newest older checkpoint
     # that verifies (true) or stop (false). docs/fault_tolerance.md
     resume_fallback: bool = True
@@ -238,7 +258,8 @@ POSITIVE = ("model.num_layers", "model.hidden_size", "model.num_heads", "model.m
             "model.mod.predictor_hidden", "train.eval_batches", "model.moe.num_experts",
             "parallel.expert", "parallel.timeout_minutes")
 NON_NEGATIVE = ("model.vocab_size", "model.ffn_hidden_size", "train.warmup_steps",
-                "train.decay_steps", "train.peak_tflops", "model.moe.noop_experts",
+                "train.decay_steps", "train.decay_start", "train.peak_tflops",
+                "model.moe.noop_experts",
                 "model.moe.min_capacity", "model.moe.ffn_hidden_size",
                 "model.moe.balance_loss_coef", "model.moe.z_loss_coef")
 # Floats that pass as numbers but fail or train nonsense outside these ranges.
@@ -324,6 +345,28 @@ def _check_experts(config: Config) -> None:
             "state over the expert data-parallel group")
 
 
+def _check_schedule(t: TrainConfig) -> None:
+    """train.schedule and its keys: a decay that starts after warm-up and ends after it starts."""
+    if t.lr <= 0 or t.min_lr < 0:
+        raise ModtrainError(f"train.lr={t.lr} must be positive and train.min_lr={t.min_lr} "
+                            "0 or more")
+    for key, allowed in (("schedule", ("cosine", "wsd", "linear", "constant")),
+                         ("decay_shape", ("linear", "cosine", "1-sqrt"))):
+        if getattr(t, key) not in allowed:
+            raise ModtrainError(f"train.{key}={getattr(t, key)!r}; use " + " | ".join(allowed))
+    if t.schedule != "wsd":
+        return
+    if not 0.0 < t.decay_fraction <= 1.0:
+        raise ModtrainError(f"train.decay_fraction={t.decay_fraction} must be in (0, 1]")
+    end, start = t.schedule_end, t.wsd_decay_start
+    if not t.warmup_steps <= start < end:
+        raise ModtrainError(
+            f"train.schedule=wsd decays from step {start} (train.decay_start, or "
+            f"train.decay_fraction of the schedule) to step {end} (train.decay_steps, or "
+            f"train.steps): the decay must start at or after train.warmup_steps="
+            f"{t.warmup_steps} and before its end; change train.decay_start or train.steps")
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -401,6 +444,7 @@ class Config:
                 "model.mod.inference_routing='predictor' needs model.mod.predictor=true; "
                 "enable the predictor or route sampling with 'router'"
             )
+        _check_schedule(t)
         if t.precision not in ("fp32", "bf16", "fp16"):
             raise ModtrainError(f"train.precision={shown(t.precision)}; use fp32, bf16 or fp16")
         if t.zero_stage not in (0, 1, 2, 3):

@@ -6,6 +6,7 @@ import argparse
 import codecs
 import re
 import sys
+from pathlib import Path
 
 from modtrain.errors import ModtrainError
 
@@ -62,6 +63,22 @@ def _generate(args: argparse.Namespace) -> None:
               f"{result.cache_allocated_bytes / 1024:.1f} KiB allocated", file=sys.stderr)
 
 
+def _eval(args: argparse.Namespace) -> None:
+    import json
+
+    from modtrain.inference.evaluate import evaluate
+
+    result = evaluate(args.export_dir, [t for t in args.tasks.split(",") if t], args.limit,
+                      args.device)
+    text = json.dumps(result, indent=2, default=str)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    for task, metrics in result["results"].items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                          if isinstance(v, float) and "stderr" not in k)
+        print(f"{task}: {shown}")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("convert", help="training checkpoint -> Hugging Face-loadable export")
     c.add_argument("checkpoint", help="run directory, its checkpoints/ dir or a tag dir")
@@ -101,3 +118,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--stats", action="store_true",
                    help="print speed and key/value cache memory to stderr")
     g.set_defaults(func=_generate)
+
+    e = sub.add_parser("eval", help="lm-evaluation-harness tasks on an export (docs/evaluation.md)")
+    e.add_argument("export_dir")
+    e.add_argument("--tasks", default="shakespeare_ppl",
+                   help="comma-separated: shakespeare_ppl (shipped) or lm-eval task names")
+    e.add_argument("--out", default=None, help="write the results as JSON here")
+    e.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
+    e.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    e.set_defaults(func=_eval)

@@ -80,6 +80,10 @@ def _train(args: argparse.Namespace) -> None:
 
     # Bad files and run directories are reported before DeepSpeed and megatron start.
     sources = preflight(config, args.overwrite)
+    from modtrain.train.branch import check_schedule, start_from
+
+    check_schedule(config)  # before run.init_from's checkpoint is linked into run.dir
+    start_from(config)
     from modtrain.launcher import detect
     from modtrain.train.run_guard import hold_run_dir
 
@@ -144,7 +148,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="auto: continue from the latest checkpoint in the run directory")
     tr.add_argument("--overwrite", action="store_true",
                     help="move an earlier run in run.dir aside to RUN_DIR.old-<time> first")
-    tr.set_defaults(func=_train)
+    # `train CONFIG --resume auto key=value`: overrides may also follow the options.
+    tr.set_defaults(func=_train, trailing_overrides=True)
 
     ck = sub.add_parser("checkpoint", help="training checkpoints")
     ck_sub = ck.add_subparsers(dest="checkpoint_command", required=True)

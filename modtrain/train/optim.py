@@ -1,13 +1,17 @@
-"""AdamW with decoupled weight decay on matrices only, and the LR schedule."""
+"""AdamW with decoupled weight decay on matrices only, and the scheduler that applies
+train/schedule.py's learning rate to it."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from modtrain.config.schema import TrainConfig
+from modtrain.train.schedule import lr_at, lr_multiplier
+
+__all__ = ["GuardedAdamW", "build_optimizer", "build_scheduler", "lr_at",
+           "restore_group_settings", "untie_step_counters"]
 
 
 class GuardedAdamW(torch.optim.AdamW):
@@ -88,17 +92,9 @@ def untie_step_counters(optimizer: torch.optim.Optimizer) -> None:
             state["step"] = state["step"].clone()
 
 
-def lr_at(step: int, train: TrainConfig) -> float:
-    """Linear warm-up to train.lr, then cosine decay to train.min_lr at train.decay_steps."""
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / (train.warmup_steps + 1)
-    end = train.decay_steps or train.steps
-    span = max(1, end - train.warmup_steps)
-    progress = min(1.0, (step - train.warmup_steps) / span)
-    return train.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (train.lr - train.min_lr)
-
-
 def build_scheduler(
     optimizer: torch.optim.Optimizer, train: TrainConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, train) / train.lr)
+    """DeepSpeed steps it after every update; its state (the step count) is checkpointed, so
+    a resumed run continues lr_at from the saved step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train))
