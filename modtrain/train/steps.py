@@ -155,7 +155,7 @@ class PipelineStep:
 
     def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:
         loss = self.engine.train_batch(data_iter=self._iterator(micro_batches))
-        loss = torch.as_tensor(loss, device=self.engine.device).detach().double()
+        loss = torch.as_tensor(loss, device=self.engine.device).detach().double().reshape(())
         # The update already happened; DeepSpeed skips it itself when the gradient norm is
         # not finite (ZeRO 0/1 with clipping), which a non-finite loss always causes.
         # Each statistic lives on one stage out of `pipeline`; the loss on every stage
@@ -175,7 +175,8 @@ class PipelineStep:
                      enabled=show_progress):
             batch = np.stack([val[j] for j in indices[i : i + micro_batch]])
             loss = self.engine.eval_batch(self._iterator([batch]), num_micro_batches=1)
-            total += torch.as_tensor(loss, device=total.device).double() * len(batch)
+            # A one-element tensor ([1] from eval_batch), or a float.
+            total += torch.as_tensor(loss, device=total.device).double().reshape(()) * len(batch)
             count += len(batch)
         for block in self.blocks:
             block.pop_stats()
