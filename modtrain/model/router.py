@@ -80,15 +80,8 @@ class MoDRouter(nn.Module):
             )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Router scores r = w^T x as fp32 [S, B] (x is [S, B, H], any dtype).
-
-        A product and a sum rather than a matmul: a matmul in fp32 may run as TF32 on a GPU
-        (train/engine.py allows it for fp32 training), whose 10-bit mantissa would decide
-        near-ties at the top-k cut; this stays fp32 exactly, at the cost of one [S, B, H]
-        temporary."""
-        w = self.proj.weight.float().squeeze(0)
-        r = (x.float() * w).sum(-1)
-        return r if self.proj.bias is None else r + self.proj.bias.float()
+        """Router scores r = w^T x as fp32 [S, B] (x is [S, B, H], any dtype)."""
+        return fp32_linear(x, self.proj).squeeze(-1)
 
     def predictor_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The causal predictor's fp32 logits [S, B]."""

@@ -63,7 +63,7 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
     if topo.device.type == "cuda" and t.precision == "fp32":
         # fp32 training's matmuls on the tensor cores as TF32 (fp32 range, 10-bit mantissa).
         # Not under bf16/fp16, whose matmuls are half precision anyway: there the fp32 ones
-        # left are the routing decisions' and the loss's, which stay exact.
+        # left (the router's, the predictor's) stay exact fp32.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     # Dropout streams: the default one alike on every rank, the tensor-parallel one per TP rank.
