@@ -96,7 +96,9 @@ def test_tp2_attention_dropout_draws_per_rank_and_the_rest_agrees(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(worker),
          str(out), *MODEL, "model.dropout=0.5", "parallel.tensor=2"],
-        env=cli_env(), capture_output=True, text=True, timeout=300)
+        # The worker imports a helper of tests/ (the repository root on its path).
+        env={**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = torch.load(out, weights_only=False)
     assert torch.equal(saved["losses"][0], saved["losses"][1])
