@@ -158,7 +158,7 @@ def test_keys_that_shape_only_the_future_may_change_on_resume():
     (["train.schedule=wsd", "train.decay_start=2"], "must start at or after"),
     (["train.schedule=wsd", "train.decay_start=20"], "before its end"),
     (["train.schedule=wsd", "train.decay_fraction=0"], r"must be in \(0, 1\]"),
-    (["train.lr=0"], "must be positive"),
+    (["train.lr=0"], r"train.lr=0.0 is outside \(0, inf\)"),
 ])
 def test_bad_schedule_settings_name_the_key(overrides, match):
     with pytest.raises(ModtrainError, match=match):
