@@ -15,6 +15,7 @@ RUN_DIR/
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,16 @@ def candidate_tags(checkpoint_dir: str | Path) -> list[str]:
     if latest not in complete:
         return complete[::-1]
     return [latest, *(t for t in reversed(complete) if t < latest)]
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` to PATH.old-<time> (never deleted; a run or a token store replaced by
+    --overwrite); returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.old-{stamp}-{n}")
+        n += 1
+    path.rename(target)
+    return target

@@ -10,10 +10,10 @@ import os
 import socket
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from modtrain import run_dir as run_dir_files
 from modtrain.errors import ModtrainError
 from modtrain.run_dir import CHECKPOINTS, LOG_DIR, METRICS_FILE, TENSORBOARD_DIR, complete_tags
 
@@ -65,13 +65,7 @@ def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> None:
 
 def move_aside(run_dir: Path) -> Path:
     """Rename an earlier run to RUN_DIR.old-<time> (never deleted); returns the new path."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
-    n = 1
-    while target.exists():
-        target = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}")
-        n += 1
-    run_dir.rename(target)
+    target = run_dir_files.move_aside(run_dir)
     if (target / LOCK_FILE).exists():  # the lock (its inode) stays with this run
         run_dir.mkdir()
         (target / LOCK_FILE).rename(run_dir / LOCK_FILE)

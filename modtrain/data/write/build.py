@@ -40,6 +40,7 @@ from modtrain.data.format import (
 from modtrain.data.write import encode
 from modtrain.data.write.plan import Plan
 from modtrain.errors import ModtrainError
+from modtrain.run_dir import move_aside
 
 # zarr skips writing all-fill chunks by default; every shard file must exist to be checksummed.
 WRITE_ALL_CHUNKS = {"array.write_empty_chunks": True}
@@ -88,16 +89,6 @@ def check_destination(out: Path, overwrite: bool) -> None:
                             "replaces only a token store or an empty directory: choose another --out")
 
 
-def move_aside(path: Path) -> Path:
-    """Rename `path` to PATH.old-<time> (never deleted); returns the new path."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.old-{stamp}")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.old-{stamp}-{n}")
-        n += 1
-    path.rename(target)
-    return target
 
 
 def open_build(out: Path, plan: Plan, overwrite: bool, any_slicing: bool = False) -> Path:
