@@ -133,15 +133,16 @@ def unsafe_globals(path: Path) -> list[str]:
             if g not in DEEPSPEED_GLOBALS]
 
 
-def _damage(path: Path, want: dict[str, Any] | None) -> str | None:
-    """How one file differs from its recorded size and sha256 (None: it matches)."""
+def _damage(path: Path, name: str, want: dict[str, Any] | None) -> str | None:
+    """How the file `name` (at `path`) differs from its recorded size and sha256 (None: it
+    matches)."""
     if want is None:
-        return f"{path.name} is not in its {MANIFEST}"
+        return f"{name} is not in its {MANIFEST}"
     size = path.stat().st_size
     if size != want["bytes"]:
-        return f"{path.name} has {size} bytes, {want['bytes']} were saved"
+        return f"{name} has {size} bytes, {want['bytes']} were saved"
     if _sha256(path) != want["sha256"]:
-        return f"{path.name} does not match its saved sha256"
+        return f"{name} does not match its saved sha256"
     return None
 
 
@@ -165,7 +166,7 @@ def check_files(tag_dir: Path, names: Sequence[str],
             if bad:
                 problems.append(Problem("unsafe", str(_refused(path, bad))))
                 continue
-        damage = _damage(path, recorded.get(name)) if recorded is not None else None
+        damage = _damage(path, name, recorded.get(name)) if recorded is not None else None
         if damage or unreadable:
             problems.append(Problem("damaged", damage or unreadable))
     return problems

@@ -6,8 +6,9 @@ RUN/checkpoints/
     rng_rank_00000.pt ...   torch RNG state of every rank (loaded with weights_only=True)
     modtrain.json           step, data-loader state, resolved config, parallel layout
   latest                    the tag of the newest complete checkpoint
-  .universal[-pipeline]-step_00001000/   DeepSpeed universal copy, for another layout
     checksums.json          size and sha256 of every other file (modtrain.checkpoint_files)
+  .universal[-pipeline]-step_00001000/   DeepSpeed universal copy, for another layout
+    checksums.json          its own checksums, over every file of the tree (train/universal.py)
 Every rank writes into `.tmp-<tag>`; after a barrier the ranks hash the files, rank 0 writes
 checksums.json, renames the folder to `<tag>` and only then rewrites `latest` (write +
 rename), so a crash or kill -9 mid-save leaves the previous checkpoint intact and `latest`
@@ -46,7 +47,6 @@ from modtrain.checkpoint_files import (
     write_manifest,
 )
 from modtrain.errors import ModtrainError
-from modtrain.model.param_layout import gpt_name, pipeline_name
 from modtrain.model.tensor_split import universal_checkpoint_info
 from modtrain.parallel import collectives
 from modtrain.run_dir import (
@@ -73,7 +73,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -152,7 +152,7 @@ def save(
             shutil.rmtree(final)
         _remove_universal_copies(root, tag)  # made from an earlier save of this step
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         _write_atomic(root / LATEST, tag)
         prune(root, keep_last, keep_every)
     collectives.barrier()
@@ -199,7 +199,7 @@ def weights_only_loads() -> Iterator[None]:
 T = TypeVar("T")
 
 
-def _on_rank0(fn: Callable[[], T]) -> T:
+def on_rank0(fn: Callable[[], T]) -> T:
     """Collective: rank 0 runs `fn`, the others wait; every rank returns its result, or raises
     its ModtrainError (so no rank is left waiting in a barrier)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
@@ -231,61 +231,6 @@ def original_tag(tag: str) -> str:
         if tag.startswith(prefix):
             return tag.removeprefix(prefix)
     return tag
-
-
-def _rename_parameters(zero_dir: Path, rename: dict[str, str]) -> None:
-    """Rename the per-parameter folders of a universal checkpoint's `zero/`."""
-    for old, new in rename.items():
-        if old != new and (zero_dir / old).is_dir():
-            os.replace(zero_dir / old, zero_dir / new)
-
-
-def write_universal(checkpoint_dir: str | Path, tag: str, pipeline: bool) -> Path:
-    """Write `tag` as a DeepSpeed universal checkpoint (every parameter and its optimizer state
-    whole, one folder per parameter) named for the target model: pipeline layers when
-    `pipeline`, else GPT. Not collective; idempotent; atomic (built in a temporary folder)."""
-    root = Path(checkpoint_dir)
-    target = root / universal_tag(tag, pipeline)
-    if (target / "zero").is_dir():
-        return target
-    from argparse import Namespace
-
-    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
-
-    state = read_state(root, tag)
-    model = state["config"]["model"]
-    saved_pipeline = state["layout"]["pipeline"] > 1
-    tmp = root / (TMP_PREFIX + target.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    with weights_only_loads():  # one worker each: no process escapes the swapped torch.load
-        ds_to_universal(Namespace(
-            input_folder=str(root / tag), output_folder=str(tmp), num_extract_workers=1,
-            num_merge_workers=1, keep_temp_folder=False, strict=True,
-            inject_missing_state=False,
-        ))
-    # DeepSpeed also writes `latest_universal` naming the temporary folder; modtrain always
-    # passes the tag, so a pointer would only mislead.
-    (root / "latest_universal").unlink(missing_ok=True)
-    zero = tmp / "zero"
-    # Pipeline layers are numbered globally, so only pipeline <-> flat changes names.
-    folders = [p.name for p in zero.iterdir() if p.is_dir()]
-    if saved_pipeline and not pipeline:
-        _rename_parameters(zero, {n: gpt_name(n, model["num_layers"]) for n in folders})
-    elif pipeline and not saved_pipeline:
-        _rename_parameters(zero, {
-            n: pipeline_name(n, model["num_layers"], model["tie_embeddings"]) for n in folders
-        })
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    _fsync_dir(root)
-    return target
-
-
-def convert_to_universal(checkpoint_dir: str | Path, tag: str, pipeline: bool) -> str:
-    """Collective: rank 0 writes the universal checkpoint of `tag` (unless an earlier run or
-    `modtrain checkpoint universal` did), the others wait. Returns the tag to load."""
-    _on_rank0(lambda: write_universal(checkpoint_dir, tag, pipeline))
-    return universal_tag(tag, pipeline)
 
 
 def _check_expert_parallel_size(engine, state: dict[str, Any], tag: str) -> None:

@@ -137,7 +137,9 @@ def _universal(args: argparse.Namespace) -> None:
     if checkpoint.read_state(root, tag)["layout"]["zero_stage"] == 0:
         raise ModtrainError(f"{root / tag} was saved with train.zero_stage=0; DeepSpeed builds "
                             "universal checkpoints from ZeRO states only (train with ZeRO 1-3)")
-    print(checkpoint.write_universal(root, tag, args.pipeline > 1))
+    from modtrain.train.universal import write_universal
+
+    print(write_universal(root, tag, args.pipeline > 1, log=lambda m: print(m, file=sys.stderr)))
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -20,6 +20,7 @@ from modtrain.errors import ModtrainError
 from modtrain.parallel import collectives
 from modtrain.run_dir import LATEST, STATE_FILE, candidate_tags, read_state, step_of
 from modtrain.train import checkpoint
+from modtrain.train.universal import convert_in_job
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,10 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int],
     step = step_of(tag)
     if universal:
         pipeline = layout["pipeline"] > 1
-        if not (checkpoint_dir / checkpoint.universal_tag(tag, pipeline) / "zero").is_dir():
+        if not (checkpoint_dir / checkpoint.universal_tag(tag, pipeline)).is_dir():
             log(f"layout changed ({_describe(saved)} -> {_describe(layout)}): converting {tag} "
                 "to a universal checkpoint on rank 0; for a large model convert before "
                 f"launching: modtrain checkpoint universal {checkpoint_dir} --tag {tag} "
                 f"--pipeline {layout['pipeline']}")
-        tag = checkpoint.convert_to_universal(checkpoint_dir, tag, pipeline)
+        tag = convert_in_job(checkpoint_dir, tag, pipeline, layout["pipeline"], log)
     return ResumePlan(tag=tag, step=step, same_layout=same, universal=universal)

@@ -19,7 +19,7 @@ from modtrain.checkpoint_files import (
     write_manifest,
 )
 from modtrain.errors import ModtrainError
-from modtrain.train import checkpoint
+from modtrain.train import checkpoint, universal
 from tests.train.helpers import run, single_command, tiny_config
 from tests.train.test_checkpoint import _engine
 
@@ -104,8 +104,8 @@ def test_pickled_code_in_a_universal_copy_never_runs_on_a_layout_changing_resume
     state["layout"]["data"] = 2
     (tag_dir / "modtrain.json").write_text(json.dumps(state))
     write_manifest(tag_dir, checksums(tag_dir, tag_files(tag_dir)))
-    universal = checkpoint.write_universal(tag_dir.parent, TAG, pipeline=False)
-    target = universal / "zero" / "final_norm.weight" / "fp32.pt"
+    copy = universal.write_universal(tag_dir.parent, TAG, pipeline=False)
+    target = copy / "zero" / "final_norm.weight" / "fp32.pt"
     marker = tmp_path / "ran.txt"
     state = torch.load(target, weights_only=False)
     state["extra"] = Payload(marker)
@@ -149,8 +149,8 @@ def test_allow_list_covers_what_deepspeed_pickles(tmp_path, dist, char_store, ch
 
 def test_allow_list_covers_universal_copies(tmp_path, saved_run):
     _, tag_dir = _copy(saved_run, tmp_path)
-    universal = checkpoint.write_universal(tag_dir.parent, TAG, pipeline=False)
-    found = _globals(universal.glob("**/*.pt"))
+    copy = universal.write_universal(tag_dir.parent, TAG, pipeline=False)
+    found = _globals(copy.glob("**/*.pt"))
     assert found and found <= set(DEEPSPEED_GLOBALS)
 
 
