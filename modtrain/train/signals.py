@@ -14,6 +14,8 @@ import sys
 import threading
 from types import FrameType
 
+import psutil
+
 from modtrain import launcher
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry".
@@ -44,6 +46,34 @@ class RequeueRequested(Exception):
         self.tag = tag
 
 
+DEEPSPEED_NODE_LAUNCHER = "deepspeed.launcher.launch"
+
+
+def launchers(pid: int | None = None) -> list[psutil.Process]:
+    """The processes whose death should stop `pid` (default: this process): its parent and,
+    when that is DeepSpeed's per-node launcher, the runner that started it."""
+    parent = psutil.Process(pid).parent()
+    if parent is None:
+        return []
+    chain = [parent]
+    try:
+        if DEEPSPEED_NODE_LAUNCHER in " ".join(parent.cmdline()):
+            runner = parent.parent()
+            if runner is not None and "deepspeed" in " ".join(runner.cmdline()):
+                chain.append(runner)
+    except psutil.Error:  # the launcher is already gone: the poll says so at once
+        pass
+    return chain
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (a killed launcher whose own parent has not reaped it)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class StopFlag:
     """Installs handlers for STOP_SIGNALS that set `requested`; `restore` puts the old ones back."""
 
@@ -57,19 +87,22 @@ class StopFlag:
         self.signal_name = signal.Signals(signum).name
 
     def watch_parent(self, interval: float = 1.0) -> StopFlag:
-        """Stop like on a signal when this process's parent (its launcher) dies.
+        """Stop like on a signal when this process's launcher dies.
 
         After SIGKILL of a per-node launcher (deepspeed, torchrun) its ranks are reparented
-        and would train on unwatched; a daemon thread polls os.getppid() instead, so they
-        save at the next step and exit 75 like any preempted run.
+        and would train on unwatched; a daemon thread polls the launchers instead, so they
+        save at the next step and exit 75 like any preempted run. Under DeepSpeed's
+        per-node launcher the `deepspeed` runner above it is watched too: on one node the
+        runner forwards no SIGTERM (it installs handlers only for multi-node pdsh), so a
+        TERM to it would otherwise leave its ranks training.
         """
-        parent = os.getppid()
+        watched = launchers()
 
         def poll() -> None:
-            while os.getppid() == parent:
+            while (gone := next((p for p in watched if not _alive(p)), None)) is None:
                 threading.Event().wait(interval)
             self.requested = True
-            self.signal_name = f"the death of launcher pid {parent}"
+            self.signal_name = f"the death of launcher pid {gone.pid}"
 
         threading.Thread(target=poll, name="modtrain-parent-watch", daemon=True).start()
         return self

@@ -65,3 +65,21 @@ def test_a_rank_learns_that_its_launcher_was_killed():
     launcher.wait()
     # the rank (reparented, still writing to the pipe) stops as if signalled
     assert launcher.stdout.readline() == f"True the death of launcher pid {launcher.pid}\n"
+
+
+@pytest.mark.slow
+def test_a_term_to_the_deepspeed_runner_stops_its_ranks(tmp_path):
+    """On one node DeepSpeed's runner forwards no SIGTERM to its per-node launcher (it
+    installs handlers only for multi-node pdsh): its ranks watch the runner as well."""
+    rank = tmp_path / "rank.py"
+    rank.write_text(RANK)
+    env = {**cli_env(), "DS_ACCELERATOR": "cpu"}
+    runner = subprocess.Popen(
+        [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "1",
+         "--master_addr", "127.0.0.1", "--master_port", "29731", str(rank)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines = iter(runner.stdout.readline, "")
+    assert next(line for line in lines if line.startswith("watching")) == "watching\n"
+    runner.terminate()
+    runner.wait(timeout=60)
+    assert next(lines) == f"True the death of launcher pid {runner.pid}\n"
