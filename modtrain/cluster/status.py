@@ -6,13 +6,16 @@ import json
 import subprocess
 from pathlib import Path
 
-from modtrain.errors import ModtrainError
+from modtrain.config.load import read_yaml
+from modtrain.errors import ModtrainError, shown
 from modtrain.run_dir import (
     CHECKPOINTS,
     CONFIG_FILE,
     JOBS_FILE,
+    LATEST,
     LOG_DIR,
     METRICS_FILE,
+    candidate_tags,
     latest_tag,
     read_metrics,
 )
@@ -52,6 +55,38 @@ def last_metrics(run_dir: Path) -> tuple[dict | None, float | None]:
     return last, val
 
 
+def planned_steps(config: Path) -> tuple[int | None, str | None]:
+    """train.steps of the run's config.yaml, and what is wrong with the file if it cannot
+    be read (a damaged config must not hide the jobs and the progress)."""
+    if not config.is_file():
+        return None, None
+    try:
+        data = read_yaml(config)
+    except ModtrainError as e:
+        return None, str(e)
+    train = data.get("train") if isinstance(data, dict) else None
+    steps = train.get("steps") if isinstance(train, dict) else None
+    if not isinstance(steps, int) or isinstance(steps, bool):
+        return None, f"{config} holds no integer train.steps; restore it from a copy"
+    return steps, None
+
+
+def checkpoint_line(checkpoint_dir: Path) -> str:
+    """The tag a resume would try first (run_dir.candidate_tags: an empty or garbage
+    `latest` hides no checkpoint), and what is odd about `latest`."""
+    tags = candidate_tags(checkpoint_dir)
+    try:
+        named = latest_tag(checkpoint_dir)
+    except (OSError, UnicodeDecodeError):
+        named = "(unreadable)"
+    if not tags:
+        return "none"
+    if (checkpoint_dir / LATEST).exists() and named != tags[0]:
+        return (f"{tags[0]} (newest complete; {checkpoint_dir / LATEST} names "
+                f"{shown(named)}, which is not a complete checkpoint)")
+    return tags[0]
+
+
 def status_lines(run_dir: Path) -> list[str]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -76,16 +111,13 @@ def status_lines(run_dir: Path) -> list[str]:
     if last is None:
         lines.append("training: no step logged yet")
     else:
-        total = ""
-        config = run_dir / CONFIG_FILE
-        if config.is_file():
-            import yaml
-
-            steps = (yaml.safe_load(config.read_text()) or {}).get("train", {}).get("steps")
-            total = f"/{steps}" if steps else ""
+        steps, problem = planned_steps(run_dir / CONFIG_FILE)
+        total = f"/{steps}" if steps else ""
+        if problem:
+            lines.append(f"config: {problem}")
         loss = last.get("loss")
         lines.append(f"training: step {last['step']}{total}, loss "
                      + (f"{loss:.4f}" if isinstance(loss, float) else str(loss))
                      + (f", val loss {val:.4f}" if val is not None else ""))
-    lines.append(f"checkpoint: {latest_tag(run_dir / CHECKPOINTS) or 'none'}")
+    lines.append(f"checkpoint: {checkpoint_line(run_dir / CHECKPOINTS)}")
     return lines

@@ -29,8 +29,8 @@ from modtrain.run_dir import (
     CONFIG_FILE,
     METRICS_FILE,
     STATE_FILE,
+    candidate_tags,
     complete_tags,
-    latest_tag,
     read_metrics,
     read_state,
 )
@@ -87,9 +87,9 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
         return _described(_run, path, f"its {CONFIG_FILE} or its latest checkpoint's {STATE_FILE}")
     if (path / STATE_FILE).is_file():
         return _described(lambda p: _checkpoint(p.parent, p.name), path, STATE_FILE)
-    if latest_tag(path) is not None or complete_tags(path):
-        return _described(lambda p: _checkpoint(p, latest_tag(p) or complete_tags(p)[-1]),
-                          path, f"the latest checkpoint's {STATE_FILE}")
+    if tags := candidate_tags(path):  # an empty or garbage `latest` hides no checkpoint
+        return _described(lambda p: _checkpoint(p, tags[0]), path,
+                          f"the latest checkpoint's {STATE_FILE}")
     if (path / "config.json").is_file():
         return _described(_export, path, "config.json or model.safetensors")
     if (path / "zarr.json").is_file():
@@ -114,7 +114,8 @@ def _described(describe: Callable[[Path], dict[str, Any]], path: Path, files: st
 def _run(path: Path) -> dict[str, Any]:
     config = read_yaml(path / CONFIG_FILE)
     ckpts = path / CHECKPOINTS
-    tag = latest_tag(ckpts)
+    tags = candidate_tags(ckpts)
+    tag = tags[0] if tags else None
     info: dict[str, Any] = {
         "kind": "run", "path": str(path),
         "latest_checkpoint": _checkpoint(ckpts, tag) if tag else None,

@@ -92,3 +92,24 @@ def test_a_metrics_line_that_is_not_utf8_or_not_a_record_is_skipped(tmp_path):
     curves = read_run(run)
     assert curves.train == [(1, 2.5), (3, 2.0)] and curves.val == [(3, 2.25)]
     assert inspect_path(run)["last_metrics"]["step"] == 3
+
+
+@pytest.mark.parametrize("latest", ["", "garbage\x00", "step_00000099"])
+def test_a_bad_latest_hides_no_checkpoint_from_inspect(tmp_path, latest):
+    run = _fake_run(tmp_path / "run")
+    state = inspect_path(run)  # no checkpoint yet
+    assert state["latest_checkpoint"] is None
+    import json
+
+    from modtrain.config import load_config
+    from modtrain.config.load import config_to_dict
+
+    config = config_to_dict(load_config(None))
+    config["model"]["vocab_size"] = 64
+    for step in (2, 4):
+        tag = run / "checkpoints" / f"step_{step:08d}"
+        tag.mkdir(parents=True)
+        (tag / "modtrain.json").write_text(json.dumps({"step": step, "config": config}))
+    (run / "checkpoints" / "latest").write_text(latest)
+    assert inspect_path(run)["latest_checkpoint"]["step"] == 4
+    assert inspect_path(run / "checkpoints")["step"] == 4
