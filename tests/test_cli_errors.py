@@ -53,6 +53,10 @@ CASES = [
      "is not a writable directory"),
     ("run dir unwritable", lambda d, c: ["train", str(c), "run.dir=/proc/modtrain-run"],
      "is not a writable directory"),
+    # 64 layers of width 16384: ~200B parameters, 3 TB of fp32 Adam states on one process
+    ("model too large", lambda d, c: ["train", str(c), "model.hidden_size=16384",
+                                      "model.num_layers=64", "model.num_heads=128"],
+     "GiB per rank for its weights, gradients and optimizer states alone"),
     ("earlier run", lambda d, c: (_earlier_run(d), ["train", str(c)])[1],
      "already holds a run (checkpoint step_00000004)"),
     ("overwrite and resume", lambda d, c: ["train", str(c), "--overwrite", "--resume", "auto"],

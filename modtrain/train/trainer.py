@@ -22,6 +22,7 @@ from modtrain.train import checkpoint
 from modtrain.train.compile import check_compile, compile_blocks
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.engine import build_engine
+from modtrain.train.fits import check_fits
 from modtrain.train.hooks import Hook, StepEnd, default_hooks
 from modtrain.train.inputs import check_inputs
 from modtrain.train.metrics import Progress
@@ -73,6 +74,7 @@ def set_up(config: Config, overwrite: bool = False,
     run_dir = Path(config.run.dir)
     topo = init_distributed(config.parallel.tensor, config.parallel.pipeline,
                             timeout_minutes=config.parallel.timeout_minutes)
+    check_fits(config, topo)  # before anything is written
     t = config.train
     is_main = topo.rank == 0
     progress = Progress(t.steps, enabled=is_main)
