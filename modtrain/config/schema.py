@@ -346,10 +346,8 @@ def _check_experts(config: Config) -> None:
 
 
 def _check_schedule(t: TrainConfig) -> None:
-    """train.schedule and its keys: a decay that starts after warm-up and ends after it starts."""
-    if t.lr <= 0 or t.min_lr < 0:
-        raise ModtrainError(f"train.lr={t.lr} must be positive and train.min_lr={t.min_lr} "
-                            "0 or more")
+    """train.schedule and its keys: a decay that starts after warm-up and ends after it starts
+    (train.lr and train.min_lr are checked with the other ranges: RANGES)."""
     for key, allowed in (("schedule", ("cosine", "wsd", "linear", "constant")),
                          ("decay_shape", ("linear", "cosine", "1-sqrt"))):
         if getattr(t, key) not in allowed:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modtrain.errors import ModtrainError
+from modtrain.run_dir import TENSORBOARD_DIR
 from modtrain.train.metrics import MetricsWriter, Progress
-
-TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricSink(Protocol):

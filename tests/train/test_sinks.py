@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from modtrain.train.sinks import TENSORBOARD_DIR, build_sinks
+from modtrain.run_dir import TENSORBOARD_DIR
+from modtrain.train.sinks import build_sinks
 
 pytest.importorskip("tensorboard")
 
