@@ -155,6 +155,11 @@ class TrainConfig:
     spike_window: int = 0
     spike_zscore: float = 6.0  # standard deviations above the window's mean that skip a step
     spike_max_skips: int = 3  # skips within spike_window steps that stop the run
+    # Routing-collapse warning (0: off): a routed layer whose router or predictor accuracy
+    # against the top-k, averaged over this many steps, is no better than always answering
+    # the majority (1 - capacity for capacity < 0.5) plus routing_collapse_margin is named.
+    routing_collapse_window: int = 100
+    routing_collapse_margin: float = 0.02  # accuracy above the majority answer that is healthy
     precision: str = "fp32"  # fp32 | bf16 | fp16
     # bf16: accumulate gradients over micro-batches and reduce them across data-parallel
     # ranks in fp32 (false: in bf16, half the traffic, less exact); docs/gpu.md.
@@ -259,7 +264,7 @@ POSITIVE = ("model.num_layers", "model.hidden_size", "model.num_heads", "model.m
             "parallel.expert", "parallel.timeout_minutes")
 NON_NEGATIVE = ("model.vocab_size", "model.ffn_hidden_size", "train.warmup_steps",
                 "train.decay_steps", "train.decay_start", "train.peak_tflops",
-                "model.moe.noop_experts",
+                "model.moe.noop_experts", "train.routing_collapse_window",
                 "model.moe.min_capacity", "model.moe.ffn_hidden_size",
                 "model.moe.balance_loss_coef", "model.moe.z_loss_coef")
 # Floats that pass as numbers but fail or train nonsense outside these ranges.
@@ -268,7 +273,8 @@ RANGES = {"train.lr": "(0, inf)", "train.min_lr": "[0, inf)", "train.eps": "(0, 
           "train.grad_clip": "[0, inf)", "model.dropout": "[0, 1)", "model.init_std": "(0, inf)",
           "model.rope_base": "(0, inf)", "model.norm_eps": "(0, inf)",
           "model.mod.router_bce_coef": "[0, inf)", "model.mod.predictor_loss_coef": "[0, inf)",
-          "model.moe.balance_loss_coef": "[0, inf)", "model.moe.z_loss_coef": "[0, inf)"}
+          "model.moe.balance_loss_coef": "[0, inf)", "model.moe.z_loss_coef": "[0, inf)",
+          "train.routing_collapse_margin": "[0, 1)"}
 
 
 def _inside(v: float, interval: str) -> bool:

@@ -1,7 +1,7 @@
 """The concerns that hang off the training loop, one class each, called at named points.
 
-A new behaviour (a profiler window, a routing map at each evaluation) is a new `Hook` and
-one line in `default_hooks`. The loop (train/trainer.py) calls `after_step` on each hook in
+A new behaviour (a profiler window, a routing map at each evaluation) is a new `Hook`
+(train/hook_base.py: the points) and one line in `default_hooks`. The loop (train/trainer.py) calls `after_step` on each hook in
 order; hooks that act (evaluate, save) tell the others through `Run.emit`.
 """
 
@@ -16,33 +16,11 @@ import torch
 from modtrain.errors import ModtrainError
 from modtrain.parallel import collectives
 from modtrain.train import checkpoint
+from modtrain.train.hook_base import Hook, StepEnd
+from modtrain.train.routing_watch import routing_watch
 from modtrain.train.signals import RequeueRequested
 from modtrain.train.state import Run
-from modtrain.train.steps import StepOutcome
 from modtrain.train.throughput import throughput_record
-
-
-@dataclass(frozen=True)
-class StepEnd:
-    """What a finished step hands the hooks."""
-
-    step: int
-    lr: float  # the rate this step's update used
-    outcome: StepOutcome
-
-
-class Hook:
-    """A concern of the loop; every point is a no-op unless a subclass overrides it."""
-
-    def after_step(self, run: Run, end: StepEnd) -> None: ...
-
-    def after_eval(self, run: Run, step: int, val_loss: float) -> None: ...
-
-    def before_save(self, run: Run, step: int) -> None: ...
-
-    def after_save(self, run: Run, step: int, tag: str) -> None: ...
-
-    def on_stop(self, run: Run) -> None: ...
 
 
 def due(step: int, interval: int, last: int) -> bool:
@@ -258,4 +236,5 @@ class LoopHooks:
 
 def default_hooks(run: Run) -> LoopHooks:
     guard = BadStepGuard()
-    return LoopHooks(Metrics(run), guard, Evaluation(), Checkpointing(guard))
+    return LoopHooks(Metrics(run), guard, Evaluation(), Checkpointing(guard),
+                     extra=[*routing_watch(run)])
