@@ -80,10 +80,6 @@ def _train(args: argparse.Namespace) -> None:
 
     # Bad files and run directories are reported before DeepSpeed and megatron start.
     sources = preflight(config, args.overwrite)
-    from modtrain.train.branch import check_schedule, start_from
-
-    check_schedule(config)  # before run.init_from's checkpoint is linked into run.dir
-    start_from(config)
     from modtrain.launcher import detect
     from modtrain.train.run_guard import hold_run_dir
 

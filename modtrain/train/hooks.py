@@ -1,8 +1,9 @@
 """The concerns that hang off the training loop, one class each, called at named points.
 
 A new behaviour (a profiler window, a routing map at each evaluation) is a new `Hook`
-(train/hook_base.py: the points) and one line in `default_hooks`. The loop (train/trainer.py) calls `after_step` on each hook in
-order; hooks that act (evaluate, save) tell the others through `Run.emit`.
+(train/hook_base.py: the points) and one line in `default_hooks`. The loop
+(train/trainer.py) calls `after_step` on each hook in order; hooks that act (evaluate,
+save) tell the others through `Run.emit`.
 """
 
 from __future__ import annotations

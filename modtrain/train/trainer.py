@@ -19,6 +19,7 @@ from modtrain.model.flops import training_flops_per_token
 from modtrain.parallel import collectives, init_distributed
 from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, METRICS_FILE
 from modtrain.train import checkpoint
+from modtrain.train.branch import check_schedule, start_from
 from modtrain.train.compile import check_compile, compile_blocks
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.engine import build_engine
@@ -50,6 +51,8 @@ def preflight(config: Config, overwrite: bool) -> DataSources:
     sources = check_inputs(config)
     check_compile(config)
     check_run_dir(Path(config.run.dir), config.run.resume, overwrite)  # before any waits
+    check_schedule(config)  # before run.init_from's checkpoint is linked into run.dir
+    start_from(config)
     return sources
 
 

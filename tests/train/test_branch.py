@@ -8,6 +8,7 @@ import json
 import pytest
 
 from modtrain.config import load_config
+from modtrain.errors import ModtrainError
 from modtrain.train.branch import start_from
 from tests.train.helpers import run, single_command, step_losses, tiny_config
 
@@ -57,3 +58,27 @@ def test_init_from_names_what_it_takes(tmp_path, char_store, char_tokenizer):
     config.run.resume = "none"
     with pytest.raises(Exception, match="pass --resume auto"):
         start_from(config)
+
+
+def test_train_itself_checks_and_links_the_branch(tmp_path, char_store, char_tokenizer):
+    """preflight, which train() runs when its caller did not, links run.init_from and
+    checks the schedule: a program calling train() gets what `modtrain train` does."""
+    from modtrain.config import config_to_dict
+    from modtrain.train.trainer import preflight
+
+    base = tiny_config(tmp_path, char_store, char_tokenizer, "a")
+    saved = tmp_path / "a" / "checkpoints"
+    (saved / "step_00000004").mkdir(parents=True)
+    (saved / "step_00000004" / "modtrain.json").write_text(json.dumps(
+        {"step": 4, "config": config_to_dict(load_config(base))}))
+    (saved / "latest").write_text("step_00000004")
+    config = load_config(tiny_config(tmp_path, char_store, char_tokenizer, "b"),
+                         ["run.resume=auto", f"run.init_from={saved}"])
+    changed = load_config(tiny_config(tmp_path, char_store, char_tokenizer, "c"),
+                          ["run.resume=auto", f"run.init_from={saved}",
+                           f"train.warmup_steps={config.train.warmup_steps + 1}"])
+    with pytest.raises(ModtrainError, match="was trained with another learning-rate"):
+        preflight(changed, overwrite=False)
+    assert not (tmp_path / "c" / "checkpoints").exists()  # nothing linked in
+    preflight(config, overwrite=False)
+    assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == "step_00000004"
