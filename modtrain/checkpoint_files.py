@@ -167,8 +167,8 @@ def check_files(tag_dir: Path, names: Sequence[str],
                 problems.append(Problem("unsafe", str(_refused(path, bad))))
                 continue
         damage = _damage(path, name, recorded.get(name)) if recorded is not None else None
-        if damage or unreadable:
-            problems.append(Problem("damaged", damage or unreadable))
+        if (found := damage or unreadable) is not None:
+            problems.append(Problem("damaged", found))
     return problems
 
 

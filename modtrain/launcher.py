@@ -92,7 +92,8 @@ def _torch(env: Mapping[str, str]) -> Launch:
             f"the environment sets {', '.join(v for v in TORCH_VARS if env.get(v))} but not "
             f"{', '.join(missing)}; launch with torchrun or deepspeed (which set all five), or "
             "unset them for srun/mpirun/one process")
-    rank, world, local = _int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK")
+    # all five are set (checked above): none of these is None
+    rank, world, local = (int(env[v]) for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     slurm_tasks = _int(env, "SLURM_STEP_NUM_TASKS")
     if slurm_tasks is not None and world < slurm_tasks:
         raise ModtrainError(

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if name not in names:
             raise _unknown_key_error(key)
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ModtrainError(f"config key '{key}' is a section; give it a mapping")
             kwargs[name] = _build(hint, value, key + ".")
@@ -152,7 +153,7 @@ def read_yaml(path: Path) -> Any:
         raise ModtrainError(f"config file {path} cannot be read ({e.strerror or e})") from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Load YAML (or defaults when `path` is None), apply `a.b=value` overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ class _Lines:
     RuntimeError with a traceback in its text: keep the error to raise it whole."""
 
     def __init__(self, paths: list[Path], progress) -> None:
-        self.lines, self.error = _lines(paths, progress), None
+        self.lines = _lines(paths, progress)
+        self.error: ModtrainError | None = None
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -89,7 +90,7 @@ def usable_cores() -> int:
 
 
 def train_tokenizer(
-    inputs: list[str | Path],
+    inputs: Sequence[str | Path],
     out: str | Path,
     model_type: str = "bpe",
     vocab_size: int = 8000,

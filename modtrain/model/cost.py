@@ -30,7 +30,7 @@ from modtrain.model.param_layout import (
     Split,
     expert_index,
     gpt_parameter_names,
-    param_kind,
+    row_of,
 )
 from modtrain.model.router import tokens_per_row
 
@@ -77,7 +77,7 @@ def parameter_count_by_part(m: ModelConfig) -> dict[str, int]:
     parts: dict[str, int] = {}
     for name in gpt_parameter_names(m):
         key = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else name.split(".")[0]
-        parts[key] = parts.get(key, 0) + _numel(param_kind(name).shape(m))
+        parts[key] = parts.get(key, 0) + _numel(row_of(name).shape(m))
     return parts
 
 
@@ -87,8 +87,9 @@ def rank_params(m: ModelConfig, layout: Layout) -> Params:
     stages: list[list[int]] = [[0, 0] for _ in range(layout.pipeline)]
     layer_sizes: dict[str, int] = {}
     for name in gpt_parameter_names(m):
-        kind = param_kind(name)
-        if kind.per_expert and expert_index(name) >= m.moe.num_experts // layout.expert:
+        kind = row_of(name)
+        expert = expert_index(name)
+        if expert is not None and expert >= m.moe.num_experts // layout.expert:
             continue  # another expert-parallel rank's expert
         n = _numel(kind.shape(m))
         if kind.split is not Split.REPLICATED:

@@ -213,15 +213,30 @@ def param_kind(name: str) -> ParamKind | None:
     return None
 
 
+def row_of(name: str) -> ParamKind:
+    """The row of a name known to be a parameter of the table (ValueError otherwise)."""
+    kind = param_kind(name)
+    if kind is None:
+        raise ValueError(f"{name} has no row in the parameter table")
+    return kind
+
+
+def _expert_match(name: str) -> re.Match | None:
+    kind = param_kind(name)
+    return kind.matches(name) if kind is not None and kind.per_expert else None
+
+
 def expert_index(name: str) -> int | None:
     """The expert id in a per-expert parameter name (local or global, as the name has it)."""
-    kind = param_kind(name)
-    return int(kind.matches(name).group(1)) if kind is not None and kind.per_expert else None
+    match = _expert_match(name)
+    return None if match is None else int(match.group(1))
 
 
 def with_expert_index(name: str, index: int) -> str:
     """`name` with its expert id replaced (local <-> global ids under expert parallelism)."""
-    match = param_kind(name).matches(name)
+    match = _expert_match(name)
+    if match is None:
+        raise ValueError(f"{name} is not a per-expert parameter")
     return name[: match.start(1)] + str(index) + name[match.end(1):]
 
 
@@ -250,7 +265,7 @@ def parameter_count(m: ModelConfig) -> int:
     total = 0
     for name in gpt_parameter_names(m):
         count = 1
-        for size in param_kind(name).shape(m):
+        for size in row_of(name).shape(m):
             count *= size
         total += count
     return total
@@ -274,7 +289,7 @@ def hf_tensors(name: str, tensor: torch.Tensor, m: ModelConfig) -> dict[str, tor
     names = hf_names(name)
     if not names:
         return {}
-    kind = param_kind(name)
+    kind = row_of(name)
     parts = kind.to_hf(tensor, m) if kind.to_hf else (tensor,)
     return dict(zip(names, parts, strict=True))
 
@@ -288,10 +303,10 @@ def gpt_name(pipeline_name: str, num_layers: int) -> str:
     """Map a pipeline-module parameter name onto the equivalent `GPT` parameter name."""
     if pipeline_name.startswith(TIED_PREFIX):
         return pipeline_name.removeprefix(TIED_PREFIX)
-    index, rest = pipeline_name.split(".", 1)
-    index = int(index)
-    if 1 <= index <= num_layers:
-        return f"blocks.{index - 1}.{rest.removeprefix('block.')}"
+    head, rest = pipeline_name.split(".", 1)
+    layer = int(head)
+    if 1 <= layer <= num_layers:
+        return f"blocks.{layer - 1}.{rest.removeprefix('block.')}"
     return rest  # embedding.weight, final_norm.weight, output_layer.weight
 
 
@@ -303,7 +318,7 @@ def pipeline_name(name: str, num_layers: int, tie_embeddings: bool) -> str:
         raise ValueError(f"{name} is not a GPT parameter name")
     if kind.part is Part.EMBEDDING:
         return (TIED_PREFIX if tie_embeddings else "0.") + name
-    if kind.part is Part.BLOCK:
+    if index is not None:  # a block's parameter (checked against its row above)
         return f"{index + 1}.block.{name.split('.', 2)[2]}"
     if kind.part is Part.FINAL_NORM:
         return f"{num_layers + 1}.{name}"

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import re
+from typing import Any
 
 from modtrain.config import load_config
 from modtrain.config.schema import ModelConfig
@@ -119,7 +120,7 @@ def isoflop_family(budget: float, seq: int, vocab: int = 32000) -> list[dict]:
     for width in (512, 768, 1024, 1536, 2048, 3072, 4096):
         layers = max(2, width // 64)
         for name, capacity, every in variants:
-            mod = {} if capacity is None else {
+            mod: dict[str, Any] = {} if capacity is None else {
                 "enabled": True, "capacity": capacity, "predictor": False,
                 "inference_routing": "router",
                 "routed_layers": list(range(layers)) if every == "every" else None}

@@ -141,9 +141,7 @@ def draw_routing(source: str | Path, text: str, out: str | Path, store: str | Pa
                             "pass a shorter text")
     routing = route(loaded.model, torch.tensor([ids], device=where))
     store = Path(store) if store else loaded.store
-    fractions = None
-    if store is not None:
-        fractions = position_fractions(loaded.model, store, windows, limit)
+    fractions = None if store is None else position_fractions(loaded.model, store, windows, limit)
 
     plt = figures.pyplot()
     rows = 2 if fractions is not None else 1
@@ -167,7 +165,7 @@ def draw_routing(source: str | Path, text: str, out: str | Path, store: str | Pa
     ax.set_yticks(range(len(routing.layers)), [f"layer {i}" for i in routing.layers])
     ax.set_title("router weight r per token (framed: top-k routed; dot: causal decision)")
     fig.colorbar(image, ax=ax, label="r", fraction=0.02)
-    if fractions is not None:
+    if fractions is not None and store is not None:
         topk, causal = fractions
         ax2 = axes[1][0]
         ax2.plot(topk, label="top-k")

@@ -162,7 +162,8 @@ def save(
 def _hash_together(tag_dir: Path) -> dict[str, dict[str, Any]]:
     """Collective: every rank hashes a share of the tag's files (as rank 0 lists them, the
     rank that renames the tag); all get every checksum."""
-    names = collectives.broadcast_object(tag_files(tag_dir) if dist.get_rank() == 0 else None)
+    names: list[str] = collectives.broadcast_object(
+        tag_files(tag_dir) if dist.get_rank() == 0 else [])
     mine = checksums(tag_dir, share(names, dist.get_rank(), dist.get_world_size()))
     parts = collectives.gather_objects(mine)
     return {name: entry for part in parts for name, entry in part.items()}

@@ -46,11 +46,13 @@ def _is_expert(p: torch.nn.Parameter) -> bool:
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> GuardedAdamW:
     """Matrices with weight decay, vectors without; expert matrices (model.moe) in a third
     group that DeepSpeed partitions over their expert data-parallel group."""
-    decay, no_decay, experts = [], [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    experts: list[torch.nn.Parameter] = []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (experts if _is_expert(p) else decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": params} for params in (decay, no_decay)]
+    groups: list[dict[str, Any]] = [{"params": params} for params in (decay, no_decay)]
     if experts:
         names = {p.group_name for p in experts}
         if len(names) != 1:

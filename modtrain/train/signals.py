@@ -80,7 +80,7 @@ class StopFlag:
     def __init__(self) -> None:
         self.requested = False
         self.signal_name: str | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, signal._HANDLER] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True

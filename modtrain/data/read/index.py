@@ -64,7 +64,7 @@ class SampleIndex:
         self.key = hashlib.sha256(key.encode()).hexdigest()[:20]
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(store)
         self._epoch = -1
-        self._starts = np.empty(0, dtype=np.uint32)
+        self._starts: np.ndarray = np.empty(0, dtype=np.uint32)
 
     def path(self, epoch: int) -> Path:
         return self.cache_dir / f"{self.key}-epoch{epoch:05d}.npy"

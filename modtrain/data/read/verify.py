@@ -61,7 +61,7 @@ def verify_store(store: TokenStore) -> dict[str, Any]:
     if offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) <= 0):
         raise _damaged(store, "doc_offsets do not cut the token stream into non-empty documents")
     size = int(store.tokens.shards[0])
-    ends = offsets[1:] - 1
+    ends: np.ndarray = offsets[1:] - 1
     raw, max_id = [], 0
     for s in range(num_shards):
         a, b = s * size, min(n, (s + 1) * size)

@@ -105,7 +105,8 @@ def _attrs(plan: Plan) -> dict[str, Any]:
 
 def balance(sizes: dict[int, int], n: int) -> list[list[int]]:
     """Split items over n workers, largest first onto the least loaded (deterministic)."""
-    loads, groups = [0] * n, [[] for _ in range(n)]
+    loads = [0] * n
+    groups: list[list[int]] = [[] for _ in range(n)]
     for item in sorted(sizes, key=lambda i: (-sizes[i], i)):
         w = min(range(n), key=lambda k: (loads[k], k))
         groups[w].append(item)
@@ -228,10 +229,10 @@ def _run_all(pool: ProcessPoolExecutor, calls: list[tuple]) -> list:
     futures = [pool.submit(*call) for call in calls]
     done, pending = wait(futures, return_when=FIRST_EXCEPTION)
     for f in futures:
-        if f.done() and f.exception() is not None:
+        if f.done() and (error := f.exception()) is not None:
             for p in pending:
                 p.cancel()
-            raise f.exception()
+            raise error
     return [f.result() for f in futures]
 
 

@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, cast
 
 from modtrain.errors import ModtrainError
 
@@ -245,9 +245,9 @@ def plan_slices(files: list[InputFile], slice_bytes: int) -> list[list[Piece]]:
     return slices
 
 
-def _open(f: InputFile) -> BinaryIO:
+def _open(f: InputFile) -> IO[bytes]:
     if f.compression == "gzip":
-        return gzip.open(f.path, "rb")
+        return cast(IO[bytes], gzip.open(f.path, "rb"))  # a GzipFile is a binary stream
     if f.compression == "zstd":
         import zstandard
 

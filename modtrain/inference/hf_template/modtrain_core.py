@@ -434,6 +434,7 @@ class DecoderLayer(nn.Module):
         """Causal routing of one new token per row (decoding). The rows that route it run
         the block as one compact batch of those rows alone, against their own cache entries;
         the other rows run nothing and store nothing."""
+        assert self.router is not None  # only routed blocks decode through here
         chosen = self.router.causal_mask(x, r)[:, 0]
         rows = chosen.nonzero().squeeze(1)
         n = len(rows)
