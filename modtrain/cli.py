@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from modtrain import log
 from modtrain.errors import ModtrainError
 from modtrain.train.commands import shield_stop_signals
 from modtrain.train.signals import STOP_SIGNALS
@@ -66,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except ModtrainError as e:
-        print(f"modtrain: error: {e}", file=sys.stderr)
+        log.error(str(e))
         return 2
     except OSError as e:  # permissions, a full disk, a path under a file: the OS's words
         where = f": {e.filename}" if e.filename is not None else ""
-        print(f"modtrain: error: {e.strerror or e}{where}", file=sys.stderr)
+        log.error(f"{e.strerror or e}{where}")
         return 2
     return 0
 

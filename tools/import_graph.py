@@ -24,6 +24,7 @@ PACKAGE = "modtrain"
 # Units are top-level packages/modules of modtrain, or data's sub-packages.
 LAYERS: dict[str, int] = {
     "errors": 0,
+    "log": 0,  # messages on stderr, once per job
     "config": 1,
     "run_dir": 1,
     "checkpoint_files": 1,  # what checkpoint files may unpickle; their checksums

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modtrain import log
 from modtrain.cluster.scripts import JobScript, job_name, render, sbatch_option, time_seconds
 from modtrain.config import load_config
 from modtrain.errors import ModtrainError
@@ -168,8 +169,7 @@ def submit(subs: list[Submission], dry_run: bool = False) -> list[tuple[str, str
         if dry_run:
             print(text, end="")
             cmd = sbatch_command(sub, script_path, "$PREVIOUS_JOB" if sub.after else None)
-            print(f"modtrain: dry run, would write {script_path} and run: {shlex.join(cmd)}",
-                  file=sys.stderr)
+            log.note(f"modtrain: dry run, would write {script_path} and run: {shlex.join(cmd)}")
             continue
         sub.log_dir.mkdir(parents=True, exist_ok=True)
         script_path.write_text(text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from modtrain import log
+
 import argparse
 import json
 import sys
@@ -34,8 +36,8 @@ def _data_prepare(args: argparse.Namespace) -> None:
         )
     except Interrupted as stop:
         end_line = "\n" if sys.stderr.isatty() else ""  # after the live progress line
-        print(f"{end_line}modtrain: data prepare {stop}; finished slices are kept, the same "
-              "command continues from them", file=sys.stderr)
+        log.note(f"{end_line}modtrain: data prepare {stop}; finished slices are kept, the same "
+                 "command continues from them")
         sys.exit(128 + stop.signum)
     comm = mpi_world()
     if comm is None or comm.Get_rank() == 0:
@@ -59,8 +61,8 @@ def _data_inspect(args: argparse.Namespace) -> None:
     print(json.dumps(info, indent=2))
     if args.verify:
         v = info["verify"]
-        print(f"verified {store.path}: {v['shards']} shard checksums, {v['tokens']:,} ids below "
-              f"{store.vocab_size}, {v['documents']:,} documents end with EOS", file=sys.stderr)
+        log.note(f"verified {store.path}: {v['shards']} shard checksums, {v['tokens']:,} ids "
+                 f"below {store.vocab_size}, {v['documents']:,} documents end with EOS")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

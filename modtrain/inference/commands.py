@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import codecs
 import re
-import sys
 from pathlib import Path
 
+from modtrain import log
 from modtrain.errors import ModtrainError
 
 # Python's string escapes: \\ \' \" \a \b \f \n \r \t \v, octal, \xHH, \uHHHH, \UHHHHHHHH, \N{name}.
@@ -56,11 +56,11 @@ def _generate(args: argparse.Namespace) -> None:
     if args.stats:
         decode_s = max(result.seconds - result.prefill_seconds, 1e-9)
         steps = max(result.new_tokens - 1, 0)
-        print(f"{result.new_tokens} tokens x {len(texts)} rows in {result.seconds:.2f} s "
-              f"(prefill {result.prefill_seconds * 1e3:.1f} ms, decode "
-              f"{steps * len(texts) / decode_s:.1f} tokens/s); key/value cache "
-              f"{result.cache_used_bytes / 1024:.1f} KiB used, "
-              f"{result.cache_allocated_bytes / 1024:.1f} KiB allocated", file=sys.stderr)
+        log.note(f"{result.new_tokens} tokens x {len(texts)} rows in {result.seconds:.2f} s "
+                 f"(prefill {result.prefill_seconds * 1e3:.1f} ms, decode "
+                 f"{steps * len(texts) / decode_s:.1f} tokens/s); key/value cache "
+                 f"{result.cache_used_bytes / 1024:.1f} KiB used, "
+                 f"{result.cache_allocated_bytes / 1024:.1f} KiB allocated")
 
 
 def _eval(args: argparse.Namespace) -> None:

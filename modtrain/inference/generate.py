@@ -12,7 +12,6 @@ which is what the tests compare against.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from modtrain import log
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
 from modtrain.inference.export import check_vocabulary, load_export, read_export_config
@@ -50,7 +50,7 @@ def restart_length(window: int) -> int:
 
 
 def warn(message: str) -> None:
-    print(f"modtrain: warning: {message}", file=sys.stderr)
+    log.warning(message)
 
 
 def unknown_characters(tokenizer: Tokenizer, text: str) -> list[str]:

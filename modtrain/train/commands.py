@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modtrain import log
+
 if TYPE_CHECKING:
     from modtrain.config import Config
 
@@ -63,7 +65,7 @@ def print_config_warnings(config: Config, is_main: bool) -> None:
     """Config.warnings() on stderr, once per job (rank 0)."""
     if is_main:
         for message in config.warnings():
-            print(f"modtrain: warning: {message}", file=sys.stderr)
+            log.warning(message)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -96,8 +98,7 @@ def _train(args: argparse.Namespace) -> None:
         try:
             result = train(config, overwrite=args.overwrite, sources=sources)
         except RequeueRequested as stop:
-            if launch.is_main:
-                print(f"modtrain: {stop}", file=sys.stderr)
+            log.note(f"modtrain: {stop}")
             destroy_distributed()
             sys.exit(EXIT_REQUEUE)
     if launch.is_main:
@@ -135,7 +136,7 @@ def _universal(args: argparse.Namespace) -> None:
                             "universal checkpoints from ZeRO states only (train with ZeRO 1-3)")
     from modtrain.train.universal import write_universal
 
-    print(write_universal(root, tag, args.pipeline > 1, log=lambda m: print(m, file=sys.stderr)))
+    print(write_universal(root, tag, args.pipeline > 1, log=log.note))
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

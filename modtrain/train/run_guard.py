@@ -8,11 +8,11 @@ import contextlib
 import fcntl
 import os
 import socket
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from modtrain import log
 from modtrain import run_dir as run_dir_files
 from modtrain.errors import ModtrainError
 from modtrain.run_dir import CHECKPOINTS, LOG_DIR, METRICS_FILE, TENSORBOARD_DIR, complete_tags
@@ -97,8 +97,8 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
         handle.seek(0)
         previous = handle.read().split()
         if len(previous) == 2:
-            print(f"modtrain: warning: took over {path} from pid {previous[1]} on host "
-                  f"{previous[0]}, which ended without releasing it", file=sys.stderr)
+            log.warning(f"took over {path} from pid {previous[1]} on host {previous[0]}, "
+                        "which ended without releasing it", every_rank=True)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{socket.gethostname()} {os.getpid()}\n")

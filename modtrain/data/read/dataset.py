@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from modtrain import log
 from modtrain.data.read.index import SampleIndex, Split, train_val_split
 from modtrain.data.read.store import TokenStore
 from modtrain.errors import ModtrainError
@@ -151,12 +152,9 @@ class BatchLoader:
     def load_state_dict(self, state: dict[str, int | str]) -> None:
         consumed = int(state["consumed_samples"])
         saved = state.get("data_fingerprint")
-        if saved is not None and saved != self.sequences.fingerprint and self.dp_rank == 0:
-            print(
-                "modtrain: warning: the data (stores, weights, seq_length or seed) differ from "
-                f"the checkpoint's; continuing at sample {consumed} of the new data",
-                file=sys.stderr,
-            )
+        if saved is not None and saved != self.sequences.fingerprint:
+            log.warning("the data (stores, weights, seq_length or seed) differ from the "
+                        f"checkpoint's; continuing at sample {consumed} of the new data")
         self.consumed_samples = consumed
 
 
