@@ -12,22 +12,7 @@ from modtrain.train.inputs import check_inputs
 from tests.train.helpers import tiny_config
 
 
-@pytest.fixture(scope="module")
-def paragraph_store(tmp_path_factory, char_tokenizer, corpus):
-    """The corpus's paragraphs as documents, each ending in EOS."""
-    import numpy as np
-
-    from modtrain.data.tokenizer import Tokenizer
-    from modtrain.data.write.build import write_store
-
-    tok = Tokenizer(char_tokenizer)
-    docs = [np.array(tok.encode(p) + [tok.eos_id])
-            for p in corpus.read_text().split("\n\n") if p.strip()]
-    out = tmp_path_factory.mktemp("paragraphs") / "paragraphs.zarr"
-    return write_store(out, docs, vocab_size=tok.vocab_size, tokenizer_sha256=tok.sha256,
-                       eos_id=tok.eos_id, sources=["corpus"])
-
-
+@pytest.mark.slow
 def test_a_blend_reports_each_sources_validation_loss(tmp_path, dist, char_store,
                                                        paragraph_store, char_tokenizer):
     from modtrain.train.trainer import train
@@ -48,6 +33,7 @@ def test_a_blend_reports_each_sources_validation_loss(tmp_path, dist, char_store
     assert result.val_loss == val["val_loss"]
 
 
+@pytest.mark.slow
 def test_one_store_reports_one_validation_loss(tmp_path, dist, char_store, char_tokenizer):
     from modtrain.train.trainer import train
 
