@@ -116,6 +116,12 @@ class DataConfig:
     weights: list[float | dict] = field(default_factory=list)
     # Directory for the cached sample index; "": beside each store (STORE.zarr.index/).
     index_cache: str = ""
+    # Attention within each document only: a row packs several documents (each ends with
+    # EOS); a token attends to earlier tokens of its own document, MoD blocks included.
+    # Needs parallel.pipeline=1. docs/data_format.md
+    document_mask: bool = False
+    # RoPE positions restart at 0 at each document start (after each EOS) within a row.
+    reset_positions: bool = False
 
 
 @dataclass
@@ -484,6 +490,11 @@ class Config:
                 "train.spike_window>0 needs parallel.pipeline=1 (DeepSpeed's pipeline engine "
                 "applies the update inside its step, before a spike can be judged); set "
                 "train.spike_window=0")
+        if (d.document_mask or d.reset_positions) and self.parallel.pipeline > 1:
+            raise ModtrainError(
+                "data.document_mask and data.reset_positions need parallel.pipeline=1 (the "
+                "pipeline stages pass hidden states only, not the documents); set both false "
+                "or parallel.pipeline=1")
         if t.keep_last < 0 or t.keep_every < 0 or t.max_nonfinite_steps < 1:
             raise ModtrainError(
                 "train.keep_last and train.keep_every must be >= 0 and "

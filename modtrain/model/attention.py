@@ -20,17 +20,21 @@ from modtrain.model.rng import tensor_parallel_rng
 from modtrain.model.rope import Rope
 
 
-def self_attention(attention: SelfAttention, hidden: torch.Tensor, rope: Rope) -> torch.Tensor:
-    """Causal self-attention of hidden [S, B, H] at the positions in `rope`; [S, B, H] out."""
+def self_attention(attention: SelfAttention, hidden: torch.Tensor, rope: Rope,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal self-attention of hidden [S, B, H] at the positions in `rope`; [S, B, H] out.
+    `mask` [B, 1, S, S]: True where a query must not attend to a key (model/documents.py)."""
     query, key, value = attention.get_query_key_value_tensors(hidden, split_qkv=True)
     context = attention.core_attention(rope.apply(query), rope.apply(key), value,
-                                       attention_mask=None)
+                                       attention_mask=mask)
     out, _ = attention.linear_proj(context)
     return out
 
 
 class SDPACoreAttention(MegatronModule):
-    """Causal attention over [s, b, heads, head_dim] tensors, output [s, b, heads*head_dim]."""
+    """Causal attention over [s, b, heads, head_dim] tensors, output [s, b, heads*head_dim].
+    An `attention_mask` ([b, 1, s, s], True: masked out, megatron-core's convention) replaces
+    the causal mask; it must itself be causal (model/documents.py builds it so)."""
 
     def __init__(
         self,
@@ -70,14 +74,17 @@ class SDPACoreAttention(MegatronModule):
         # Fewer heads than the model's: they are split over the tensor-parallel ranks, and
         # each rank draws its own mask (megatron-core's DotProductAttention forks alike).
         split_heads = heads < self.config.num_attention_heads
+        # SDPA's boolean mask is the opposite: True where attention takes part.
+        allowed = None if attention_mask is None else ~attention_mask
         with (tensor_parallel_rng(query.device) if dropout > 0 and split_heads
               else contextlib.nullcontext()):
             out = F.scaled_dot_product_attention(
                 query.permute(1, 2, 0, 3),
                 key.permute(1, 2, 0, 3),
                 value.permute(1, 2, 0, 3),
+                attn_mask=allowed,
                 dropout_p=dropout,
-                is_causal=True,
+                is_causal=allowed is None,
                 scale=self.softmax_scale,
             )
         return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * head_dim)

@@ -15,6 +15,7 @@ from torch import nn
 
 from modtrain.config.schema import MoDConfig, ModelConfig
 from modtrain.model.attention import self_attention
+from modtrain.model.documents import DocumentMask
 from modtrain.model.experts import ExpertMLP, ExpertSlice
 from modtrain.model.layer_spec import decoder_layer_spec, expert_mlp_spec
 from modtrain.model.mlp import is_plain_swiglu, swiglu
@@ -25,11 +26,13 @@ from modtrain.model.router import MoDRouter, membership, tokens_per_row, topk_in
 BlockStats = dict[str, torch.Tensor]
 
 
-def _attention_and_mlp(layer: TransformerLayer, x: torch.Tensor, rope: Rope
+def _attention_and_mlp(layer: TransformerLayer, x: torch.Tensor, rope: Rope,
+                       mask: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """attn, x + attn, mlp of a pre-norm block (dropout applied). x is [S, B, H]."""
+    """attn, x + attn, mlp of a pre-norm block (dropout applied). x is [S, B, H]; `mask`:
+    the attention mask (None: causal over the row)."""
     p = layer.config.hidden_dropout if layer.training else 0.0
-    attn = self_attention(layer.self_attention, layer.input_layernorm(x), rope)
+    attn = self_attention(layer.self_attention, layer.input_layernorm(x), rope, mask)
     attn = F.dropout(attn, p=p, training=layer.training)
     mid = x + attn
     hidden = layer.pre_mlp_layernorm(mid)
@@ -37,9 +40,10 @@ def _attention_and_mlp(layer: TransformerLayer, x: torch.Tensor, rope: Rope
     return attn, mid, F.dropout(mlp, p=p, training=layer.training)
 
 
-def block_delta(layer: TransformerLayer, x: torch.Tensor, rope: Rope) -> torch.Tensor:
+def block_delta(layer: TransformerLayer, x: torch.Tensor, rope: Rope,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
     """f(x): the sum of the attention and MLP outputs of a pre-norm block. x is [S, B, H]."""
-    attn, _, mlp = _attention_and_mlp(layer, x, rope)
+    attn, _, mlp = _attention_and_mlp(layer, x, rope, mask)
     return attn + mlp
 
 
@@ -63,11 +67,14 @@ class DenseBlock(nn.Module):
         self.layer = layer
 
     def forward(
-        self, x: torch.Tensor, rope: Rope, routing: str = "topk"
+        self, x: torch.Tensor, rope: Rope, routing: str = "topk",
+        documents: DocumentMask | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
+        """`documents`: attention within each document (None: over the whole row)."""
         # (x + attn) + mlp: the residual stream as a plain pre-norm layer adds it, one add
         # fewer than x + f(x) (forward and backward); equal up to rounding.
-        _, mid, mlp = recomputed(self.recompute, _attention_and_mlp, self.layer, x, rope)
+        mask = None if documents is None else documents.masked
+        _, mid, mlp = recomputed(self.recompute, _attention_and_mlp, self.layer, x, rope, mask)
         return (mid + mlp, *expert_outputs(self.layer))
 
 
@@ -87,28 +94,35 @@ class RoutedBlock(nn.Module):
         self.last_index: torch.Tensor | None = None
 
     def _route(
-        self, x: torch.Tensor, logits: torch.Tensor, index: torch.Tensor, rope: Rope
+        self, x: torch.Tensor, logits: torch.Tensor, index: torch.Tensor, rope: Rope,
+        documents: DocumentMask | None = None,
     ) -> torch.Tensor:
-        """x + r * f(x~) at `index` ([k, B], sorted); other tokens copied bit for bit."""
+        """x + r * f(x~) at `index` ([k, B], sorted); other tokens copied bit for bit. The
+        selected tokens keep their positions and documents: among them, a query sees the
+        keys of its own document at earlier original positions."""
         hidden = x.shape[-1]
         gather_index = index.unsqueeze(-1).expand(-1, -1, hidden)
         x_sel = x.gather(0, gather_index)
         r_sel = logits.gather(0, index).unsqueeze(-1)  # fp32
-        delta = recomputed(self.recompute, block_delta, self.layer, x_sel, rope.gather(index))
+        mask = None if documents is None else documents.select(index).masked
+        delta = recomputed(self.recompute, block_delta, self.layer, x_sel, rope.gather(index),
+                           mask)
         # r stays fp32 for the product; only the scaled delta is cast to the stream's dtype.
         return x.scatter(0, gather_index, x_sel + (r_sel * delta).to(x.dtype))
 
     def forward(
-        self, x: torch.Tensor, rope: Rope, routing: str = "topk"
+        self, x: torch.Tensor, rope: Rope, routing: str = "topk",
+        documents: DocumentMask | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
-        """routing="topk" (training, non-causal) or "causal" (sampling: per-token decision)."""
+        """routing="topk" (training, non-causal) or "causal" (sampling: per-token decision).
+        `documents`: attention within each document (None: over the whole row)."""
         seq_length = x.shape[0]
         logits = self.router.logits(x)
         if routing == "topk":
             index = topk_indices(logits, tokens_per_row(self.config.capacity, seq_length))
             self.last_index = index.detach()  # for routing maps and layout-equality checks
             aux_loss, stats = self.router.aux_losses(x, logits, membership(index, seq_length))
-            out = self._route(x, logits, index, rope)
+            out = self._route(x, logits, index, rope, documents)
             expert_aux, expert_stats = expert_outputs(self.layer)
             return out, add_aux(aux_loss, expert_aux), {**stats, **expert_stats}
         if routing != "causal":
@@ -119,8 +133,9 @@ class RoutedBlock(nn.Module):
         for b in range(x.shape[1]):
             index = mask[:, b].nonzero()
             row = x[:, b : b + 1]
+            row_docs = None if documents is None else DocumentMask.of(documents.ids[:, b : b + 1])
             rows.append(row if index.numel() == 0 else
-                        self._route(row, logits[:, b : b + 1], index, rope))
+                        self._route(row, logits[:, b : b + 1], index, rope.row(b), row_docs))
         stats = {"routed_frac": mask.float().mean()}
         return torch.cat(rows, dim=1), None, stats
 

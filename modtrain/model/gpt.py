@@ -15,6 +15,7 @@ from torch import nn
 
 from modtrain.config.schema import ModelConfig
 from modtrain.model.blocks import build_block
+from modtrain.model.documents import DocumentMask, Documents
 from modtrain.model.embedding_and_head import build_embedding, build_final_norm, build_output_layer
 from modtrain.model.experts import ExpertSlice
 from modtrain.model.init import initialize_parameters
@@ -86,8 +87,11 @@ class GPT(nn.Module):
         labels: torch.Tensor | None = None,
         routing: str = "topk",
         positions_offset: int = 0,
+        documents: Documents | None = None,
     ) -> GPTOutput:
-        """tokens, labels: [B, S]. routing: "topk" (training) or "causal" (sampling)."""
+        """tokens, labels: [B, S]. routing: "topk" (training) or "causal" (sampling).
+        `documents`: the rows' packed documents (model/documents.py): attention within each
+        document where it has ids, RoPE at its positions where it has them."""
         seq_length = tokens.shape[1]
         if positions_offset + seq_length > self.config.max_seq_length:
             raise ValueError(
@@ -96,12 +100,15 @@ class GPT(nn.Module):
             )
         if self._rope.cos.device != tokens.device:
             self._rope = self._rope.to(tokens.device)
-        rope = self._rope.window(positions_offset, seq_length)
+        ids, positions = documents if documents is not None else (None, None)
+        rope = (self._rope.window(positions_offset, seq_length) if positions is None
+                else self._rope.gather(positions.t() + positions_offset))
+        masks = None if ids is None else DocumentMask.of(ids.t())  # built once, for all blocks
         x = self.embedding(tokens.t())  # [S, B, H]: look up transposed ids, no copy of x
         aux_total = None
         stats: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
-            x, aux, block_stats = block(x, rope, routing)
+            x, aux, block_stats = block(x, rope, routing, masks)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
             for name, value in block_stats.items():

@@ -4,7 +4,8 @@ megatron-core's unfused RoPE recomputes cos and sin of the angle table for q and
 every layer and concatenates an empty pass-through part; its fused kernels need CUDA. The
 table here is computed once per model (fp32, cast to the activations' dtype when applied)
 and gives the same values. A routed block gathers per-row rows of it ([k, B, 1, D]), so
-each selected token keeps its original absolute position.
+each selected token keeps its original position (absolute, or within its document when
+data.reset_positions gathers the table per token).
 """
 
 from __future__ import annotations
@@ -44,9 +45,18 @@ class Rope(NamedTuple):
         return Rope(self.cos[start : start + length], self.signed_sin[start : start + length])
 
     def gather(self, index: torch.Tensor) -> Rope:
-        """Per-row entries of selected tokens: index [k, B] -> [k, B, 1, D]."""
-        return Rope(self.cos[:, 0, 0, :][index].unsqueeze(2),
-                    self.signed_sin[:, 0, 0, :][index].unsqueeze(2))
+        """Per-row entries of selected tokens: index [k, B] -> [k, B, 1, D]. The table may be
+        shared by the rows ([S, 1, 1, D]) or per row ([S, B, 1, D], positions per token)."""
+        where = index[:, :, None, None].expand(-1, -1, 1, self.cos.shape[-1])
+        batch = index.shape[1]
+        return Rope(self.cos.expand(-1, batch, -1, -1).gather(0, where),
+                    self.signed_sin.expand(-1, batch, -1, -1).gather(0, where))
+
+    def row(self, b: int) -> Rope:
+        """The table of row b alone (the same table if shared by the rows)."""
+        if self.cos.shape[1] == 1:
+            return self
+        return Rope(self.cos[:, b : b + 1], self.signed_sin[:, b : b + 1])
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate x [S, B, heads, D] by its positions' angles (rotate-half convention):

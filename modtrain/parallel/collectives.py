@@ -81,15 +81,18 @@ def mean_over(values: dict[str, float], group: Any, device: torch.device) -> dic
     return dict(zip(keys, (vec / n).tolist()))
 
 
-def ratio_of_sums(numerator: torch.Tensor, denominator: float, group: Any,
-                  device: torch.device) -> float:
-    """sum(numerator) / sum(denominator) over `group` (evaluation: loss sums and counts)."""
-    vec = torch.stack([numerator.detach().to(device=device, dtype=torch.float64),
-                       torch.tensor(float(denominator), dtype=torch.float64, device=device)])
+def ratios_of_sums(numerators: torch.Tensor, denominators: Sequence[float], group: Any,
+                   device: torch.device) -> list[float]:
+    """sum(numerators[i]) / sum(denominators[i]) over `group` for each i, in one all-reduce
+    and one read (evaluation per source); nan where no rank counted anything."""
+    n = len(denominators)
+    vec = torch.cat([numerators.detach().to(device=device, dtype=torch.float64).reshape(n),
+                     torch.tensor([float(d) for d in denominators], dtype=torch.float64,
+                                  device=device)])
     if size(group) > 1:
         dist.all_reduce(vec, group=group)
-    total, count = vec.tolist()
-    return total / count
+    flat = vec.tolist()
+    return [t / c if c else float("nan") for t, c in zip(flat[:n], flat[n:])]
 
 
 def max_over(value: int, device: torch.device, group: Any = None) -> int:

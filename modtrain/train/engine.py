@@ -10,8 +10,10 @@ from typing import Any
 import torch
 
 from modtrain.config import Config
+from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
 from modtrain.model import GPT
+from modtrain.model.documents import split_documents
 from modtrain.model.experts import ExpertSlice, expert_stat_names
 from modtrain.model.rng import seed_streams
 from modtrain.model.router import stat_names
@@ -20,7 +22,7 @@ from modtrain.parallel import MegatronMPU, Topology
 from modtrain.train.grad_clip import GradientClipper, modtrain_clips
 from modtrain.train.optim import GuardedAdamW, build_optimizer, build_scheduler
 from modtrain.train.spikes import build_detector
-from modtrain.train.steps import EngineStep, PipelineStep, StepRunner
+from modtrain.train.steps import DocumentSplit, EngineStep, PipelineStep, StepRunner
 
 
 def routing_stat_keys(config: Config) -> list[str]:
@@ -106,4 +108,15 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         deepspeed.zero.register_external_parameter(model, head.weight)
     clipper = (GradientClipper(model, t.grad_clip, topo.groups.tensor)
                if modtrain_clips(config) else None)
-    return engine, optimizer, EngineStep(engine, optimizer, clipper, build_detector(t))
+    return engine, optimizer, EngineStep(engine, optimizer, clipper, build_detector(t),
+                                         document_split(config))
+
+
+def document_split(config: Config) -> DocumentSplit | None:
+    """How the step finds each row's documents (data.document_mask, data.reset_positions):
+    cut after the tokenizer's EOS, which ends every document of a store."""
+    d = config.data
+    if not (d.document_mask or d.reset_positions):
+        return None
+    return functools.partial(split_documents, eos_id=Tokenizer(d.tokenizer).eos_id,
+                             mask=d.document_mask, reset_positions=d.reset_positions)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from modtrain.data.read.dataset import ValidationSet
 from modtrain.errors import ModtrainError
 from modtrain.parallel import collectives
 from modtrain.train import checkpoint
@@ -152,7 +153,8 @@ class Requeue(Hook):
 
 
 class Evaluation(Hook):
-    """Validation loss every `eval_interval` steps and at the last step."""
+    """Validation loss every `eval_interval` steps and at the last step; with several data
+    sources, each one's too (val_loss/SOURCE)."""
 
     def __init__(self) -> None:
         self.val_loss = float("nan")
@@ -160,8 +162,9 @@ class Evaluation(Hook):
     def after_step(self, run: Run, end: StepEnd) -> None:
         t = run.config.train
         if due(end.step, t.eval_interval, t.steps):
-            self.val_loss = evaluate(run)
-            run.log({"step": end.step, "val_loss": self.val_loss})
+            self.val_loss, per_source = evaluate(run)
+            run.log({"step": end.step, "val_loss": self.val_loss,
+                     **{f"val_loss/{name}": v for name, v in per_source.items()}})
             run.emit("after_eval", end.step, self.val_loss)
 
 
@@ -174,14 +177,26 @@ def evaluation_windows(n: int, dp_rank: int, dp_size: int, equal: bool) -> list[
     return list(range(dp_rank, n, dp_size))
 
 
-def evaluate(run: Run) -> float:
-    """Mean LM loss over the validation windows, split across data-parallel ranks."""
+def evaluate(run: Run) -> tuple[float, dict[str, float]]:
+    """Mean LM loss over the validation windows, and over each source's windows where the
+    data blend several (else {}); every source's windows split across data-parallel ranks,
+    each micro-batch from one source. One all-reduce for all the sums."""
     topo = run.topo
-    indices = evaluation_windows(len(run.val), topo.data_rank, topo.data,
-                                 equal=bool(run.config.model.moe_layer_ids) and topo.data > 1)
-    total, count = run.stepper.evaluate(run.val, indices, run.micro_batch,
-                                        show_progress=run.is_main)
-    return collectives.ratio_of_sums(total, count, topo.groups.data, topo.device)
+    equal = bool(run.config.model.moe_layer_ids) and topo.data > 1
+    sources = (run.val.sources() if isinstance(run.val, ValidationSet)
+               and len(run.val.parts) > 1 else [("", range(len(run.val)))])
+    totals, counts = [], []
+    for _, span in sources:
+        indices = [span.start + i
+                   for i in evaluation_windows(len(span), topo.data_rank, topo.data, equal)]
+        total, count = run.stepper.evaluate(run.val, indices, run.micro_batch,
+                                            show_progress=run.is_main)
+        totals.append(total)
+        counts.append(count)
+    losses = collectives.ratios_of_sums(torch.stack([*totals, sum(totals)]),
+                                        [*counts, sum(counts)], topo.groups.data, topo.device)
+    per_source = {name: v for (name, _), v in zip(sources, losses)} if len(sources) > 1 else {}
+    return losses[-1], per_source
 
 
 class Checkpointing(Hook):

@@ -23,6 +23,14 @@ def check_inputs(config: Config) -> DataSources:
                 f"{tokenizer.sha256[:12]}); re-run 'modtrain data prepare' with this tokenizer "
                 "or point data.tokenizer at the one used"
             )
+        documents = config.data.document_mask or config.data.reset_positions
+        if documents and store.attrs.get("eos_id") != tokenizer.eos_id:
+            raise ModtrainError(
+                f"data.document_mask and data.reset_positions cut documents after the "
+                f"tokenizer's EOS id {tokenizer.eos_id}, but store {store.path} ends its "
+                f"documents with eos_id {store.attrs.get('eos_id')}; re-run 'modtrain data "
+                "prepare' with this tokenizer or set both false"
+            )
         if store.vocab_size != tokenizer.vocab_size:
             raise ModtrainError(
                 f"store {store.path} has vocab_size {store.vocab_size} but tokenizer "

@@ -76,7 +76,10 @@ class ProgressSink:
     def log(self, record: dict[str, Any]) -> None:
         step = record["step"]
         if "val_loss" in record:
-            self.progress.message(f"step {step}: val loss {record['val_loss']:.4f}")
+            sources = ", ".join(f"{k.removeprefix('val_loss/')} {v:.4f}"
+                                for k, v in record.items() if k.startswith("val_loss/"))
+            self.progress.message(f"step {step}: val loss {record['val_loss']:.4f}"
+                                  + (f" ({sources})" if sources else ""))
             return
         extra = []
         routed = [v for k, v in record.items() if k.startswith("routed_frac/")]

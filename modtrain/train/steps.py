@@ -7,6 +7,7 @@ and the means of the loss and the routing statistics over data-parallel ranks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from modtrain.data.read.dataset import ValidationSequences
+from modtrain.model.documents import Documents
 from modtrain.parallel.collectives import summarize_step
 from modtrain.progress_bar import bar
 from modtrain.train.grad_clip import GradientClipper
@@ -37,6 +39,8 @@ def _to_device(batch: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 Values = dict[str, torch.Tensor]
+# The rows' documents from their input tokens on the device (model/documents.py), or None.
+DocumentSplit = Callable[[torch.Tensor], Documents]
 
 
 def _step_values(lm: list[torch.Tensor], total: list[torch.Tensor],
@@ -72,11 +76,19 @@ class EngineStep:
     """Gradient accumulation by hand over DeepSpeed's engine (data and tensor parallel)."""
 
     def __init__(self, engine: Any, optimizer: Any, clipper: GradientClipper | None = None,
-                 spikes: SpikeDetector | None = None) -> None:
+                 spikes: SpikeDetector | None = None,
+                 documents: DocumentSplit | None = None) -> None:
         self.engine = engine
         self.optimizer = optimizer  # GuardedAdamW: the skip switch
         self.clipper = clipper  # None: DeepSpeed clips (or nothing is clipped)
         self.spikes = spikes  # None: no spike skipping (train.spike_window=0)
+        self.documents = documents  # None: attention and positions over the whole row
+
+    def _forward(self, batch: np.ndarray) -> Any:
+        x, y = _to_device(batch, self.engine.device)
+        if self.documents is None:
+            return self.engine(x, y)
+        return self.engine(x, y, documents=self.documents(x))
 
     def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:
         lm, total, stats = [], [], []  # per micro-batch, detached, still on the device
@@ -84,8 +96,7 @@ class EngineStep:
         last = len(micro_batches) - 1
         device = self.engine.device
         for i, batch in enumerate(micro_batches):
-            x, y = _to_device(batch, device)
-            out = self.engine(x, y)
+            out = self._forward(batch)
             lm.append(out.lm_loss.detach())
             total.append(out.loss.detach())
             stats.append(out.stats)
@@ -123,8 +134,7 @@ class EngineStep:
         total, count = torch.zeros((), dtype=torch.float64, device=self.engine.device), 0
         for i in bar(range(0, len(indices), micro_batch), desc="eval", enabled=show_progress):
             batch = np.stack([val[j] for j in indices[i : i + micro_batch]])
-            x, y = _to_device(batch, self.engine.device)
-            total += self.engine(x, y).lm_loss.detach().double() * len(batch)
+            total += self._forward(batch).lm_loss.detach().double() * len(batch)
             count += len(batch)
         self.engine.train()
         return total, count

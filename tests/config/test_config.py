@@ -65,6 +65,13 @@ def test_pipeline_refuses_zero_settings_deepspeed_gets_wrong(overrides, message)
     load_config(None, ["parallel.pipeline=2", "train.zero_stage=0", "train.grad_clip=0"])
 
 
+@pytest.mark.parametrize("key", ["data.document_mask", "data.reset_positions"])
+def test_documents_in_a_row_refuse_pipeline_stages(key):
+    with pytest.raises(ModtrainError, match="need parallel.pipeline=1"):
+        load_config(None, ["parallel.pipeline=2", f"{key}=true"])
+    load_config(None, ["parallel.pipeline=1", f"{key}=true"])
+
+
 def test_unknown_key_in_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  hiden_size: 64\n")

@@ -4,6 +4,7 @@ device given (NCCL has no CPU backend; gloo tests cannot see a CPU tensor handed
 from __future__ import annotations
 
 import ast
+import math
 import os
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def test_one_process_needs_no_process_group():
                                                                         {"loss": 2.5})
 
 
+def test_ratios_of_sums_one_process_nan_where_nothing_counted():
+    ratios = collectives.ratios_of_sums(torch.tensor([3.0, 0.0, 5.0]), [2, 0, 4], None,
+                                        torch.device("cpu"))
+    assert ratios[0] == 1.5 and math.isnan(ratios[1]) and ratios[2] == 1.25
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -57,7 +64,9 @@ def _worker(rank: int, port: int, out: str) -> None:
     # A statistic of one pipeline stage out of 2 (the other holds 0): the mean is its value.
     copies = collectives.summarize_step([], {"loss": torch.tensor(6.0 * (rank == 0))}, cpu,
                                         share=2)
-    ratio = collectives.ratio_of_sums(torch.tensor(6.0 * (rank + 1)), 2 + rank, None, cpu)
+    # Per source: the second source counted nothing on either rank.
+    ratio = collectives.ratios_of_sums(torch.tensor([6.0 * (rank + 1), 0.0]), [2 + rank, 0],
+                                       None, cpu)
     result = {"summary": summary, "copies": copies.means, "ratio": ratio,
               "max": collectives.max_over(5 + rank, cpu),
               "mean": collectives.mean_over({"a": float(rank)}, None, cpu),
@@ -75,6 +84,6 @@ def test_two_ranks_agree(tmp_path):
         r = torch.load(f"{out}.{rank}", weights_only=False)
         assert r["summary"] == collectives.StepSummary(True, True, {"loss": 2.0, "stat": 2.0})
         assert r["copies"] == {"loss": 6.0}
-        assert r["ratio"] == pytest.approx(18.0 / 5)
+        assert r["ratio"][0] == pytest.approx(18.0 / 5) and math.isnan(r["ratio"][1])
         assert r["max"] == 6 and r["mean"] == {"a": 0.5}
         assert r["gathered"] == [0, 10] and r["broadcast"] == "from 0"

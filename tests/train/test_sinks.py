@@ -25,7 +25,7 @@ def _scalars(log_dir):
 def test_tensorboard_and_jsonl_get_the_same_records(tmp_path):
     sinks = build_sinks(tmp_path, "metrics.jsonl")
     records = [{"step": s, "loss": 4.0 - s / 10, "lr": 1e-3, "routed_frac/layer1": 0.125}
-               for s in (10, 20, 30)] + [{"step": 30, "val_loss": 3.5}]
+               for s in (10, 20, 30)] + [{"step": 30, "val_loss": 3.5, "val_loss/web": 3.25}]
     for record in records:
         for sink in sinks:
             sink.log(record)
@@ -36,8 +36,8 @@ def test_tensorboard_and_jsonl_get_the_same_records(tmp_path):
     scalars = _scalars(tmp_path / TENSORBOARD_DIR)
     assert [s for s, _ in scalars["loss"]] == [10, 20, 30]
     assert scalars["loss"][-1][1] == pytest.approx(1.0)
-    assert scalars["val_loss"] == [(30, 3.5)]
-    assert set(scalars) == {"loss", "lr", "routed_frac/layer1", "val_loss"}
+    assert scalars["val_loss"] == [(30, 3.5)] and scalars["val_loss/web"] == [(30, 3.25)]
+    assert set(scalars) == {"loss", "lr", "routed_frac/layer1", "val_loss", "val_loss/web"}
 
 
 def test_non_finite_values_are_left_out_and_inspect_reads_the_files(tmp_path):
@@ -67,10 +67,12 @@ def test_progress_line_shows_routed_fraction_and_mfu(capsys):
     sink.log({"step": 10, "loss": 2.5, "lr": 1e-3, "tokens_per_s": 1000.0,
               "routed_frac/layer1": 0.125, "routed_frac/layer3": 0.25, "mfu": 0.41})
     sink.log({"step": 10, "val_loss": 2.25})
+    sink.log({"step": 20, "val_loss": 2.0, "val_loss/web": 1.5, "val_loss/code": 2.5})
     err = capsys.readouterr().err
     assert "step 10/100 | loss 2.5000 | lr 1.00e-03 | 1,000 tok/s | routed 0.188 | MFU 41.0%" \
         in err
-    assert "step 10: val loss 2.2500" in err
+    assert "step 10: val loss 2.2500\n" in err
+    assert "step 20: val loss 2.0000 (web 1.5000, code 2.5000)" in err
 
 
 def test_wandb_offline_run_gets_the_records(tmp_path, monkeypatch):

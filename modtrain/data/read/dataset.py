@@ -90,11 +90,18 @@ class ValidationSequences:
 
 
 class ValidationSet:
-    """Several stores' validation windows, one after the other."""
+    """Several stores' validation windows, one after the other; `names` the sources'."""
 
-    def __init__(self, parts: list[ValidationSequences]) -> None:
+    def __init__(self, parts: list[ValidationSequences], names: list[str] | None = None
+                 ) -> None:
         self.parts = parts
+        self.names = names or [str(i) for i in range(len(parts))]
         self._ends = np.cumsum([len(p) for p in parts])
+
+    def sources(self) -> list[tuple[str, range]]:
+        """Each source's name and the range of its windows in this set."""
+        starts = [0, *(int(e) for e in self._ends[:-1])]
+        return [(n, range(a, int(b))) for n, a, b in zip(self.names, starts, self._ends)]
 
     def __len__(self) -> int:
         return int(self._ends[-1])

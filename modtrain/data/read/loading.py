@@ -124,7 +124,14 @@ def build_training_data(
     loader = BatchLoader(blend, t.global_batch_size, t.micro_batch(dp_size), dp_rank, dp_size)
     if dp_rank == 0:
         (log or print)(describe_blend(blend, planned))
-    return loader, ValidationSet(vals)
+    return loader, ValidationSet(vals, source_names([str(s.path) for s in sources.stores]))
+
+
+def source_names(paths: list[str]) -> list[str]:
+    """Each store's name in metrics (val_loss/NAME): its file name without .zarr; names
+    that two stores share get their position in data.stores appended (web-0, web-1)."""
+    names = [Path(p).name.removesuffix(".zarr") for p in paths]
+    return [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
 def describe_blend(blend: BlendedSequences, planned: int) -> str:

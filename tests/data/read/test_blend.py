@@ -79,6 +79,7 @@ def test_training_reads_a_blend_and_logs_its_proportions(tmp_path, char_store, s
     assert line.startswith("data blend over 600 samples: s.zarr 0.7500 (weight 0.7500")
     assert "mixed.zarr 0.2500 (weight 0.2500" in line
     assert len(val) == 12 and val[11].shape == (33,)
+    assert val.sources() == [("s", range(0, 9)), ("mixed", range(9, 12))]  # by weight 3:1
     steps = [loader.next_step() for _ in range(4)]
     assert [m.shape for m in steps[0]] == [(3, 33), (3, 33)]
     state = loader.state_dict()
