@@ -119,45 +119,51 @@ class RoutedBlock(nn.Module):
         return x.scatter(0, gather_index, x_sel + (r_sel * delta).to(x.dtype))
 
     def _route_shards(
-        self, x: torch.Tensor, logits: torch.Tensor, index: torch.Tensor, rope: Rope
+        self, x: torch.Tensor, scores: torch.Tensor, index: torch.Tensor, rope: Rope
     ) -> torch.Tensor:
-        """`_route` on a sequence shard x [S/tp, B, H]: logits [S, B] and index [k, B] are
-        the whole rows'. Each rank contributes its own selected tokens (zeros elsewhere) and
-        one reduce-scatter hands rank r the selected tokens r*k/tp.. of the sorted order;
-        f runs on them sequence-parallel; an all-gather of f's output lets each rank add
-        the updates of its own tokens."""
+        """`_route` on a sequence shard: x [S/tp, B, H] and its router scores [S/tp, B];
+        index [k, B] is the whole rows' selection. Each rank contributes its own selected
+        tokens and their scores (zeros elsewhere); one reduce-scatter hands rank r the
+        selected tokens r*k/tp.. of the sorted order; f runs on them sequence-parallel and
+        is scaled there; an all-gather of the scaled updates lets each rank add those of
+        its own tokens."""
         group = tensor_group()
         local, hidden = x.shape[0], x.shape[-1]
         offset = index - local * torch.distributed.get_rank(group)
-        mine = ((offset >= 0) & (offset < local)).unsqueeze(-1)  # [k, B, 1]
-        slot = offset.clamp(0, local - 1).unsqueeze(-1).expand(-1, -1, hidden)
+        mine = (offset >= 0) & (offset < local)  # [k, B]
+        row = offset.clamp(0, local - 1)  # other ranks' tokens land on a row, as zeros
+        slot = row.unsqueeze(-1).expand(-1, -1, hidden)
         zero = x.new_zeros(())
-        x_sel = reduce_scatter_to_sequence(torch.where(mine, x.gather(0, slot), zero), group)
+        x_sel = reduce_scatter_to_sequence(
+            torch.where(mine.unsqueeze(-1), x.gather(0, slot), zero), group)
+        r_sel = reduce_scatter_to_sequence(  # fp32, [k/tp, B, 1]
+            torch.where(mine, scores.gather(0, row), 0.0), group).unsqueeze(-1)
         delta = recomputed(self.recompute, block_delta, self.layer, x_sel, rope.gather(index))
+        # r stays fp32 for the product; only the scaled delta is cast to the stream's dtype.
         # Rank r's loss uses the updates of its own tokens only: their gradients are summed.
-        delta = gather_from_sequence(delta, group, partial_grad=True)
-        r_sel = logits.gather(0, index).unsqueeze(-1)  # fp32
-        update = torch.where(mine, (r_sel * delta).to(x.dtype), zero)
+        update = gather_from_sequence((r_sel * delta).to(x.dtype), group, partial_grad=True)
         # x + update at the selected tokens of this shard; adding exact zeros elsewhere
-        # (other ranks' tokens land clamped on a row of this shard) leaves x bit for bit.
-        return x.scatter_add(0, slot, update)
+        # leaves x bit for bit.
+        return x.scatter_add(0, slot, torch.where(mine.unsqueeze(-1), update, zero))
 
     def _forward_shards(self, x: torch.Tensor, rope: Rope
                         ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
         """Top-k routing of a sequence shard x [S/tp, B, H] over the whole rows."""
         group = tensor_group()
+
         # One fp32 score per token, gathered: every rank computes the same top-k and the
         # same (replicated) router losses, so each keeps its own chunk of their gradient.
         def gather_row(t: torch.Tensor) -> torch.Tensor:
             return gather_from_sequence(t, group, partial_grad=False)
 
-        logits = gather_row(self.router.logits(x))
+        scores = self.router.logits(x)
+        logits = gather_row(scores)
         seq_length = logits.shape[0]
         index = topk_indices(logits, tokens_per_row(self.config.capacity, seq_length))
         self.last_index = index.detach()
         aux_loss, stats = self.router.aux_losses(x, logits, membership(index, seq_length),
                                                  gather=gather_row)
-        return self._route_shards(x, logits, index, rope), aux_loss, stats
+        return self._route_shards(x, scores, index, rope), aux_loss, stats
 
     def forward(
         self, x: torch.Tensor, rope: Rope, routing: str = "topk"
