@@ -15,6 +15,8 @@ import torch.distributed as dist
 
 from modtrain.config import load_config
 from modtrain.model import GPT
+from modtrain.model.blocks import _attention_and_mlp
+from modtrain.model.rng import seed_streams
 from modtrain.model.tensor_split import TensorSlice, merge
 from modtrain.parallel import init_distributed
 from tests.parallel.tp_step_worker import batch, gather
@@ -45,6 +47,22 @@ def step(config, topo, sequence_parallel: bool) -> dict:
     return out
 
 
+def dropout_masks(config, topo, sequence_parallel: bool) -> list[torch.Tensor]:
+    """Both ranks' hidden-dropout mask (zeros of the MLP output) of block 0 at p = 0.5."""
+    config.model.dropout = 0.5
+    seed_streams(7, topo.tensor_rank, torch.device("cpu"))
+    torch.manual_seed(7)
+    model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor),
+                sequence_parallel=sequence_parallel)
+    # A shard of other tokens on each rank under SP, the same tokens on both under TP alone.
+    seq = config.data.seq_length // (topo.tensor if sequence_parallel else 1)
+    x = torch.randn(seq, 2, config.model.hidden_size, generator=torch.Generator().manual_seed(
+        topo.tensor_rank if sequence_parallel else 0))
+    rope = model._rope.window(0, config.data.seq_length)
+    _, _, mlp = _attention_and_mlp(model.blocks[0].layer, x, rope)
+    return gather((mlp == 0).to(torch.uint8), topo.groups.tensor)
+
+
 def main(out: str, cases: dict[str, list[str]]) -> None:
     topo = None
     results = {}
@@ -53,6 +71,8 @@ def main(out: str, cases: dict[str, list[str]]) -> None:
         if topo is None:
             topo = init_distributed(config.parallel.tensor, deepspeed_comm=False)
         results[name] = {"sp": step(config, topo, True), "tp": step(config, topo, False)}
+    results["dropout"] = {"sp": dropout_masks(config, topo, True),
+                          "tp": dropout_masks(config, topo, False)}
     if dist.get_rank() == 0:
         torch.save(results, out)
     dist.barrier()

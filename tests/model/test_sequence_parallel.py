@@ -96,3 +96,13 @@ def test_sequence_parallel_step_matches_one_process_and_tp2(two_ranks, dist, cas
             assert torch.equal(index, lowest)
     for stat, value in sp["stats"].items():  # routing statistics of the whole rows
         assert torch.allclose(value, tp["stats"][stat], atol=1e-6), stat
+
+
+@pytest.mark.slow
+def test_each_rank_draws_its_own_dropout_mask_on_its_shard(two_ranks):
+    """Under SP the ranks hold other tokens, so their hidden-dropout masks differ (the
+    tensor-parallel stream); under TP alone the stream is replicated and so are the masks."""
+    sp, tp = two_ranks["dropout"]["sp"], two_ranks["dropout"]["tp"]
+    assert 0.3 < sp[0].float().mean() < 0.7
+    assert not torch.equal(sp[0], sp[1])
+    assert torch.equal(tp[0], tp[1])
