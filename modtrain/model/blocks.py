@@ -10,7 +10,6 @@ does, runs f on the k selected tokens (split over the ranks in sequence order), 
 each rank back the updates of its own tokens.
 """
 
-
 from __future__ import annotations
 
 import contextlib
