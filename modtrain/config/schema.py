@@ -240,6 +240,10 @@ class ParallelConfig:
     # Expert-parallel size: each group of this many data-parallel ranks splits the experts of
     # every expert layer between them (model.moe); it divides the data-parallel size.
     expert: int = 1
+    # Sequence parallelism (needs tensor > 1): norms, residuals, dropout and MoD routing run
+    # on each tensor rank's 1/tensor of the sequence (top-k still over the whole row), so
+    # those activations take 1/tensor of the memory. docs/parallelism.md
+    sequence_parallel: bool = False
     # A collective (torch, DeepSpeed, megatron-core groups) waiting this long fails, not hangs.
     timeout_minutes: int = 30
 
@@ -357,6 +361,40 @@ def _check_experts(config: Config) -> None:
             "state over the expert data-parallel group")
 
 
+def _check_sequence_parallel(config: Config) -> None:
+    """parallel.sequence_parallel: the layouts it runs on and sequences that split evenly."""
+    par, m, seq = config.parallel, config.model, config.data.seq_length
+    if not par.sequence_parallel:
+        return
+    if par.tensor < 2:
+        raise ModtrainError(
+            f"parallel.sequence_parallel=true needs parallel.tensor > 1 (it splits the sequence "
+            f"over the tensor-parallel ranks), not {par.tensor}; set parallel.tensor=2 or more, "
+            "or parallel.sequence_parallel=false")
+    if par.pipeline > 1:
+        raise ModtrainError(
+            f"parallel.sequence_parallel=true does not work with parallel.pipeline="
+            f"{par.pipeline} (pipeline stages pass whole sequences); set parallel.pipeline=1 "
+            "or parallel.sequence_parallel=false")
+    if config.data.document_mask or config.data.reset_positions:
+        raise ModtrainError(
+            "parallel.sequence_parallel=true does not work with data.document_mask or "
+            "data.reset_positions yet (each rank would need its shard's documents and the "
+            "whole row's mask); set them false or parallel.sequence_parallel=false")
+    if seq % par.tensor:
+        raise ModtrainError(
+            f"data.seq_length={seq} is not divisible by parallel.tensor={par.tensor}; sequence "
+            "parallelism splits every sequence evenly, so choose a multiple of it")
+    # k = ceil(capacity * S), as model/router.py's tokens_per_row: the routed tokens split too.
+    routed = max(1, min(seq, math.ceil(m.mod.capacity * seq - 1e-9)))
+    if m.routed_layer_ids and routed % par.tensor:
+        raise ModtrainError(
+            f"model.mod.capacity={m.mod.capacity} routes {routed} of data.seq_length={seq} "
+            f"tokens, not divisible by parallel.tensor={par.tensor}; sequence parallelism "
+            "splits the routed tokens evenly, so choose a capacity (or sequence length) whose "
+            "ceil(capacity x seq_length) is a multiple of it")
+
+
 def _check_schedule(t: TrainConfig) -> None:
     """train.schedule and its keys: a decay that starts after warm-up and ends after it starts
     (train.lr and train.min_lr are checked with the other ranges: RANGES)."""
@@ -455,6 +493,7 @@ class Config:
                 "enable the predictor or route sampling with 'router'"
             )
         _check_schedule(t)
+        _check_sequence_parallel(self)
         if t.precision not in ("fp32", "bf16", "fp16"):
             raise ModtrainError(f"train.precision={shown(t.precision)}; use fp32, bf16 or fp16")
         if t.zero_stage not in (0, 1, 2, 3):

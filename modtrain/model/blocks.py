@@ -3,9 +3,16 @@
 Both compute the layer's *delta* f(x) = attn + mlp from megatron's own submodules
 (pre-norm attention, pre-norm SwiGLU MLP), so that a routed block can scale the delta,
 never the residual: x + r * f(x~) for selected tokens, x unchanged for the rest.
+
+Under sequence parallelism x is this tensor rank's shard of the sequence: a routed block
+gathers the router scores of the whole row, selects top-k over it exactly as one process
+does, runs f on the k selected tokens (split over the ranks in sequence order), and hands
+each rank back the updates of its own tokens.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +27,14 @@ from modtrain.model.experts import ExpertMLP, ExpertSlice
 from modtrain.model.layer_spec import decoder_layer_spec, expert_mlp_spec
 from modtrain.model.mlp import is_plain_swiglu, swiglu
 from modtrain.model.recompute import recomputed
+from modtrain.model.rng import tensor_parallel_rng
 from modtrain.model.rope import Rope
 from modtrain.model.router import MoDRouter, membership, tokens_per_row, topk_indices
+from modtrain.model.sequence_parallel import (
+    gather_from_sequence,
+    reduce_scatter_to_sequence,
+    tensor_group,
+)
 
 BlockStats = dict[str, torch.Tensor]
 
@@ -32,12 +45,17 @@ def _attention_and_mlp(layer: TransformerLayer, x: torch.Tensor, rope: Rope,
     """attn, x + attn, mlp of a pre-norm block (dropout applied). x is [S, B, H]; `mask`:
     the attention mask (None: causal over the row)."""
     p = layer.config.hidden_dropout if layer.training else 0.0
+    # On a sequence shard each rank holds other tokens: it draws its own dropout mask.
+    own_mask = p > 0 and layer.config.sequence_parallel
     attn = self_attention(layer.self_attention, layer.input_layernorm(x), rope, mask)
-    attn = F.dropout(attn, p=p, training=layer.training)
+    with tensor_parallel_rng(x.device) if own_mask else contextlib.nullcontext():
+        attn = F.dropout(attn, p=p, training=layer.training)
     mid = x + attn
     hidden = layer.pre_mlp_layernorm(mid)
     mlp = swiglu(layer.mlp, hidden) if is_plain_swiglu(layer.mlp) else layer.mlp(hidden)[0]
-    return attn, mid, F.dropout(mlp, p=p, training=layer.training)
+    with tensor_parallel_rng(x.device) if own_mask else contextlib.nullcontext():
+        mlp = F.dropout(mlp, p=p, training=layer.training)
+    return attn, mid, mlp
 
 
 def block_delta(layer: TransformerLayer, x: torch.Tensor, rope: Rope,
@@ -90,8 +108,9 @@ class RoutedBlock(nn.Module):
         super().__init__()
         self.layer = layer
         self.config = config
-        self.router = MoDRouter(hidden_size, config, init_std)
-        self.last_index: torch.Tensor | None = None
+        self.sequence_parallel = layer.config.sequence_parallel
+        self.router = MoDRouter(hidden_size, config, init_std, self.sequence_parallel)
+        self.last_index: torch.Tensor | None = None  # [k, B]: the whole rows' selection
 
     def _route(
         self, x: torch.Tensor, logits: torch.Tensor, index: torch.Tensor, rope: Rope,
@@ -110,12 +129,64 @@ class RoutedBlock(nn.Module):
         # r stays fp32 for the product; only the scaled delta is cast to the stream's dtype.
         return x.scatter(0, gather_index, x_sel + (r_sel * delta).to(x.dtype))
 
+    def _route_shards(
+        self, x: torch.Tensor, scores: torch.Tensor, index: torch.Tensor, rope: Rope
+    ) -> torch.Tensor:
+        """`_route` on a sequence shard: x [S/tp, B, H] and its router scores [S/tp, B];
+        index [k, B] is the whole rows' selection. Each rank contributes its own selected
+        tokens and their scores (zeros elsewhere); one reduce-scatter hands rank r the
+        selected tokens r*k/tp.. of the sorted order; f runs on them sequence-parallel and
+        is scaled there; an all-gather of the scaled updates lets each rank add those of
+        its own tokens."""
+        group = tensor_group()
+        local, hidden = x.shape[0], x.shape[-1]
+        offset = index - local * torch.distributed.get_rank(group)
+        mine = (offset >= 0) & (offset < local)  # [k, B]
+        row = offset.clamp(0, local - 1)  # other ranks' tokens land on a row, as zeros
+        slot = row.unsqueeze(-1).expand(-1, -1, hidden)
+        zero = x.new_zeros(())
+        x_sel = reduce_scatter_to_sequence(
+            torch.where(mine.unsqueeze(-1), x.gather(0, slot), zero), group)
+        r_sel = reduce_scatter_to_sequence(  # fp32, [k/tp, B, 1]
+            torch.where(mine, scores.gather(0, row), 0.0), group).unsqueeze(-1)
+        delta = recomputed(self.recompute, block_delta, self.layer, x_sel, rope.gather(index))
+        # r stays fp32 for the product; only the scaled delta is cast to the stream's dtype.
+        # Rank r's loss uses the updates of its own tokens only: their gradients are summed.
+        update = gather_from_sequence((r_sel * delta).to(x.dtype), group, partial_grad=True)
+        # x + update at the selected tokens of this shard; adding exact zeros elsewhere
+        # leaves x bit for bit.
+        return x.scatter_add(0, slot, torch.where(mine.unsqueeze(-1), update, zero))
+
+    def _forward_shards(self, x: torch.Tensor, rope: Rope
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
+        """Top-k routing of a sequence shard x [S/tp, B, H] over the whole rows."""
+        group = tensor_group()
+
+        # One fp32 score per token, gathered: every rank computes the same top-k and the
+        # same (replicated) router losses, so each keeps its own chunk of their gradient.
+        def gather_row(t: torch.Tensor) -> torch.Tensor:
+            return gather_from_sequence(t, group, partial_grad=False)
+
+        scores = self.router.logits(x)
+        logits = gather_row(scores)
+        seq_length = logits.shape[0]
+        index = topk_indices(logits, tokens_per_row(self.config.capacity, seq_length))
+        self.last_index = index.detach()
+        aux_loss, stats = self.router.aux_losses(x, logits, membership(index, seq_length),
+                                                 gather=gather_row)
+        return self._route_shards(x, scores, index, rope), aux_loss, stats
+
     def forward(
         self, x: torch.Tensor, rope: Rope, routing: str = "topk",
         documents: DocumentMask | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
         """routing="topk" (training, non-causal) or "causal" (sampling: per-token decision).
         `documents`: attention within each document (None: over the whole row)."""
+        if self.sequence_parallel:
+            if routing != "topk" or documents is not None:
+                raise ValueError("sequence-parallel blocks route by top-k over whole rows "
+                                 "(training, no document mask) only")
+            return self._forward_shards(x, rope)
         seq_length = x.shape[0]
         logits = self.router.logits(x)
         if routing == "topk":

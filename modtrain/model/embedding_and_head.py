@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from megatron.core import tensor_parallel
 from megatron.core.transformer import TransformerConfig
-from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
 from modtrain.config.schema import ModelConfig
+from modtrain.model.layer_spec import Norm
 from modtrain.model.linear import ColumnLinear
 
 
@@ -19,7 +19,7 @@ def build_embedding(config: ModelConfig, tc: TransformerConfig):
 
 
 def build_final_norm(config: ModelConfig, tc: TransformerConfig):
-    return WrappedTorchNorm(config=tc, hidden_size=config.hidden_size, eps=config.norm_eps)
+    return Norm(config=tc, hidden_size=config.hidden_size, eps=config.norm_eps)
 
 
 def build_output_layer(config: ModelConfig, tc: TransformerConfig, tied: bool):

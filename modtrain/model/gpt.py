@@ -2,7 +2,9 @@
 
 Tensors inside the model are sequence-first ([S, B, H]) as megatron-core expects. The
 model holds no parallelism logic of its own: tensor parallelism lives in megatron-core's
-layers, data parallelism and ZeRO in DeepSpeed.
+layers, data parallelism and ZeRO in DeepSpeed. Under sequence parallelism the embedding
+output is split along the sequence over the tensor ranks and stays split until the output
+layer gathers it (model/sequence_parallel.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from modtrain.model.init import initialize_parameters
 from modtrain.model.layer_spec import transformer_config
 from modtrain.model.loss import chunked_lm_loss, lm_loss, mask_padded_vocab
 from modtrain.model.rope import Rope
+from modtrain.model.sequence_parallel import scatter_to_sequence, tensor_group
 from modtrain.model.tensor_split import TensorSlice
 
 _EXTRA_STATE = "_extra_state"
@@ -48,12 +51,15 @@ class GPTOutput:
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig, seed: int = 0, tensor: TensorSlice | None = None,
                  expert: ExpertSlice | None = None, loss_chunk_tokens: int = 0,
-                 recompute_layers: Sequence[int] = ()) -> None:
+                 recompute_layers: Sequence[int] = (), sequence_parallel: bool = False
+                 ) -> None:
         """`tensor`: this process's tensor-parallel slice (rank 0 of 1 by default); it must
         match the tensor-parallel group megatron-core's layers were built in. `expert`: its
         expert-parallel slice (model.moe; all experts by default). `loss_chunk_tokens`:
         compute the loss this many tokens at a time (train.loss_chunk_tokens; 0: whole).
-        `recompute_layers`: blocks that recompute their activations in backward."""
+        `recompute_layers`: blocks that recompute their activations in backward.
+        `sequence_parallel`: blocks run on a sequence shard of each tensor rank
+        (parallel.sequence_parallel; top-k routing only)."""
         super().__init__()
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
@@ -61,7 +67,8 @@ class GPT(nn.Module):
         self.tensor_size = (tensor or TensorSlice()).size
         # Under tensor parallelism the vocabulary-parallel loss stays (its logits are a shard).
         self.loss_chunk_tokens = loss_chunk_tokens if self.tensor_size == 1 else 0
-        tc = transformer_config(config)
+        self.sequence_parallel = sequence_parallel
+        tc = transformer_config(config, self.tensor_size, sequence_parallel)
         self.transformer_config = tc
         self.embedding = build_embedding(config, tc)
         self.blocks = nn.ModuleList(build_block(config, tc, i, expert)
@@ -105,6 +112,8 @@ class GPT(nn.Module):
                 else self._rope.gather(positions.t() + positions_offset))
         masks = None if ids is None else DocumentMask.of(ids.t())  # built once, for all blocks
         x = self.embedding(tokens.t())  # [S, B, H]: look up transposed ids, no copy of x
+        if self.sequence_parallel:
+            x = scatter_to_sequence(x, tensor_group())  # [S/tp, B, H]
         aux_total = None
         stats: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):

@@ -25,14 +25,20 @@ from modtrain.config.schema import ModelConfig
 from modtrain.model.attention import SDPACoreAttention
 from modtrain.model.experts import ExpertMLP, ExpertSlice
 from modtrain.model.linear import ColumnLinear, RowLinear
+from modtrain.model.sequence_parallel import SequenceParallelRMSNorm
 
 
-def transformer_config(model: ModelConfig) -> TransformerConfig:
+def transformer_config(model: ModelConfig, tensor_size: int = 1,
+                       sequence_parallel: bool = False) -> TransformerConfig:
     """Translate modtrain's model section into megatron-core's TransformerConfig.
 
     Parameters are fp32: under bf16/fp16 training DeepSpeed casts the module and keeps
-    fp32 master weights itself (train.precision reaches only its config)."""
+    fp32 master weights itself (train.precision reaches only its config).
+    `sequence_parallel`: norms, residuals and dropout run on a sequence shard of each
+    tensor rank (parallel.sequence_parallel; needs `tensor_size` > 1)."""
     return TransformerConfig(
+        tensor_model_parallel_size=tensor_size,
+        sequence_parallel=sequence_parallel,
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         num_attention_heads=model.num_heads,
@@ -56,6 +62,16 @@ def transformer_config(model: ModelConfig) -> TransformerConfig:
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
     )
+
+
+class Norm:
+    """The norm slot: torch's RMSNorm (megatron-core's WrappedTorchNorm), or under sequence
+    parallelism the same norm with its weight's gradient summed over the tensor group."""
+
+    def __new__(cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_):
+        if config.sequence_parallel:
+            return SequenceParallelRMSNorm(hidden_size, eps)
+        return WrappedTorchNorm(config=config, hidden_size=hidden_size, eps=eps)
 
 
 def mlp_spec() -> ModuleSpec:
@@ -84,7 +100,7 @@ def decoder_layer_spec(mlp: ModuleSpec | None = None) -> ModuleSpec:
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
-            input_layernorm=WrappedTorchNorm,
+            input_layernorm=Norm,
             self_attention=ModuleSpec(
                 module=SelfAttention,
                 params={"attn_mask_type": AttnMaskType.causal},
@@ -95,7 +111,7 @@ def decoder_layer_spec(mlp: ModuleSpec | None = None) -> ModuleSpec:
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=WrappedTorchNorm,
+            pre_mlp_layernorm=Norm,
             mlp=mlp or mlp_spec(),
             mlp_bda=get_bias_dropout_add,
         ),

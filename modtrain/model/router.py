@@ -14,12 +14,14 @@ bf16 ulp apart, so a bf16 score would turn near-ties into ties and flip the sele
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modtrain.config.schema import MoDConfig
+from modtrain.model.sequence_parallel import mark_sequence_parallel, shared_weight
 
 # The statistics `MoDRouter.aux_losses` reports (logged per routed layer as NAME/layerN).
 ROUTER_STATS = ("routed_frac", "router_bce", "router_acc")
@@ -36,18 +38,25 @@ def tokens_per_row(capacity: float, seq_length: int) -> int:
     return max(1, min(seq_length, math.ceil(capacity * seq_length - 1e-9)))
 
 
-def fp32_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """layer(x) computed in fp32 (input and weights upcast), whatever their dtype."""
-    bias = None if layer.bias is None else layer.bias.float()
-    return F.linear(x.float(), layer.weight.float(), bias)
+def fp32_linear(x: torch.Tensor, layer: nn.Linear, shared: bool = False) -> torch.Tensor:
+    """layer(x) computed in fp32 (input and weights upcast), whatever their dtype. `shared`:
+    x is this rank's sequence shard, so the weights' gradients are summed over the tensor
+    group (sequence parallelism)."""
+    weight, bias = layer.weight, layer.bias
+    if shared:
+        weight = shared_weight(weight)
+        bias = None if bias is None else shared_weight(bias)
+    return F.linear(x.float(), weight.float(), None if bias is None else bias.float())
 
 
 class FP32MLP(nn.Sequential):
     """Linear-SiLU-Linear (the causal predictor) computed in fp32 whatever its dtype."""
 
+    shared = False  # sequence parallel: see fp32_linear
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first, act, last = self
-        return fp32_linear(act(fp32_linear(x, first)), last)
+        return fp32_linear(act(fp32_linear(x, first, self.shared)), last, self.shared)
 
 
 def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -66,9 +75,12 @@ def membership(index: torch.Tensor, seq_length: int) -> torch.Tensor:
 
 
 class MoDRouter(nn.Module):
-    def __init__(self, hidden_size: int, config: MoDConfig, init_std: float) -> None:
+    def __init__(self, hidden_size: int, config: MoDConfig, init_std: float,
+                 sequence_parallel: bool = False) -> None:
+        """`sequence_parallel`: scores are computed on this rank's sequence shard."""
         super().__init__()
         self.config = config
+        self.sequence_parallel = sequence_parallel
         self.proj = nn.Linear(hidden_size, 1, bias=False)
         nn.init.normal_(self.proj.weight, std=init_std)
         self.predictor: nn.Module | None = None
@@ -78,10 +90,13 @@ class MoDRouter(nn.Module):
                 nn.SiLU(),
                 nn.Linear(config.predictor_hidden, 1),
             )
+            self.predictor.shared = sequence_parallel
+        if sequence_parallel:
+            mark_sequence_parallel(self)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Router scores r = w^T x as fp32 [S, B] (x is [S, B, H], any dtype)."""
-        return fp32_linear(x, self.proj).squeeze(-1)
+        return fp32_linear(x, self.proj, self.sequence_parallel).squeeze(-1)
 
     def predictor_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The causal predictor's fp32 logits [S, B]."""
@@ -96,9 +111,12 @@ class MoDRouter(nn.Module):
         return logits > 0
 
     def aux_losses(
-        self, x: torch.Tensor, logits: torch.Tensor, selected: torch.Tensor
+        self, x: torch.Tensor, logits: torch.Tensor, selected: torch.Tensor,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Causal-routing losses and their agreement with top-k; `selected` is [S, B] bool."""
+        """Causal-routing losses and their agreement with top-k; `selected` is [S, B] bool.
+        `gather`: under sequence parallelism x is a shard and `logits` the whole row; it
+        gathers the predictor's logits of the shards into the row."""
         target = selected.float()
         bce = F.binary_cross_entropy_with_logits(logits, target)
         routed_frac, router_bce, router_acc = ROUTER_STATS
@@ -110,6 +128,7 @@ class MoDRouter(nn.Module):
         loss = self.config.router_bce_coef * bce
         if self.predictor is not None:
             pred = self.predictor_logits(x)
+            pred = pred if gather is None else gather(pred)
             pred_loss = F.binary_cross_entropy_with_logits(pred, target)
             predictor_bce, predictor_acc = PREDICTOR_STATS
             stats[predictor_bce] = pred_loss.detach()

@@ -188,3 +188,34 @@ def test_values_in_error_messages_are_capped():
     with pytest.raises(ModtrainError) as err:
         load_config(None, [f"train.lr=[{', '.join(['1'] * 10_000)}]"])
     assert len(str(err.value)) < 200
+
+
+SP = ["parallel.sequence_parallel=true", "model.vocab_multiple=2"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ([], "parallel.sequence_parallel=true needs parallel.tensor > 1"),
+    (["parallel.tensor=2", "parallel.pipeline=2"],
+     "does not work with parallel.pipeline=2 (pipeline stages pass whole sequences)"),
+    (["parallel.tensor=2", "model.moe.enabled=true"], "not with parallel.tensor=2"),
+    (["parallel.tensor=2", "data.seq_length=63"],
+     "data.seq_length=63 is not divisible by parallel.tensor=2"),
+    (["parallel.tensor=2", "data.document_mask=true"],
+     "does not work with data.document_mask or data.reset_positions yet"),
+    # k = ceil(0.1 * 64) = 7 routed tokens do not split over 2 ranks.
+    (["parallel.tensor=2", "model.mod.enabled=true", "model.mod.capacity=0.1"],
+     "model.mod.capacity=0.1 routes 7 of data.seq_length=64 tokens, not divisible by "
+     "parallel.tensor=2"),
+])
+def test_sequence_parallel_layouts_it_cannot_run_are_refused(overrides, message):
+    with pytest.raises(ModtrainError, match=re.escape(message)) as err:
+        load_config(None, [*SP, *overrides])
+    assert "\n" not in str(err.value)
+
+
+def test_sequence_parallel_runs_where_the_sequence_and_the_routed_tokens_split():
+    config = load_config(None, [*SP, "parallel.tensor=2", "model.mod.enabled=true",
+                                "model.mod.capacity=0.125"])
+    assert config.parallel.sequence_parallel
+    # Without routed layers only the sequence length has to split.
+    load_config(None, [*SP, "parallel.tensor=2", "model.mod.capacity=0.1"])
