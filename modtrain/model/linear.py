@@ -13,6 +13,8 @@ reduce-scattered along the sequence (model/sequence_parallel.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -28,6 +30,12 @@ from modtrain.model.sequence_parallel import (
 class _PlainOnOneRank:
     """Mixin for megatron-core's parallel linears: decides once whether this linear has
     nothing to communicate, in which case `forward` is torch's linear."""
+
+    # set by megatron-core's linear that this class is mixed into
+    tp_group: Any
+    sequence_parallel: bool
+    explicit_expert_comm: bool
+    config: Any
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

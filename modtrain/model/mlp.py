@@ -14,8 +14,10 @@ from megatron.core.transformer.mlp import MLP
 
 def is_plain_swiglu(mlp: torch.nn.Module) -> bool:
     """A megatron-core MLP that computes silu(gate) * value with nothing added or clamped."""
-    config = getattr(mlp, "config", None)
-    return (type(mlp) is MLP and config.gated_linear_unit and config.activation_func is F.silu
+    if type(mlp) is not MLP:
+        return False
+    config = mlp.config
+    return (config.gated_linear_unit and config.activation_func is F.silu
             and not config.glu_linear_offset and config.activation_func_clamp_value is None
             and not config.bias_activation_fusion and not config.add_bias_linear)
 

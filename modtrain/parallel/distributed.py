@@ -88,6 +88,14 @@ class Topology:
     data_rank: int = 0
     groups: ParallelGroups | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def process_groups(self) -> ParallelGroups:
+        """The groups, which init_distributed always sets (a Topology built by hand in a
+        test has none)."""
+        if self.groups is None:
+            raise RuntimeError("this Topology has no process groups (made by init_distributed)")
+        return self.groups
+
 
 DEFAULT_TIMEOUT_MINUTES = 30  # torch's gloo default and megatron-core's
 

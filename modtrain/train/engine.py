@@ -42,7 +42,8 @@ def expert_slice(config: Config, topo: Topology) -> ExpertSlice:
         raise ModtrainError(
             f"parallel.expert={size} does not divide the data-parallel size {topo.data}; "
             f"launch a multiple of {size} processes or lower parallel.expert")
-    return ExpertSlice(topo.data_rank % size, size, topo.groups.data if topo.data > 1 else None)
+    return ExpertSlice(topo.data_rank % size, size,
+                       topo.process_groups.data if topo.data > 1 else None)
 
 
 def aux_grad_scale(engine: Any) -> float:
@@ -107,7 +108,7 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         # The chunked loss reads the head weight outside the output layer's forward.
         head = model.embedding if config.model.tie_embeddings else model.output_layer
         deepspeed.zero.register_external_parameter(model, head.weight)
-    clipper = (GradientClipper(model, t.grad_clip, topo.groups.tensor)
+    clipper = (GradientClipper(model, t.grad_clip, topo.process_groups.tensor)
                if modtrain_clips(config) else None)
     return engine, optimizer, EngineStep(engine, optimizer, clipper, build_detector(t),
                                          document_split(config))

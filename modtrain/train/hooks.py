@@ -194,7 +194,8 @@ def evaluate(run: Run) -> tuple[float, dict[str, float]]:
         totals.append(total)
         counts.append(count)
     losses = collectives.ratios_of_sums(torch.stack([*totals, sum(totals)]),
-                                        [*counts, sum(counts)], topo.groups.data, topo.device)
+                                        [*counts, sum(counts)], topo.process_groups.data,
+                                        topo.device)
     per_source = {name: v for (name, _), v in zip(sources, losses)} if len(sources) > 1 else {}
     return losses[-1], per_source
 

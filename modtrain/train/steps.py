@@ -14,12 +14,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from modtrain.data.read.dataset import ValidationSequences
+from modtrain.data.read.dataset import ValidationSequences, ValidationSet
 from modtrain.model.documents import Documents
 from modtrain.parallel.collectives import summarize_step
 from modtrain.progress_bar import bar
 from modtrain.train.grad_clip import GradientClipper
 from modtrain.train.spikes import Spike, SpikeDetector
+
+Validation = ValidationSequences | ValidationSet  # one store's windows, or a blend's
 
 
 @dataclass
@@ -61,7 +63,7 @@ class StepRunner(Protocol):
 
     def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome: ...
 
-    def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int,
+    def evaluate(self, val: Validation, indices: list[int], micro_batch: int,
                  show_progress: bool = False) -> tuple[torch.Tensor, int]: ...
 
 
@@ -127,7 +129,7 @@ class EngineStep:
                            None if norm is None else torch.tensor(norm), applied, spike)
 
     @torch.no_grad()
-    def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int,
+    def evaluate(self, val: Validation, indices: list[int], micro_batch: int,
                  show_progress: bool = False) -> tuple[torch.Tensor, int]:
         """(sum of per-sample mean losses, on the device; count) over `indices`."""
         self.engine.eval()
@@ -178,7 +180,7 @@ class PipelineStep:
                            applied=_applied(self.engine) and not summary.any_nonfinite)
 
     @torch.no_grad()
-    def evaluate(self, val: ValidationSequences, indices: list[int], micro_batch: int,
+    def evaluate(self, val: Validation, indices: list[int], micro_batch: int,
                  show_progress: bool = False) -> tuple[torch.Tensor, int]:
         total, count = torch.zeros((), dtype=torch.float64, device=self.engine.device), 0
         for i in bar(range(0, len(indices) - micro_batch + 1, micro_batch), desc="eval",

@@ -48,7 +48,7 @@ class BlendSchedule:
     def __init__(self, weights: list[float], block: int = BLOCK) -> None:
         self.block = block
         self.counts = block_counts(weights, block)
-        ids = np.repeat(np.arange(len(self.counts)), self.counts)
+        ids: np.ndarray = np.repeat(np.arange(len(self.counts)), self.counts)
         ranks = np.concatenate([np.arange(c) for c in self.counts])
         times = (ranks + 0.5) / self.counts[ids]
         order = np.lexsort((ids, times))
@@ -74,17 +74,17 @@ class PhasedSchedule:
     phase k covers samples [ends[k-1], ends[k]); the last phase is open-ended."""
 
     def __init__(self, phases: Phases, block: int = BLOCK) -> None:
-        ends = [e for e, _ in phases[:-1]]
-        if not phases or phases[-1][0] is not None or any(e is None for e in ends):
+        if not phases or phases[-1][0] is not None or any(e is None for e, _ in phases[:-1]):
             raise ModtrainError("data.weights schedule: every phase but the last needs 'until' "
                                 "and the last none; it holds the weights to the end")
+        ends = [e for e, _ in phases[:-1] if e is not None]  # all of them (checked above)
         if any(b <= a for a, b in zip([0, *ends], ends)):
             raise ModtrainError(f"data.weights schedule: 'until' steps {ends} must increase "
                                 "and be positive")
         self.ends = ends
         self.starts = [0, *ends]
         self.phases = [BlendSchedule(w, block) for _, w in phases]
-        before = [np.zeros(len(self.phases[0].counts), dtype=np.int64)]
+        before: list[np.ndarray] = [np.zeros(len(self.phases[0].counts), dtype=np.int64)]
         for k in range(1, len(self.phases)):
             span = self.starts[k] - self.starts[k - 1]
             before.append(before[-1] + self.phases[k - 1].taken(span))
@@ -119,8 +119,10 @@ class BlendedSequences:
         self.weights = [float(w) for w in weights]
         self.schedule: BlendSchedule | PhasedSchedule = (
             PhasedSchedule(phases) if phases else BlendSchedule(self.weights))
-        self.fingerprint = fingerprint([p.fingerprint for p in parts] + self.weights
-                                       + ([[e, list(w)] for e, w in phases] if phases else []))
+        identity: list[object] = [p.fingerprint for p in parts]
+        identity += self.weights
+        identity += [[e, list(w)] for e, w in phases] if phases else []
+        self.fingerprint = fingerprint(identity)
 
     def __getitem__(self, global_index: int) -> np.ndarray:
         d, i = self.schedule.locate(global_index)

@@ -11,6 +11,7 @@ same or another data-parallel size, continues at exactly the next batch.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 import json
 import sys
 from typing import Protocol
@@ -165,5 +166,6 @@ class BatchLoader:
         self.consumed_samples = consumed
 
 
-def fingerprint(parts: list[str]) -> str:
+def fingerprint(parts: Sequence[object]) -> str:
+    """A short digest of JSON-able parts (store fingerprints, weights, phases)."""
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]

@@ -36,7 +36,7 @@ def weight_phases(weights: list) -> list[tuple[int | None, list[float]]] | None:
             raise ModtrainError(f"data.weights {weights!r} must be numbers, one per store, "
                                 "or a schedule [{until: STEP, weights: [...]}, ...]")
         return None
-    phases = []
+    phases: list[tuple[int | None, list[float]]] = []
     for w in weights:
         if not isinstance(w, dict) or not set(w) <= {"until", "weights"} or "weights" not in w:
             raise ModtrainError(f"data.weights schedule entry {w!r} is not {{until: STEP, "
@@ -57,7 +57,8 @@ def store_paths(config: Config) -> list[str]:
     if d.weights and not d.stores:
         raise ModtrainError("data.weights needs data.stores: list the stores to blend")
     phases = weight_phases(d.weights) or []
-    for ws in [w for _, w in phases] or ([d.weights] if d.stores and d.weights else []):
+    lists: list[list] = [w for _, w in phases] or ([d.weights] if d.stores and d.weights else [])
+    for ws in lists:
         if len(ws) == len(d.stores):
             continue
         raise ModtrainError(
@@ -80,7 +81,8 @@ def open_sources(config: Config) -> DataSources:
             block_counts(w)
         PhasedSchedule(phases)  # its ends are checked here, before training
         return DataSources(stores, phases[-1][1], phases)
-    weights = [float(w) for w in d.weights] if d.weights else sizes
+    # plain numbers here (weight_phases returned None: it checked every entry)
+    weights = [float(w) for w in d.weights if not isinstance(w, dict)] if d.weights else sizes
     block_counts(weights)  # weights that cannot be honoured fail here, before training
     return DataSources(stores, weights)
 
