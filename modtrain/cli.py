@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     from modtrain.data.commands import add_commands as add_data_commands
     from modtrain.inference.commands import add_commands as add_inference_commands
     from modtrain.report.commands import add_commands as add_report_commands
-    from modtrain.report.plan import add_commands as add_plan_commands
+    from modtrain.report.commands import add_plan_command
     from modtrain.train.commands import add_commands as add_train_commands
 
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_commands(sub)
     add_inference_commands(sub)
     add_report_commands(sub)
-    add_plan_commands(sub)
+    add_plan_command(sub)
     add_cluster_commands(sub)
     return parser
 

@@ -88,3 +88,14 @@ def test_bad_input_is_one_clear_line(tmp_path, make_args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("modtrain: error: "), proc.stderr
     assert message in lines[0]
+
+
+def test_the_command_line_starts_without_torch_megatron_or_deepspeed():
+    """Every command group registers without the heavy libraries (they print warnings at
+    import on CPU, and cost seconds): each command imports what it needs when it runs."""
+    code = ("import sys; from modtrain.cli import build_parser; build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'megatron', 'deepspeed'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from modtrain import log
@@ -9,6 +11,7 @@ from modtrain import log
 
 @pytest.mark.parametrize("variable", ["RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"])
 def test_only_the_first_rank_notes_and_warns(monkeypatch, capsys, variable):
+    monkeypatch.delitem(sys.modules, "torch.distributed", raising=False)  # a test's group
     for name in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(variable, "1")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-
-import torch
+from typing import TYPE_CHECKING
 
 from modtrain.errors import ModtrainError
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a device or dtype is resolved: the options register without it.
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEVICE_HELP = ("cpu (the default, so that a seed reproduces the same text anywhere), cuda or "
                "cuda:N")
 DTYPE_HELP = ("fp32 (the default), bf16 or fp16; routing scores and top-k stay fp32 "
@@ -17,6 +20,8 @@ DTYPE_HELP = ("fp32 (the default), bf16 or fp16; routing scores and top-k stay f
 
 def resolve_device(name: str) -> torch.device:
     """cpu, cuda or cuda:N as a torch device that exists here."""
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -39,9 +44,11 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """fp32, bf16 or fp16 as a torch dtype that `device` computes in."""
+    import torch
+
     if name not in DTYPES:
         raise ModtrainError(f"--dtype {name!r} is unknown; use one of {', '.join(DTYPES)}")
-    dtype = DTYPES[name]
+    dtype = getattr(torch, DTYPES[name])
     if device.type == "cuda" and dtype == torch.bfloat16 and \
             not torch.cuda.is_bf16_supported():
         raise ModtrainError(f"--dtype bf16: {torch.cuda.get_device_name(device)} does not "

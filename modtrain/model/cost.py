@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 from modtrain.config.schema import ModelConfig
+from modtrain.model.capacity import tokens_per_row
 from modtrain.model.flops import training_flops_per_token
 from modtrain.model.param_layout import (
     Part,
@@ -32,7 +33,6 @@ from modtrain.model.param_layout import (
     gpt_parameter_names,
     row_of,
 )
-from modtrain.model.router import tokens_per_row
 
 RECOMPUTE = ("none", "full")
 

@@ -13,7 +13,6 @@ bf16 ulp apart, so a bf16 score would turn near-ties into ties and flip the sele
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modtrain.config.schema import MoDConfig
+from modtrain.model.capacity import tokens_per_row  # noqa: F401 - part of the routing API
 from modtrain.model.sequence_parallel import mark_sequence_parallel, shared_weight
 
 # The statistics `MoDRouter.aux_losses` reports (logged per routed layer as NAME/layerN).
@@ -31,11 +31,6 @@ PREDICTOR_STATS = ("predictor_bce", "predictor_acc")
 def stat_names(config: MoDConfig) -> tuple[str, ...]:
     """What a routed block of this config reports in training (see aux_losses)."""
     return ROUTER_STATS + (PREDICTOR_STATS if config.predictor else ())
-
-
-def tokens_per_row(capacity: float, seq_length: int) -> int:
-    """k = ceil(capacity * S), fixed a priori so shapes and compute are static."""
-    return max(1, min(seq_length, math.ceil(capacity * seq_length - 1e-9)))
 
 
 def fp32_linear(x: torch.Tensor, layer: nn.Linear, shared: bool = False) -> torch.Tensor:

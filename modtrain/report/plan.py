@@ -152,7 +152,7 @@ def plot_isoflop(rows: list[dict], out: str) -> None:
     plt.close(fig)
 
 
-def _run(args: argparse.Namespace) -> None:
+def run_plan(args: argparse.Namespace) -> None:
     if args.isoflop is not None:
         rows = isoflop_family(args.isoflop, args.seq or 2048)
         if args.json:
@@ -191,26 +191,3 @@ def _run(args: argparse.Namespace) -> None:
         smallest = min(rows, key=lambda r: r["total_gib"])
         print(f"no layout fits in {memory / GIB:.0f} GiB: the smallest needs "
               f"{smallest['total_gib']:.1f} GiB a GPU (add GPUs or memory)")
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="memory, step time and isoFLOP planning",
-                       description="Enumerate TP/PP/DP/EP/ZeRO/micro-batch/recompute layouts "
-                       "of a config on N GPUs: memory per GPU, fits or not, predicted step time "
-                       "from peak TFLOPs x MFU, bubble and communication; best fitting first. "
-                       "With --isoflop: dense and MoD model sizes along an isoFLOP curve.")
-    p.add_argument("config", nargs="?", metavar="CONFIG")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    p.add_argument("--gpus", type=int)
-    p.add_argument("--gpu-memory", default="80GiB", help="memory of one GPU (default 80GiB)")
-    p.add_argument("--peak-tflops", type=float, default=989.0,
-                   help="dense bf16 peak of one GPU (default 989, an H100 SXM)")
-    p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
-    p.add_argument("--seq", type=int, help="sequence length (default: data.seq_length)")
-    p.add_argument("--global-batch", type=int,
-                   help="sequences per step (default: train.global_batch_size)")
-    p.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
-    p.add_argument("--isoflop", type=float, metavar="BUDGET_FLOPS")
-    p.add_argument("--out", help="PNG of the isoFLOP curve")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_run)
