@@ -95,10 +95,11 @@ def block_cost(model: GPT, index: int, x: torch.Tensor, steps: int) -> tuple[int
                       model.config.rope_base)
     pack, seen = _kept_bytes({p.untyped_storage().data_ptr() for p in model.parameters()})
     times = []
-    for step in range(steps + 1):
+    for step in range(steps + 1):  # bytes counted in the warm-up step only, times after it
         x.grad = None
         start = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack if step == 0 else (lambda t: t),
+                                                      lambda t: t):
             out, aux, _ = block(x, rope)
         (out.sum() + (0.0 if aux is None else aux)).backward()
         if step:
