@@ -116,3 +116,23 @@ def test_bad_rope_scaling_is_one_line(key, value, message):
     with pytest.raises(ModtrainError, match=message):
         config_from_dict({"model": {"max_seq_length": SEQ, "rope_scaling": scaling},
                           "data": {"seq_length": SEQ}})
+
+
+def test_generation_past_the_training_context_with_scaling(dist, tmp_path, char_tokenizer):
+    """Trained at 128 of a 256-position scaled context: sampling with --context 256 runs
+    past position 128 without restarting, and the cache gives what recomputation gives."""
+    from modtrain.data.tokenizer import Tokenizer
+    from modtrain.inference.generate import generate_ids, generate_text
+
+    m = dataclasses.replace(_model("linear", True), max_seq_length=128,
+                            vocab_size=Tokenizer(char_tokenizer).vocab_size)
+    _, export = _export(tmp_path, m, char_tokenizer)
+    model = load_export(export)
+    prompt = token_batch(1, 8, m.vocab_size, seed=2)
+    cached = generate_ids(model, prompt, 200, window=256)
+    fresh = generate_ids(model, prompt, 200, use_cache=False, window=256)
+    assert cached.ids.shape[1] == 208 and torch.equal(cached.ids, fresh.ids)
+    texts, result = generate_text(export, "To be", 140, context=256, seed=1)
+    assert result.new_tokens == 140
+    with pytest.raises(ModtrainError, match="reaches 256 tokens"):
+        generate_text(export, "To be", 1, context=257)
