@@ -66,8 +66,9 @@ def context_window(export_config: dict, context: int | None) -> int:
         raise ModtrainError(f"--context {context} must be at least 2 tokens")
     if context < trained:
         return context
-    saved = export_config.get("modtrain", {}).get("model")
-    m = model_config(saved) if saved else None
+    block = export_config.get("modtrain")
+    saved = block.get("model") if isinstance(block, dict) else None
+    m = model_config(saved) if isinstance(saved, dict) and "max_seq_length" in saved else None
     if m is None or m.rope_scaling.type == "none":
         raise ModtrainError(
             f"--context {context} is past the model's {trained}-token training context and "
@@ -163,11 +164,11 @@ def generate_text(
         raise ModtrainError(f"--num-samples {num_samples} must be at least 1")
     if stop == "":
         raise ModtrainError("--stop is empty; give the text that ends a sample")
-    window = context_window(read_export_config(export_dir), context)
     if routing is not None and not read_export_config(export_dir).get("mod_routed_layers"):
         raise ModtrainError(f"--routing {routing} does not apply: {export_dir} is a dense export "
                             "(no routed layers); drop --routing")
     model = load_export(export_dir, torch_dtype, inference_routing=routing).to(where)
+    window = context_window(read_export_config(export_dir), context)  # config.json checked
     if not (Path(export_dir) / "tokenizer.model").is_file():
         raise ModtrainError(f"{export_dir} has no tokenizer.model; convert the checkpoint "
                             "again with --tokenizer PATH.model")

@@ -26,7 +26,7 @@ LOSS_BAND = 0.05  # |bf16 loss - fp32 loss|, nats
 ACC_BAND = 0.1  # |bf16 - fp32| router and predictor accuracy against top-k, per layer
 SMALL = ["model.hidden_size=32", "model.num_heads=2", "model.num_layers=4",
          "model.max_seq_length=32", "data.seq_length=32", "model.mod.capacity=0.25",
-         "train.global_batch_size=8", f"train.steps={STEPS}", "train.log_interval=10",
+         "train.global_batch_size=4", f"train.steps={STEPS}", "train.log_interval=10",
          "train.eval_interval=1000", "train.save_interval=1000", "train.eval_batches=1",
          "train.warmup_steps=20", "run.tensorboard=false"]
 
