@@ -21,9 +21,13 @@ from tests.train.helpers import run
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 300
-# Largest differences measured over 2 seeds x 30 logged steps (docs/precision.md), with margin.
-LOSS_BAND = 0.05  # |bf16 loss - fp32 loss|, nats
-ACC_BAND = 0.1  # |bf16 - fp32| router and predictor accuracy against top-k, per layer
+# Measured over 3 runs of 30 logged steps (docs/precision.md), with a margin of 2x or more:
+# the loss differed by at most 0.0084, an accuracy at one step by at most 0.125 (one
+# logged batch of 128 tokens per layer: a few near-threshold tokens flip), an accuracy's
+# mean over the run by at most 0.028.
+LOSS_BAND = 0.03  # |bf16 loss - fp32 loss| at every logged step, nats
+ACC_STEP_BAND = 0.25  # |bf16 - fp32| router / predictor accuracy, each layer and step
+ACC_MEAN_BAND = 0.06  # the same, averaged over the logged steps
 SMALL = ["model.hidden_size=32", "model.num_heads=2", "model.num_layers=4",
          "model.max_seq_length=32", "data.seq_length=32", "model.mod.capacity=0.25",
          "train.global_batch_size=4", f"train.steps={STEPS}", "train.log_interval=10",
@@ -50,17 +54,20 @@ def test_bf16_stays_within_the_band_of_fp32(tmp_path, char_store, char_tokenizer
     bf16 = _train(tmp_path, char_store, char_tokenizer, "bf16")
     assert sorted(fp32) == sorted(bf16) == list(range(10, STEPS + 1, 10))
     assert fp32[STEPS]["loss"] < fp32[10]["loss"] - 0.5  # it trained: the band means something
-    worst = {"loss": 0.0, "acc": 0.0}
+    loss = max(abs(a["loss"] - bf16[step]["loss"]) for step, a in fp32.items())
+    accuracies = [k for k in fp32[STEPS] if k.startswith(("router_acc/", "predictor_acc/"))]
+    assert len(accuracies) == 4  # router and predictor of the two routed layers
+    step_acc = mean_acc = 0.0
+    for key in accuracies:
+        diffs = [bf16[step][key] - a[key] for step, a in fp32.items()]
+        step_acc = max(step_acc, max(map(abs, diffs)))
+        mean_acc = max(mean_acc, abs(sum(diffs) / len(diffs)))
     for step, a in fp32.items():
-        b = bf16[step]
-        worst["loss"] = max(worst["loss"], abs(a["loss"] - b["loss"]))
-        for key in (k for k in a if k.startswith(("router_acc/", "predictor_acc/"))):
-            worst["acc"] = max(worst["acc"], abs(a[key] - b[key]))
         for key in (k for k in a if k.startswith("routed_frac/")):
-            assert a[key] == b[key]  # top-k capacity is exact in both
-    print(f"bf16 vs fp32 over {STEPS} steps: max |loss diff| {worst['loss']:.4f}, "
-          f"max |accuracy diff| {worst['acc']:.4f}")
-    assert worst["loss"] <= LOSS_BAND and worst["acc"] <= ACC_BAND, worst
+            assert a[key] == bf16[step][key]  # top-k capacity is exact in both
+    print(f"bf16 vs fp32 over {STEPS} steps: max |loss diff| {loss:.4f}, max |accuracy diff| "
+          f"{step_acc:.4f} at a step, {mean_acc:.4f} on average")
+    assert loss <= LOSS_BAND and step_acc <= ACC_STEP_BAND and mean_acc <= ACC_MEAN_BAND
 
 
 def test_a_precision_the_accelerator_lacks_is_one_line():
