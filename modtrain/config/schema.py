@@ -54,6 +54,26 @@ class MoEConfig:
 
 
 @dataclass
+class RopeScalingConfig:
+    """RoPE scaling, for a model that continues at a longer context than it was trained on
+    (resume with a larger model.max_seq_length). docs/long_context.md"""
+
+    # none | linear (position interpolation: every angle divided by factor) | ntk (NTK-aware:
+    # rope_base times factor^(D/(D-2)), D the head dimension; high frequencies barely move).
+    type: str = "none"
+    factor: float = 1.0  # the context's growth over original_max_seq_length (>= 1)
+    # The model.max_seq_length the model was trained at before scaling; 0: max_seq_length.
+    # Sampling may use up to factor x this many positions.
+    original_max_seq_length: int = 0
+
+    def scaled_context(self, max_seq_length: int) -> int:
+        """The positions a scaled model may use: factor x the original context (never less
+        than the trained max_seq_length)."""
+        original = self.original_max_seq_length or max_seq_length
+        return max(max_seq_length, int(self.factor * original))
+
+
+@dataclass
 class ModelConfig:
     vocab_size: int = 0  # 0: taken from the data store
     # Embedding rows are padded to a multiple of this (must be divisible by parallel.tensor);
@@ -65,6 +85,7 @@ class ModelConfig:
     ffn_hidden_size: int = 0  # 0: SwiGLU default, 8/3 * hidden rounded up to a multiple of 32
     max_seq_length: int = 64  # longest sequence the model takes (RoPE table size)
     rope_base: float = 10000.0  # RoPE theta
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     tie_embeddings: bool = True  # the output projection reuses the embedding matrix
     dropout: float = 0.0  # on attention probabilities and block outputs (0: off)
     norm_eps: float = 1e-5  # RMSNorm epsilon
@@ -415,6 +436,24 @@ def _check_schedule(t: TrainConfig) -> None:
             f"{t.warmup_steps} and before its end; change train.decay_start or train.steps")
 
 
+def _check_rope_scaling(m: ModelConfig) -> None:
+    """model.rope_scaling: a known type and a factor that stretches (>= 1)."""
+    r = m.rope_scaling
+    if r.type not in ("none", "linear", "ntk"):
+        raise ModtrainError(f"model.rope_scaling.type={shown(r.type)}; use none, linear or ntk")
+    if r.type != "none" and r.factor < 1.0:
+        raise ModtrainError(f"model.rope_scaling.factor={r.factor} must be at least 1 (the "
+                            "context's growth over the original one)")
+    if r.type == "ntk" and m.hidden_size // m.num_heads <= 2:
+        raise ModtrainError(f"model.rope_scaling.type=ntk needs a head dimension above 2 (it "
+                            f"is {m.hidden_size // m.num_heads}); use linear, or fewer heads")
+    if r.original_max_seq_length < 0 or r.original_max_seq_length > m.max_seq_length:
+        raise ModtrainError(
+            f"model.rope_scaling.original_max_seq_length={r.original_max_seq_length} must be "
+            f"between 0 and model.max_seq_length={m.max_seq_length} (the context the model "
+            "was trained at before scaling; 0: model.max_seq_length)")
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -461,6 +500,7 @@ class Config:
             raise ModtrainError(
                 "model head dimension must be even for RoPE; change model.num_heads"
             )
+        _check_rope_scaling(m)
         if d.seq_length > m.max_seq_length:
             raise ModtrainError(
                 f"data.seq_length={d.seq_length} is larger than the model's "

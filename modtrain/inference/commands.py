@@ -48,6 +48,7 @@ def _generate(args: argparse.Namespace) -> None:
         args.export_dir, args.prompt, args.max_new_tokens, args.num_samples, sampling,
         args.seed, None if args.stop is None else unescape(args.stop, "--stop"),
         use_cache=not args.no_cache, routing=args.routing, device=args.device, dtype=args.dtype,
+        context=args.context,
     )
     for i, text in enumerate(texts):
         if len(texts) > 1:
@@ -107,6 +108,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--stop", default=None,
                    help="end a sample before this text; Python escapes are decoded "
                    "('\\n\\n': a blank line, '\\t', '\\\\': a backslash, '\\x41', '\\u00e9')")
+    g.add_argument("--context", type=int, default=None,
+                   help="the window in tokens (default: the training context); past it only "
+                   "for an export trained with model.rope_scaling (docs/long_context.md)")
     g.add_argument("--routing", default=None, choices=["predictor", "router"],
                    help="causal routing of MoD layers (default: the export's; a dense export "
                    "has none)")

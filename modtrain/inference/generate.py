@@ -6,7 +6,9 @@ Context window: the model was trained on at most max_position_embeddings tokens.
 context would grow past that, it restarts from its last half (one prefill of those tokens,
 positions from 0 again), so every prediction sees between half and all of a window.
 A prompt longer than the window starts from its last half window too (generate_text says so
-on stderr). Without a cache (use_cache=False) each step recomputes exactly that context,
+on stderr). A window past the training context (--context) needs RoPE scaling in the
+export (model.rope_scaling), up to factor x its original context. Without a cache
+(use_cache=False) each step recomputes exactly that context,
 which is what the tests compare against.
 """
 
@@ -23,6 +25,7 @@ from modtrain import log
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
 from modtrain.inference.export import check_vocabulary, load_export, read_export_config
+from modtrain.inference.hf_layout import model_config
 from modtrain.inference.hf_template.modtrain_core import ModtrainLM
 from modtrain.inference.placement import resolve_device, resolve_dtype
 from modtrain.inference.sampling import Sampling, next_tokens
@@ -53,6 +56,33 @@ def warn(message: str) -> None:
     log.warning(message)
 
 
+def context_window(export_config: dict, context: int | None) -> int:
+    """The window sampling uses: the training context (max_position_embeddings), or
+    `context`; past the training context only with RoPE scaling, up to its scaled context."""
+    trained = export_config["max_position_embeddings"]
+    if context is None or context == trained:
+        return trained
+    if context < 2:
+        raise ModtrainError(f"--context {context} must be at least 2 tokens")
+    if context < trained:
+        return context
+    block = export_config.get("modtrain")
+    saved = block.get("model") if isinstance(block, dict) else None
+    m = model_config(saved) if isinstance(saved, dict) and "max_seq_length" in saved else None
+    if m is None or m.rope_scaling.type == "none":
+        raise ModtrainError(
+            f"--context {context} is past the model's {trained}-token training context and "
+            "its positions were never trained; resume training with model.rope_scaling set "
+            "(docs/long_context.md), or drop --context")
+    limit = m.rope_scaling.scaled_context(m.max_seq_length)
+    if context > limit:
+        raise ModtrainError(
+            f"--context {context} is past the scaled context of this export: "
+            f"model.rope_scaling (type={m.rope_scaling.type}, factor={m.rope_scaling.factor}) "
+            f"reaches {limit} tokens; use --context {limit} or less")
+    return context
+
+
 def unknown_characters(tokenizer: Tokenizer, text: str) -> list[str]:
     """Characters of `text` that the tokenizer encodes as its unknown token, in order."""
     unk = tokenizer.sp.unk_id()
@@ -70,11 +100,13 @@ def generate_ids(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     stop: StopFn | None = None,
+    window: int = 0,
 ) -> Generation:
     """prompt: [B, T] ids (rows of equal length); greedy unless `sampling` says otherwise.
-    Rows route independently."""
+    Rows route independently. window: the context's longest length (0: the model's
+    max_position_embeddings; more only through context_window)."""
     sampling = sampling or Sampling(temperature=0.0)
-    window = model.config.max_position_embeddings
+    window = window or model.config.max_position_embeddings
     keep = restart_length(window)
     batch, prompt_len = prompt.shape
     ids, start, cache = prompt, 0, None
@@ -118,9 +150,11 @@ def generate_text(
     routing: str | None = None,
     device: str = "cpu",
     dtype: str = "fp32",
+    context: int | None = None,
 ) -> tuple[list[str], Generation]:
     """Sample `num_samples` continuations of `prompt`; each ends before `stop` if it occurs.
-    device: cpu, cuda or cuda:N; dtype: fp32, bf16 or fp16 (see inference/placement.py)."""
+    device: cpu, cuda or cuda:N; dtype: fp32, bf16 or fp16 (see inference/placement.py);
+    context: the window in tokens (None: the training context; see context_window)."""
     sampling = sampling or Sampling(temperature=0.8)
     where = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, where)
@@ -134,6 +168,7 @@ def generate_text(
         raise ModtrainError(f"--routing {routing} does not apply: {export_dir} is a dense export "
                             "(no routed layers); drop --routing")
     model = load_export(export_dir, torch_dtype, inference_routing=routing).to(where)
+    window = context_window(read_export_config(export_dir), context)  # config.json checked
     if not (Path(export_dir) / "tokenizer.model").is_file():
         raise ModtrainError(f"{export_dir} has no tokenizer.model; convert the checkpoint "
                             "again with --tokenizer PATH.model")
@@ -145,7 +180,6 @@ def generate_text(
         warn(f"the prompt's characters {', '.join(map(repr, unknown))} are not in the "
              "tokenizer's vocabulary; the model sees each as the unknown token (⁇)")
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
-    window = model.config.max_position_embeddings
     if len(ids) > window and max_new_tokens > 0:
         warn(f"the prompt is {len(ids)} tokens, longer than the model's {window}-token window; "
              f"kept its last {restart_length(window)} of {len(ids)} tokens (see "
@@ -155,7 +189,7 @@ def generate_text(
     # Sampling draws on the model's device (multinomial needs a generator there).
     generator = torch.Generator(device=where).manual_seed(seed)
     result = generate_ids(model, prompt_ids, max_new_tokens, sampling, generator, use_cache,
-                          stop_fn)
+                          stop_fn, window)
     head = tokenizer.decode(ids)
     texts = []
     for row in result.ids:

@@ -19,6 +19,7 @@ from modtrain.config import config_from_dict
 from modtrain.config.schema import ModelConfig
 from modtrain.errors import ModtrainError
 from modtrain.model.param_layout import hf_parameter_names, hf_tensors
+from modtrain.model.rope import scaled_rope
 
 EXPORT_FORMAT = "modtrain.export"
 EXPORT_VERSION = 2
@@ -30,6 +31,24 @@ def model_config(model: dict[str, Any]) -> ModelConfig:
     """The training config's model section, validated on its own."""
     return config_from_dict({"model": model, "data": {"seq_length": model["max_seq_length"]}}
                             ).model
+
+
+def rope_fields(m: ModelConfig) -> dict[str, Any]:
+    """config.json's RoPE fields, giving transformers the training model's angles: linear
+    scaling as its "linear" rope type (inverse frequencies / factor, the same fp32 maths);
+    static NTK as the scaled base, since transformers' "dynamic" type changes the base with
+    the sequence length and matches no fixed table."""
+    head_dim = m.hidden_size // m.num_heads
+    base, divisor = scaled_rope(m.rope_base, head_dim, m.rope_scaling)
+    # transformers 4.x reads rope_theta and rope_scaling, 5.x rope_parameters.
+    fields: dict[str, Any] = {"rope_theta": base}
+    if divisor != 1.0:
+        fields["rope_scaling"] = {"rope_type": "linear", "factor": divisor}
+        fields["rope_parameters"] = {"rope_type": "linear", "factor": divisor,
+                                     "rope_theta": base}
+    else:
+        fields["rope_parameters"] = {"rope_type": "default", "rope_theta": base}
+    return fields
 
 
 def hf_config(model: dict[str, Any], dtype: str, step: int, eos_id: int | None) -> dict[str, Any]:
@@ -50,9 +69,7 @@ def hf_config(model: dict[str, Any], dtype: str, step: int, eos_id: int | None) 
         "hidden_act": "silu",
         "max_position_embeddings": m.max_seq_length,
         "rms_norm_eps": m.norm_eps,
-        # transformers 4.x reads rope_theta, 5.x rope_parameters.
-        "rope_theta": m.rope_base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_base},
+        **rope_fields(m),
         "tie_word_embeddings": m.tie_embeddings,
         "attention_bias": False,
         "attention_dropout": 0.0,

@@ -86,7 +86,8 @@ class GPT(nn.Module):
         initialize_parameters(self, config, seed, tensor, expert=expert)
         head_dim = config.hidden_size // config.num_heads
         # A plain attribute, not a buffer: casting the module to bf16 must not round the table.
-        self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base)
+        self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base,
+                                config.rope_scaling)
 
     def forward(
         self,

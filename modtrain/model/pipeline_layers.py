@@ -90,7 +90,8 @@ class BlockLayer(nn.Module):
         self.block.recompute = recompute
         self.index = index
         head_dim = config.hidden_size // config.num_heads
-        self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base)
+        self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base,
+                                config.rope_scaling)
         self._stats: dict[str, torch.Tensor] = {}
         self._calls = 0
         # d(what DeepSpeed differentiates) / d(aux loss), read at each forward: the engine

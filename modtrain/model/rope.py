@@ -6,6 +6,10 @@ table here is computed once per model (fp32, cast to the activations' dtype when
 and gives the same values. A routed block gathers per-row rows of it ([k, B, 1, D]), so
 each selected token keeps its original position (absolute, or within its document when
 data.reset_positions gathers the table per token).
+
+RoPE scaling (model.rope_scaling) changes the angles only: `linear` divides the inverse
+frequencies by the factor (position interpolation, as Hugging Face's "linear" rope type
+computes it), `ntk` raises the base to base * factor^(D/(D-2)) (NTK-aware, static).
 """
 
 from __future__ import annotations
@@ -14,10 +18,24 @@ from typing import NamedTuple
 
 import torch
 
+from modtrain.config.schema import RopeScalingConfig
 
-def rope_frequencies(seq_length: int, head_dim: int, base: float) -> torch.Tensor:
+
+def scaled_rope(base: float, head_dim: int, scaling: RopeScalingConfig) -> tuple[float, float]:
+    """(base, inverse-frequency divisor) under `scaling`; the export writes the same two."""
+    if scaling.type == "linear":
+        return base, scaling.factor
+    if scaling.type == "ntk":
+        return base * scaling.factor ** (head_dim / (head_dim - 2)), 1.0
+    return base, 1.0
+
+
+def rope_frequencies(seq_length: int, head_dim: int, base: float,
+                     divisor: float = 1.0) -> torch.Tensor:
     """Angles for positions 0..seq_length-1 as [S, 1, 1, head_dim] (non-interleaved)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    if divisor != 1.0:
+        inv_freq /= divisor  # in fp32 after the powers, as transformers' "linear" does
     angles = torch.outer(torch.arange(seq_length, dtype=torch.float32), inv_freq)
     return torch.cat((angles, angles), dim=-1)[:, None, None, :]
 
@@ -30,8 +48,10 @@ class Rope(NamedTuple):
     signed_sin: torch.Tensor
 
     @classmethod
-    def table(cls, seq_length: int, head_dim: int, base: float) -> Rope:
-        angles = rope_frequencies(seq_length, head_dim, base)
+    def table(cls, seq_length: int, head_dim: int, base: float,
+              scaling: RopeScalingConfig | None = None) -> Rope:
+        base, divisor = scaled_rope(base, head_dim, scaling or RopeScalingConfig())
+        angles = rope_frequencies(seq_length, head_dim, base, divisor)
         sin = angles.sin()
         sign = torch.ones(head_dim)
         sign[: head_dim // 2] = -1.0

@@ -56,13 +56,27 @@ def aux_grad_scale(engine: Any) -> float:
     return float(scale if scale is not None else 1.0) / engine.gradient_accumulation_steps()
 
 
+def check_precision(precision: str, accelerator: Any) -> None:
+    """A precision DeepSpeed's accelerator cannot run is one line here, not a traceback from
+    inside deepspeed.initialize (its CPU accelerator has fp16 only where oneDNN has fp16
+    kernels: CPUs with AVX512-FP16 or AMX-FP16)."""
+    supported = {"fp16": accelerator.is_fp16_supported, "bf16": accelerator.is_bf16_supported}
+    if precision in supported and not supported[precision]():
+        raise ModtrainError(
+            f"train.precision={precision} is not supported by DeepSpeed's "
+            f"{accelerator.device_name()} accelerator on this machine; use "
+            + ("bf16 or fp32 (docs/precision.md)" if precision == "fp16" else "fp32"))
+
+
 def build_engine(config: Config, topo: Topology, ds_config: dict,
                  log: Callable[[str], None] = lambda _: None
                  ) -> tuple[Any, GuardedAdamW, StepRunner]:
     """The DeepSpeed engine for this layout, its base optimizer, and the step runner."""
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
 
     t = config.train
+    check_precision(t.precision, get_accelerator())
     if topo.device.type == "cuda" and t.precision == "fp32":
         # fp32 training's matmuls on the tensor cores as TF32 (fp32 range, 10-bit mantissa).
         # Not under bf16/fp16, whose matmuls are half precision anyway: there the fp32 ones

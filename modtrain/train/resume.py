@@ -16,6 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from modtrain.checkpoint_files import Problem, check_tag
+from modtrain.config.schema import ModelConfig
 from modtrain.errors import ModtrainError
 from modtrain.parallel import collectives
 from modtrain.run_dir import LATEST, STATE_FILE, candidate_tags, read_state, step_of
@@ -51,6 +52,22 @@ def needs_universal(saved: dict[str, int], layout: dict[str, int]) -> bool:
         or saved["pipeline"] != layout["pipeline"]
         or (saved["data"] != layout["data"] and saved["zero_stage"] > 0)
     )
+
+
+def context_notes(saved_model: dict, model: ModelConfig) -> list[str]:
+    """Warnings for a resume at a longer context. model.max_seq_length, data.seq_length,
+    rope_base and rope_scaling may change on resume (the RoPE table holds no weights); a
+    longer context with unscaled angles at the same base meets positions never trained."""
+    saved = int(saved_model.get("max_seq_length", model.max_seq_length))
+    scaled = model.rope_scaling.type != "none"
+    same_base = float(saved_model.get("rope_base", model.rope_base)) == model.rope_base
+    if model.max_seq_length <= saved or scaled or not same_base:
+        return []
+    return [f"model.max_seq_length grew from {saved} (the checkpoint's) to "
+            f"{model.max_seq_length} with model.rope_scaling.type=none: positions past {saved} "
+            "were never trained; set model.rope_scaling (type linear or ntk, factor "
+            f"{model.max_seq_length / saved:g}, original_max_seq_length {saved}), "
+            "docs/long_context.md"]
 
 
 def _check_together(tag_dir: Path) -> tuple[list[Problem], bool]:

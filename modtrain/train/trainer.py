@@ -28,7 +28,7 @@ from modtrain.train.hooks import Hook, StepEnd, default_hooks
 from modtrain.train.inputs import check_inputs
 from modtrain.train.metrics import Progress
 from modtrain.train.optim import restore_group_settings, untie_step_counters
-from modtrain.train.resume import ResumePlan, current_layout, plan_resume
+from modtrain.train.resume import ResumePlan, context_notes, current_layout, plan_resume
 from modtrain.train.run_guard import check_run_dir, move_aside, previous_run
 from modtrain.train.signals import StopFlag
 from modtrain.train.sinks import build_sinks
@@ -60,6 +60,8 @@ def _resume(run: Run, plan: ResumePlan, optimizer: Any) -> int:
     t = run.config.train
     state = checkpoint.load(run.engine, run.ckpt_dir, plan.tag, plan.same_layout)
     start_step = int(state["step"])
+    for note in context_notes(state["config"]["model"], run.config.model):
+        run.message(f"modtrain: warning: {note}")
     run.loader.load_state_dict(state["data"])
     restore_group_settings(optimizer, t, start_step)
     untie_step_counters(optimizer)

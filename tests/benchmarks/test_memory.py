@@ -30,3 +30,13 @@ def test_chunked_loss_and_recompute_each_keep_less(dist):
     assert kept["none"] - kept["none + chunked loss"] >= logits - instead
     assert kept["full"] < kept["none"]
     assert kept["full + chunked loss"] < min(kept["full"], kept["none + chunked loss"])
+
+
+def test_block_table_routed_block_keeps_and_costs_less_than_dense(dist):
+    bench = load_script()
+    (header, row) = bench.block_table([256], width=32, steps=1)
+    cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+    # capacity 0.125: the routed block keeps its input, the router's and predictor's
+    # activations over every token and the block's over k = S/8 tokens.
+    assert 0.05 < float(cells["bytes routed/dense"]) < 0.5, cells
+    assert float(cells["FLOPs routed/dense"]) < 0.25, cells

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modtrain.errors import ModtrainError
-from modtrain.train.resume import current_layout, needs_universal, plan_resume
+from modtrain.train.resume import context_notes, current_layout, needs_universal, plan_resume
 
 
 def _saved(root: Path, layout: dict[str, int], model: dict | None = None) -> Path:
@@ -92,3 +92,17 @@ def test_a_garbage_latest_with_fallback_off_is_one_line(tmp_path):
     (root / "latest").write_text("garbage")
     with pytest.raises(ModtrainError, match="names 'garbage'.*run.resume_fallback=true"):
         plan_resume(root, current_layout(1, 1, 1, 1), fallback=False)
+
+
+def test_a_longer_context_without_rope_scaling_warns_and_with_it_does_not():
+    from modtrain.config.schema import ModelConfig, RopeScalingConfig
+
+    saved = {"max_seq_length": 1024, "rope_base": 10000.0}
+    longer = ModelConfig(max_seq_length=4096)
+    (note,) = context_notes(saved, longer)
+    assert "grew from 1024" in note and "model.rope_scaling" in note and "factor 4" in note
+    scaled = ModelConfig(max_seq_length=4096,
+                         rope_scaling=RopeScalingConfig("linear", 4.0, 1024))
+    assert context_notes(saved, scaled) == []
+    assert context_notes(saved, ModelConfig(max_seq_length=4096, rope_base=5e5)) == []
+    assert context_notes(saved, ModelConfig(max_seq_length=1024)) == []

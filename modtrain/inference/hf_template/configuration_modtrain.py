@@ -24,6 +24,7 @@ class ModtrainConfig(PretrainedConfig):
         max_position_embeddings: int = 64,
         rms_norm_eps: float = 1e-5,
         rope_theta: float = 10000.0,
+        rope_parameters: dict | None = None,
         hidden_act: str = "silu",
         initializer_range: float = 0.02,
         mod_routed_layers: list[int] | None = None,
@@ -50,6 +51,10 @@ class ModtrainConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
+        # {"rope_type": "default" | "linear", "rope_theta", "factor"}; set before the parent's
+        # __init__ so that transformers folds a legacy rope_scaling key into it.
+        self.rope_parameters = rope_parameters or {"rope_type": "default",
+                                                   "rope_theta": rope_theta}
         self.hidden_act = hidden_act
         self.initializer_range = initializer_range
         # 0-based indices of the routed layers; the others are dense.

@@ -52,6 +52,7 @@ class CoreConfig:
     rms_norm_eps: float
     rope_theta: float
     max_position_embeddings: int
+    rope_linear_factor: float = 1.0  # "linear" rope scaling: inverse frequencies / factor
     tie_word_embeddings: bool = True
     mod_routed_layers: list[int] = field(default_factory=list)
     mod_capacity: float = 0.125
@@ -67,7 +68,8 @@ class CoreConfig:
     def from_dict(cls, d: dict[str, Any]) -> CoreConfig:
         """From a config.json dict (Llama keys, plus mod_* keys for a MoD model)."""
         heads = d["num_attention_heads"]
-        rope = d.get("rope_parameters") or {}
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        linear = rope.get("rope_type", rope.get("type")) == "linear"
         return cls(
             vocab_size=d["vocab_size"],
             hidden_size=d["hidden_size"],
@@ -79,6 +81,7 @@ class CoreConfig:
             rms_norm_eps=d["rms_norm_eps"],
             rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))),
             max_position_embeddings=d["max_position_embeddings"],
+            rope_linear_factor=float(rope["factor"]) if linear else 1.0,
             tie_word_embeddings=d.get("tie_word_embeddings", True),
             mod_routed_layers=list(d.get("mod_routed_layers") or []),
             mod_capacity=d.get("mod_capacity", 0.125),
@@ -111,15 +114,18 @@ class RMSNorm(nn.Module):
 class Rotary:
     """RoPE in the non-interleaved (rotate-half) layout of megatron-core and Llama."""
 
-    def __init__(self, head_dim: int, theta: float) -> None:
-        self.head_dim, self.theta = head_dim, theta
+    def __init__(self, head_dim: int, theta: float, linear_factor: float = 1.0) -> None:
+        self.head_dim, self.theta, self.linear_factor = head_dim, theta, linear_factor
         self._inv_freq: torch.Tensor | None = None  # not a buffer: no state to load
 
     def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [B, T] -> cos, sin [B, 1, T, head_dim] in fp32."""
         if self._inv_freq is None or self._inv_freq.device != positions.device:
             exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
-            self._inv_freq = (1.0 / (self.theta**exponent)).to(positions.device)
+            inv_freq = 1.0 / (self.theta**exponent)
+            if self.linear_factor != 1.0:  # position interpolation, after the powers (fp32)
+                inv_freq /= self.linear_factor
+            self._inv_freq = inv_freq.to(positions.device)
         angles = positions[..., None].float() * self._inv_freq
         emb = torch.cat((angles, angles), dim=-1)[:, None]
         return emb.cos(), emb.sin()
@@ -461,7 +467,7 @@ class ModtrainDecoder(nn.Module):
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary = Rotary(config.head_dim, config.rope_theta)
+        self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_linear_factor)
 
     def forward(self, input_ids: torch.Tensor, routing: str = "topk",
                 cache: DecoderCache | None = None) -> torch.Tensor:
