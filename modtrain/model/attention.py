@@ -16,15 +16,24 @@ import torch.nn.functional as F
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.module import MegatronModule
 
+from modtrain.model.recompute import recomputed
 from modtrain.model.rng import tensor_parallel_rng
 from modtrain.model.rope import Rope
 
 
-def self_attention(attention: SelfAttention, hidden: torch.Tensor, rope: Rope) -> torch.Tensor:
-    """Causal self-attention of hidden [S, B, H] at the positions in `rope`; [S, B, H] out."""
+def _core(core: MegatronModule, rope: Rope, query: torch.Tensor, key: torch.Tensor,
+          value: torch.Tensor) -> torch.Tensor:
+    return core(rope.apply(query), rope.apply(key), value, attention_mask=None)
+
+
+def self_attention(attention: SelfAttention, hidden: torch.Tensor, rope: Rope,
+                   recompute_core: bool = False) -> torch.Tensor:
+    """Causal self-attention of hidden [S, B, H] at the positions in `rope`; [S, B, H] out.
+    `recompute_core`: keep the QKV projection's output and rerun RoPE and the core
+    attention in backward (megatron-core's "core_attn" selective recomputation)."""
     query, key, value = attention.get_query_key_value_tensors(hidden, split_qkv=True)
-    context = attention.core_attention(rope.apply(query), rope.apply(key), value,
-                                       attention_mask=None)
+    context = recomputed(recompute_core, _core, attention.core_attention, rope, query, key,
+                         value)
     out, _ = attention.linear_proj(context)
     return out
 

@@ -79,7 +79,8 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         model = GPT(config.model, seed=config.run.seed,
                     tensor=TensorSlice(topo.tensor_rank, topo.tensor),
                     expert=expert_slice(config, topo), loss_chunk_tokens=t.loss_chunk_tokens,
-                    recompute_layers=t.recompute_layer_ids(config.model.num_layers))
+                    recompute_layers=t.recompute_layer_ids(config.model.num_layers),
+                    recompute=t.recompute)
         mpu = MegatronMPU(topo)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)
