@@ -5,10 +5,10 @@
 
 Table 1: the bytes one micro-batch (batch 1) keeps for backward, counted with
 torch.autograd.graph.saved_tensors_hooks over the model's forward with the loss (weights
-left out; a tensor that shares storage with another counts once), for train.recompute none
-and full, with and without train.loss_chunk_tokens, dense and MoD (capacity 0.125, every
-other block routed), at each --seqs. Only the tensors autograd saves are counted, not the
-transient ones (the [tokens, V] logits of the full loss are both).
+left out; a tensor that shares storage with another counts once), for train.recompute
+none, selective and full, with and without train.loss_chunk_tokens, dense and MoD (capacity
+0.125, every other block routed), at each --seqs. Only the tensors autograd saves are
+counted, not the transient ones (the [tokens, V] logits of the full loss are both).
 
 Table 2: forward + backward milliseconds of each mode on one small model, the modes run
 in turn step by step in this one process (so a slow phase of the machine hits all alike);
@@ -45,11 +45,13 @@ from modtrain.parallel import init_distributed  # noqa: E402
 VOCAB = 32000
 LAYERS = 4
 CHUNK = 1024
-MODES = {  # name: (recompute every block, loss chunk tokens)
-    "none": (False, 0),
-    "none + chunked loss": (False, CHUNK),
-    "full": (True, 0),
-    "full + chunked loss": (True, CHUNK),
+MODES = {  # name: (train.recompute of every block, loss chunk tokens)
+    "none": ("none", 0),
+    "none + chunked loss": ("none", CHUNK),
+    "selective": ("selective", 0),
+    "selective + chunked loss": ("selective", CHUNK),
+    "full": ("full", 0),
+    "full + chunked loss": ("full", CHUNK),
 }
 
 
@@ -61,8 +63,9 @@ def model_config(mod: bool, seq: int, width: int) -> ModelConfig:
 
 def build(config: ModelConfig, mode: str) -> GPT:
     recompute, chunk = MODES[mode]
-    layers = range(config.num_layers) if recompute else ()
-    return GPT(config, seed=0, loss_chunk_tokens=chunk, recompute_layers=layers)
+    layers = range(config.num_layers) if recompute != "none" else ()
+    return GPT(config, seed=0, loss_chunk_tokens=chunk, recompute_layers=layers,
+               recompute=recompute)
 
 
 def saved_bytes(model: GPT, tokens: torch.Tensor) -> int:

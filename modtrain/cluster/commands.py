@@ -21,14 +21,16 @@ def _submit(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from modtrain.cluster.submit import plan_pipeline, plan_train, submit
+    from modtrain.data.tokenizer import load_spec
 
     res = _resources(args)
     if args.pipeline:
         spec = str(Path(args.tokenizer_spec).absolute()) if args.tokenizer_spec else None
         tokenizer_args = (["--spec", spec] if spec else
                           ["--type", args.tokenizer_type, "--vocab-size", str(args.vocab_size)])
+        vocab = load_spec(spec).get("vocab_size", 8000) if spec else args.vocab_size
         subs = plan_pipeline(args.config, args.overrides, res, args.corpus or [],
-                             tokenizer_args, args.prepare_tasks, args.export)
+                             tokenizer_args, args.prepare_tasks, args.export, vocab)
     else:
         subs = [plan_train(args.config, args.overrides, res)]
     submit(subs, dry_run=args.dry_run)

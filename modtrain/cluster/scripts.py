@@ -24,7 +24,9 @@ BANNER = {
              "# node), requeued after the pre-timeout signal, resumed from the latest checkpoint.",
     "tokenizer": "# modtrain tokenizer training: one task, all of its cores (sampled sentences).",
     "prepare_data": "# modtrain data preparation: one MPI rank per task (srun --mpi=pmix, mpi4py).",
-    "convert": "# modtrain convert: a run's latest checkpoint to a Hugging Face export.",
+    "convert": "# modtrain convert: a run's latest checkpoint to a Hugging Face export.\n"
+               "# It streams the weights: memory 2 GiB + the fp32 weights + 4x the largest\n"
+               "# tensor (sbatch --mem=...; modtrain submit --pipeline sets it, model/cost.py).",
 }
 # Characters a #SBATCH value may not hold: sbatch splits these lines on whitespace and reads
 # quotes and backslashes itself, and a newline would end the comment and start a command.

@@ -7,6 +7,7 @@ newlines stays literal.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -19,6 +20,7 @@ from modtrain import log
 from modtrain.cluster.scripts import JobScript, job_name, render, sbatch_option, time_seconds
 from modtrain.config import load_config
 from modtrain.errors import ModtrainError
+from modtrain.model.cost import convert_host_bytes
 from modtrain.run_dir import JOBS_FILE, LOG_DIR
 
 
@@ -114,10 +116,18 @@ def plan_train(config_path: str, overrides: list[str], res: Resources) -> Submis
     return Submission("train", script, log_dir)
 
 
+def convert_memory(config_model, vocab_size: int) -> str:
+    """--mem of the convert job, from the model's size (model/cost.py); `vocab_size`: the
+    tokenizer's, where model.vocab_size is left to the data store."""
+    m = dataclasses.replace(config_model, vocab_size=config_model.vocab_size or vocab_size)
+    return f"{-(-convert_host_bytes(m) // 2**30)}G"
+
+
 def plan_pipeline(config_path: str, overrides: list[str], res: Resources, corpus: list[str],
-                  tokenizer_args: list[str], prepare_tasks: int, export_dir: str | None
-                  ) -> list[Submission]:
-    """tokenizer -> prepare (MPI ranks) -> train -> convert, each after the previous one."""
+                  tokenizer_args: list[str], prepare_tasks: int, export_dir: str | None,
+                  vocab_size: int = 8000) -> list[Submission]:
+    """tokenizer -> prepare (MPI ranks) -> train -> convert, each after the previous one.
+    `vocab_size`: the tokenizer job's (sizes the convert job's memory)."""
     if not corpus:
         raise ModtrainError("--pipeline needs --corpus FILES (the text to tokenize)")
     config = load_config(config_path, overrides)
@@ -143,7 +153,9 @@ def plan_pipeline(config_path: str, overrides: list[str], res: Resources, corpus
              "--overwrite"]), log_dir, after="tokenizer"),
         Submission("train", train.script, log_dir, after="prepare_data"),
         Submission("convert", JobScript(
-            "convert", _common(res, f"convert-{name}") + one, _values(log_dir),
+            "convert", _common(res, f"convert-{name}") + one + [
+                sbatch_option("mem", convert_memory(config.model, vocab_size))],
+            _values(log_dir),
             [str(run_dir), "--out", export]), log_dir, after="train"),
     ]
 

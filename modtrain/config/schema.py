@@ -200,8 +200,9 @@ class TrainConfig:
     # Compute the loss this many tokens at a time so the fp32 [tokens, vocab] logits never
     # exist whole (0: all at once). Tensor parallelism keeps the vocabulary-parallel loss.
     loss_chunk_tokens: int = 0
-    # none | full: recompute each chosen block's attention and MLP in backward instead of
-    # keeping their activations (a routed block recomputes its k routed tokens only).
+    # none | selective | full: in backward, full reruns each chosen block's attention and
+    # MLP from its input; selective keeps the matmul outputs and reruns core attention
+    # (RoPE, softmax) and the MLP activation (a routed block reruns its k routed tokens).
     recompute: str = "none"
     recompute_layers: str | list[int] = "all"  # with recompute: all | every_N | [0-based ids]
     # Optional DeepSpeed JSON (e.g. launch/ds_zero2.json) merged over the derived config.
@@ -538,8 +539,8 @@ class Config:
             raise ModtrainError(f"train.precision={shown(t.precision)}; use fp32, bf16 or fp16")
         if t.zero_stage not in (0, 1, 2, 3):
             raise ModtrainError(f"train.zero_stage={t.zero_stage}; use 0, 1, 2 or 3")
-        if t.recompute not in ("none", "full"):
-            raise ModtrainError(f"train.recompute={t.recompute!r}; use none or full")
+        if t.recompute not in ("none", "selective", "full"):
+            raise ModtrainError(f"train.recompute={t.recompute!r}; use none, selective or full")
         for i in t.recompute_layer_ids(m.num_layers):
             if not 0 <= i < m.num_layers:
                 raise ModtrainError(f"train.recompute_layers contains {i}, but the model has "

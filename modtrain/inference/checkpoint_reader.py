@@ -2,14 +2,17 @@
 
 RUN/checkpoints/<tag>/ holds DeepSpeed's model states (+ ZeRO optimizer partitions) and
 modtrain.json (step, resolved config, parallel layout). Weights come back as full fp32
-tensors under the training model's names, whatever the ZeRO stage and data-parallel size.
+tensors under the training model's names, whatever the ZeRO stage and data-parallel size,
+each built when it is asked for (inference/lazy_tensors.py) from the memory-mapped files.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,11 @@ import torch
 
 from modtrain.checkpoint_files import check_tag
 from modtrain.errors import ModtrainError
+from modtrain.inference.lazy_tensors import LazyTensors
 from modtrain.inference.safe_load import load_weights_only
 from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
 from modtrain.model.param_layout import expert_index, gpt_name
+from modtrain.model.tensor_split import full_shape
 from modtrain.model.tensor_split import merge as merge_tensor_shards
 from modtrain.progress_bar import bar
 from modtrain.run_dir import CHECKPOINTS, STATE_FILE, candidate_tags, complete_tags, latest_tag
@@ -32,7 +37,8 @@ class TrainingCheckpoint:
     config: dict[str, Any]  # the full resolved training config, as config_to_dict writes it
     zero_stage: int
     data_parallel: int
-    tensors: dict[str, torch.Tensor]  # fp32, the training model's state-dict names
+    # fp32, the training model's state-dict names; each built when read (LazyTensors)
+    tensors: Mapping[str, torch.Tensor]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -60,10 +66,31 @@ def _rank(path: Path, key: str) -> int:
 _LAYER_FILE = re.compile(r"layer_(\d+)(?:-model_(\d+))?-model_states\.pt")
 
 
-def _read_pipeline(tag_dir: Path, num_layers: int) -> dict[str, torch.Tensor]:
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float()
+
+
+def _merged_tensor(ranks: list[Mapping[str, torch.Tensor]], name: str) -> torch.Tensor:
+    """One tensor merged from its tensor-parallel shards, built when it is read."""
+    return merge_tensor_shards([r[name] for r in ranks], name)
+
+
+def _merged(ranks: list[Mapping[str, torch.Tensor]], names: list[str] | None = None
+            ) -> LazyTensors:
+    """Tensor-parallel shards (rank order) joined the way megatron-core split them, one
+    tensor at a time; `names`: those of the first rank by default."""
+    out = LazyTensors()
+    first = LazyTensors.of(ranks[0])
+    for name in names if names is not None else list(first):
+        out.add(name, tuple(full_shape(torch.Size(first.shape(name)), name, len(ranks))),
+                partial(_merged_tensor, ranks, name))
+    return out
+
+
+def _read_pipeline(tag_dir: Path, num_layers: int) -> LazyTensors:
     """Weights of a pipeline checkpoint: DeepSpeed writes one file per layer (and per
     tensor rank) holding the module's own weights; names map back onto GPT's."""
-    shards: dict[str, dict[int, torch.Tensor]] = {}
+    shards: dict[str, dict[int, LazyTensors]] = {}
     for path in bar(sorted(tag_dir.glob("layer_*-model_states.pt")), desc="read layers"):
         match = _LAYER_FILE.fullmatch(path.name)
         if match is None:
@@ -72,9 +99,13 @@ def _read_pipeline(tag_dir: Path, num_layers: int) -> dict[str, torch.Tensor]:
         for key, value in load_weights_only(path).items():
             if isinstance(value, torch.Tensor):
                 name = gpt_name(f"{layer}.{key}", num_layers)
-                shards.setdefault(name, {})[tp_rank] = value.float()
-    return {name: merge_tensor_shards([parts[r] for r in sorted(parts)], name)
-            for name, parts in shards.items()}
+                one = LazyTensors()
+                one.add_tensor(name, value, _fp32)
+                shards.setdefault(name, {})[tp_rank] = one
+    out = LazyTensors()
+    for name, parts in shards.items():
+        out.update_lazy(_merged([parts[r] for r in sorted(parts)], [name]))
+    return out
 
 
 def _modtrain_state(tag_dir: Path, model_state: dict[str, Any]) -> dict[str, Any]:
@@ -89,28 +120,32 @@ def _modtrain_state(tag_dir: Path, model_state: dict[str, Any]) -> dict[str, Any
     return state
 
 
-def _module_weights(model_state: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _module_weights(model_state: dict[str, Any]) -> LazyTensors:
     """ZeRO 0: the module's own (unpartitioned) parameters, upcast to fp32."""
-    return {k: v.float() for k, v in model_state["module"].items()
-            if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
+    out = LazyTensors()
+    for k, v in model_state["module"].items():
+        if isinstance(v, torch.Tensor) and not k.endswith("_extra_state"):
+            out.add_tensor(k, v, _fp32)
+    return out
 
 
 def _is_expert(name: str) -> bool:
     return expert_index(name) is not None
 
 
-def _read_experts(tag_dir: Path, mp_rank: int) -> dict[str, torch.Tensor]:
+def _read_experts(tag_dir: Path, mp_rank: int) -> LazyTensors:
     """Expert weights (model.moe): DeepSpeed writes each expert of each expert layer to its
     own file under its global id, in the training precision (exact for fp32 training)."""
     files = sorted(tag_dir.glob(f"layer_*_expert_*_mp_rank_{mp_rank:02d}_model_states.pt"))
-    tensors: dict[str, torch.Tensor] = {}
+    tensors = LazyTensors()
     for path in bar(files, desc="read experts"):
-        tensors.update({k: v.float() for k, v in load_weights_only(path).items()
-                        if isinstance(v, torch.Tensor)})
+        for k, v in load_weights_only(path).items():
+            if isinstance(v, torch.Tensor):
+                tensors.add_tensor(k, v, _fp32)
     return tensors
 
 
-def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, dict[str, torch.Tensor]]:
+def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, LazyTensors]:
     """(ZeRO stage, data-parallel size, full-precision weights) of one tensor-parallel rank."""
     name = f"mp_rank_{mp_rank:02d}_model_states.pt"
     if not (tag_dir / name).is_file():  # ZeRO-3 writes one model-state file per data rank
@@ -120,7 +155,9 @@ def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, dict[str, 
                          key=lambda f: _rank(f, "pp_rank"))
     experts = _read_experts(tag_dir, mp_rank)
     if not optim_files:
-        return 0, 1, {**_module_weights(model_state), **experts}
+        tensors = _module_weights(model_state)
+        tensors.update_lazy(experts)
+        return 0, 1, tensors
     optim = [load_weights_only(f) for f in bar(optim_files, desc=f"read tensor rank {mp_rank}")]
     meta = optim[0][OPTIMIZER_STATE]
     # DeepSpeed's BF16 optimizer (ZeRO 1 with fp32 accumulation) writes no stage; its
@@ -133,9 +170,11 @@ def _read_tensor_rank(tag_dir: Path, mp_rank: int) -> tuple[int, int, dict[str, 
                             "the checkpoint is incomplete, use an earlier tag")
     tensors = (merge_zero3(model_state, optim) if stage == 3
                else merge_zero12(model_state, optim, skip=_is_expert))
-    tensors.update(experts)
+    tensors.update_lazy(experts)
     buffers = set(model_state.get("buffer_names") or [])
-    tensors.update({k: v.float() for k, v in model_state["module"].items() if k in buffers})
+    for k, v in model_state["module"].items():
+        if k in buffers:
+            tensors.add_tensor(k, v, _fp32)
     add_shared(model_state, tensors)
     return stage, len(optim_files), tensors
 
@@ -182,8 +221,7 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
                             f"{tp_size * data_parallel}; the checkpoint is incomplete, use an "
                             "earlier tag")
     # Tensor-parallel shards join the way megatron-core split them (SwiGLU's halves apart).
-    tensors = {name: merge_tensor_shards([r[2][name] for r in ranks], name)
-               for name in ranks[0][2]}
+    tensors = _merged([r[2] for r in ranks])
     return TrainingCheckpoint(
         tag_dir=tag_dir,
         step=int(state.get("step", 0)),

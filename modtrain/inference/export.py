@@ -5,6 +5,8 @@ the modelling code (hf_template.REMOTE_CODE_FILES). No
 pickle anywhere: tensors in safetensors, everything else JSON, Python source or the
 SentencePiece model. The directory is written next to its destination and renamed into
 place, so an interrupted convert leaves no half export. Format: docs/export_format.md.
+The weights stream: each training tensor is read from the checkpoint, split, cast and
+written into model.safetensors in turn, so host memory holds about one tensor at a time.
 """
 
 from __future__ import annotations
@@ -14,19 +16,22 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError, shown
 from modtrain.inference.checkpoint_reader import read_checkpoint
-from modtrain.inference.hf_layout import EXPORT_FORMAT, hf_config, to_hf_tensors
+from modtrain.inference.hf_layout import EXPORT_FORMAT, hf_config, hf_shapes, iter_hf_tensors
 from modtrain.inference.hf_template import REMOTE_CODE_FILES
 from modtrain.inference.hf_template.modtrain_core import CoreConfig, ModtrainLM
+from modtrain.inference.lazy_tensors import LazyTensors
+from modtrain.inference.safetensors_stream import SafetensorsWriter
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -126,10 +131,21 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp
     return write_export(ckpt.tensors, ckpt.config["model"], out, tok, dtype, ckpt.step)
 
 
-def write_export(tensors: dict[str, torch.Tensor], model: dict[str, Any], out: str | Path,
+def _write_weights(path: Path, tensors: Mapping[str, torch.Tensor], model: dict[str, Any],
+                   dtype: torch.dtype) -> None:
+    """model.safetensors, one training tensor in memory at a time; the same bytes as
+    safetensors' save_file of every export tensor at once."""
+    lazy = LazyTensors.of(tensors)
+    shapes = hf_shapes({name: lazy.shape(name) for name in lazy}, model)
+    with SafetensorsWriter(path, shapes, dtype, metadata={"format": "pt"}) as writer:
+        for name, tensor in iter_hf_tensors(lazy, model):
+            writer.write(name, tensor.to(dtype))
+
+
+def write_export(tensors: Mapping[str, torch.Tensor], model: dict[str, Any], out: str | Path,
                  tokenizer: Path, dtype: str = "fp32", step: int = 0) -> Path:
-    """Write the training model's state dict (`tensors`) and model config as an export."""
-    hf_tensors = {k: v.to(DTYPES[dtype]) for k, v in to_hf_tensors(tensors, model).items()}
+    """Write the training model's state dict (`tensors`; a LazyTensors is read one tensor
+    at a time) and model config as an export."""
     config = hf_config(model, dtype, step, _eos_id(tokenizer))
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +154,7 @@ def write_export(tensors: dict[str, torch.Tensor], model: dict[str, Any], out: s
     tmp.mkdir()
     try:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(hf_tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_weights(tmp / "model.safetensors", tensors, model, DTYPES[dtype])
         # safetensors creates its file private (0600); give it the mode (umask) of the rest.
         os.chmod(tmp / "model.safetensors", (tmp / "config.json").stat().st_mode & 0o777)
         shutil.copyfile(tokenizer, tmp / "tokenizer.model")

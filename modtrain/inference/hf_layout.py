@@ -11,6 +11,7 @@ parameter table
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -104,7 +105,7 @@ def hf_config(model: dict[str, Any], dtype: str, step: int, eos_id: int | None) 
     return config
 
 
-def to_hf_tensors(tensors: dict[str, torch.Tensor], model: dict[str, Any]
+def to_hf_tensors(tensors: Mapping[str, torch.Tensor], model: dict[str, Any]
                   ) -> dict[str, torch.Tensor]:
     """Training state dict -> export tensors (names and splits from the parameter table).
     Every training tensor must map somewhere, and every export tensor must be filled."""
@@ -119,7 +120,32 @@ def to_hf_tensors(tensors: dict[str, torch.Tensor], model: dict[str, Any]
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def _check_complete(out: dict[str, torch.Tensor], m: ModelConfig) -> None:
+def hf_shapes(shapes: Mapping[str, tuple[int, ...]], model: dict[str, Any]
+              ) -> dict[str, tuple[int, ...]]:
+    """Export tensor names and shapes from the training tensors' shapes alone (the splits
+    run on meta tensors), checked as to_hf_tensors checks the tensors."""
+    m = model_config(model)
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in shapes.items():
+        mapped = hf_tensors(name, torch.empty(shape, device="meta"), m)
+        if not mapped:
+            raise ModtrainError(f"checkpoint tensor {name!r} has no place in the export")
+        out.update({k: tuple(v.shape) for k, v in mapped.items()})
+    _check_complete(out, m)
+    return out
+
+
+def iter_hf_tensors(tensors: Mapping[str, torch.Tensor], model: dict[str, Any]
+                    ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(export name, tensor) of each training tensor in turn, one training tensor read at
+    a time (with a lazy mapping, only it is in memory)."""
+    m = model_config(model)
+    for name in tensors:
+        for k, v in hf_tensors(name, tensors[name], m).items():
+            yield k, v.contiguous()
+
+
+def _check_complete(out: Mapping[str, Any], m: ModelConfig) -> None:
     expected = hf_parameter_names(m)
     missing = expected - set(out)
     extra = set(out) - expected

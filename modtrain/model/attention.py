@@ -16,17 +16,26 @@ import torch.nn.functional as F
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.module import MegatronModule
 
+from modtrain.model.recompute import recomputed
 from modtrain.model.rng import tensor_parallel_rng
 from modtrain.model.rope import Rope
 
 
+def _core(core: MegatronModule, rope: Rope, query: torch.Tensor, key: torch.Tensor,
+          value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return core(rope.apply(query), rope.apply(key), value, attention_mask=mask)
+
+
 def self_attention(attention: SelfAttention, hidden: torch.Tensor, rope: Rope,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, recompute_core: bool = False
+                   ) -> torch.Tensor:
     """Causal self-attention of hidden [S, B, H] at the positions in `rope`; [S, B, H] out.
-    `mask` [B, 1, S, S]: True where a query must not attend to a key (model/documents.py)."""
+    `mask` [B, 1, S, S]: True where a query must not attend to a key (model/documents.py).
+    `recompute_core`: keep the QKV projection's output and rerun RoPE and the core
+    attention in backward (megatron-core's "core_attn" selective recomputation)."""
     query, key, value = attention.get_query_key_value_tensors(hidden, split_qkv=True)
-    context = attention.core_attention(rope.apply(query), rope.apply(key), value,
-                                       attention_mask=mask)
+    context = recomputed(recompute_core, _core, attention.core_attention, rope, query, key,
+                         value, mask)
     out, _ = attention.linear_proj(context)
     return out
 

@@ -23,10 +23,10 @@ from torch import nn
 from modtrain.config.schema import MoDConfig, ModelConfig
 from modtrain.model.attention import self_attention
 from modtrain.model.documents import DocumentMask
-from modtrain.model.experts import ExpertMLP, ExpertSlice
+from modtrain.model.experts import ExpertMLP, ExpertSlice, SwiGLUExpert
 from modtrain.model.layer_spec import decoder_layer_spec, expert_mlp_spec
 from modtrain.model.mlp import is_plain_swiglu, swiglu
-from modtrain.model.recompute import recomputed
+from modtrain.model.recompute import MODES, recomputed
 from modtrain.model.rng import tensor_parallel_rng
 from modtrain.model.rope import Rope
 from modtrain.model.router import MoDRouter, membership, tokens_per_row, topk_indices
@@ -40,29 +40,43 @@ BlockStats = dict[str, torch.Tensor]
 
 
 def _attention_and_mlp(layer: TransformerLayer, x: torch.Tensor, rope: Rope,
-                       mask: torch.Tensor | None = None
+                       mask: torch.Tensor | None = None, selective: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """attn, x + attn, mlp of a pre-norm block (dropout applied). x is [S, B, H]; `mask`:
-    the attention mask (None: causal over the row)."""
+    the attention mask (None: causal over the row). `selective`: rerun core attention and
+    the dense MLP's activation in backward."""
     p = layer.config.hidden_dropout if layer.training else 0.0
     # On a sequence shard each rank holds other tokens: it draws its own dropout mask.
     own_mask = p > 0 and layer.config.sequence_parallel
-    attn = self_attention(layer.self_attention, layer.input_layernorm(x), rope, mask)
+    attn = self_attention(layer.self_attention, layer.input_layernorm(x), rope, mask,
+                          selective)
     with tensor_parallel_rng(x.device) if own_mask else contextlib.nullcontext():
         attn = F.dropout(attn, p=p, training=layer.training)
     mid = x + attn
     hidden = layer.pre_mlp_layernorm(mid)
-    mlp = swiglu(layer.mlp, hidden) if is_plain_swiglu(layer.mlp) else layer.mlp(hidden)[0]
+    mlp = (swiglu(layer.mlp, hidden, selective) if is_plain_swiglu(layer.mlp)
+           else layer.mlp(hidden)[0])
     with tensor_parallel_rng(x.device) if own_mask else contextlib.nullcontext():
         mlp = F.dropout(mlp, p=p, training=layer.training)
     return attn, mid, mlp
 
 
 def block_delta(layer: TransformerLayer, x: torch.Tensor, rope: Rope,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, selective: bool = False) -> torch.Tensor:
     """f(x): the sum of the attention and MLP outputs of a pre-norm block. x is [S, B, H]."""
-    attn, _, mlp = _attention_and_mlp(layer, x, rope, mask)
+    attn, _, mlp = _attention_and_mlp(layer, x, rope, mask, selective)
     return attn + mlp
+
+
+def set_recompute(block: DenseBlock | RoutedBlock, mode: str) -> None:
+    """train.recompute for one block: none, selective (core attention and the MLP
+    activation, experts' too, rerun in backward) or full (the whole block rerun)."""
+    if mode not in MODES:
+        raise ValueError(f"recompute mode {mode!r}; use one of {', '.join(MODES)}")
+    block.recompute = mode
+    for module in block.layer.mlp.modules():
+        if isinstance(module, SwiGLUExpert):
+            module.recompute_activation = mode == "selective"
 
 
 def add_aux(total: torch.Tensor | None, aux: torch.Tensor | None) -> torch.Tensor | None:
@@ -78,7 +92,7 @@ def expert_outputs(layer: TransformerLayer) -> tuple[torch.Tensor | None, BlockS
 
 class DenseBlock(nn.Module):
     routed = False
-    recompute = False  # recompute attention and MLP in backward (model/recompute.py)
+    recompute = "none"  # none | selective | full (set_recompute; model/recompute.py)
 
     def __init__(self, layer: TransformerLayer) -> None:
         super().__init__()
@@ -92,7 +106,8 @@ class DenseBlock(nn.Module):
         # (x + attn) + mlp: the residual stream as a plain pre-norm layer adds it, one add
         # fewer than x + f(x) (forward and backward); equal up to rounding.
         mask = None if documents is None else documents.masked
-        _, mid, mlp = recomputed(self.recompute, _attention_and_mlp, self.layer, x, rope, mask)
+        _, mid, mlp = recomputed(self.recompute == "full", _attention_and_mlp, self.layer, x,
+                                 rope, mask, self.recompute == "selective")
         return (mid + mlp, *expert_outputs(self.layer))
 
 
@@ -100,7 +115,9 @@ class RoutedBlock(nn.Module):
     """A MoD block: only the routed tokens enter attention (as queries and keys) and MLP."""
 
     routed = True
-    recompute = False  # recompute f on the k routed tokens in backward; the routing stays
+    # none | selective | full: recomputation reruns f on the k routed tokens; the routing
+    # (router, top-k, gather) runs once, in forward.
+    recompute = "none"
 
     def __init__(
         self, layer: TransformerLayer, config: MoDConfig, hidden_size: int, init_std: float
@@ -124,8 +141,8 @@ class RoutedBlock(nn.Module):
         x_sel = x.gather(0, gather_index)
         r_sel = logits.gather(0, index).unsqueeze(-1)  # fp32
         mask = None if documents is None else documents.select(index).masked
-        delta = recomputed(self.recompute, block_delta, self.layer, x_sel, rope.gather(index),
-                           mask)
+        delta = recomputed(self.recompute == "full", block_delta, self.layer, x_sel,
+                           rope.gather(index), mask, self.recompute == "selective")
         # r stays fp32 for the product; only the scaled delta is cast to the stream's dtype.
         return x.scatter(0, gather_index, x_sel + (r_sel * delta).to(x.dtype))
 
@@ -149,7 +166,8 @@ class RoutedBlock(nn.Module):
             torch.where(mine.unsqueeze(-1), x.gather(0, slot), zero), group)
         r_sel = reduce_scatter_to_sequence(  # fp32, [k/tp, B, 1]
             torch.where(mine, scores.gather(0, row), 0.0), group).unsqueeze(-1)
-        delta = recomputed(self.recompute, block_delta, self.layer, x_sel, rope.gather(index))
+        delta = recomputed(self.recompute == "full", block_delta, self.layer, x_sel,
+                           rope.gather(index), None, self.recompute == "selective")
         # r stays fp32 for the product; only the scaled delta is cast to the stream's dtype.
         # Rank r's loss uses the updates of its own tokens only: their gradients are summed.
         update = gather_from_sequence((r_sel * delta).to(x.dtype), group, partial_grad=True)

@@ -248,3 +248,13 @@ def step_time(m: ModelConfig, layout: Layout, seq: int, global_batch: int,
     bubble = bubble_fraction(layout.pipeline, global_batch // (layout.data * layout.micro_batch))
     seconds = compute / (1 - bubble)
     return StepTime(seconds, tokens / seconds, bubble, flops)
+
+
+def convert_host_bytes(m: ModelConfig) -> int:
+    """Host memory `modtrain convert` needs for `m` (Slurm's --mem for its job). It streams
+    the weights (inference/export.py): the largest tensor merged in fp32, its split parts
+    and their cast (4 copies of it at most), beside page cache for the memory-mapped
+    checkpoint and the export being written (one fp32 copy of the weights, so the writes
+    are not throttled), and 2 GiB for Python, torch and the checkpoint metadata."""
+    sizes = [_numel(row_of(name).shape(m)) * 4 for name in gpt_parameter_names(m)]
+    return 2 * 2**30 + sum(sizes) + 4 * max(sizes)

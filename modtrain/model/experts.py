@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modtrain.config.schema import ModelConfig, MoEConfig
+from modtrain.model.mlp import swiglu_activation
 
 # What an expert layer reports per step (logged as NAME/layerN), besides one
 # expert_load_eJ per real expert.
@@ -180,14 +181,15 @@ class ExpertGate(nn.Module):
 class SwiGLUExpert(nn.Module):
     """One expert: silu(x W_gate) * (x W_up) W_down; fc1 holds [gate; up]."""
 
+    recompute_activation = False  # train.recompute=selective: rerun silu(gate) * up in backward
+
     def __init__(self, hidden_size: int, ffn_size: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, 2 * ffn_size, bias=False)
         self.fc2 = nn.Linear(ffn_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.fc1(x).chunk(2, dim=-1)
-        return self.fc2(F.silu(gate) * up)
+        return self.fc2(swiglu_activation(self.fc1(x), self.recompute_activation))
 
 
 class ExpertMLP(nn.Module):

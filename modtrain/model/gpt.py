@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
-from modtrain.model.blocks import build_block
+from modtrain.model.blocks import build_block, set_recompute
 from modtrain.model.documents import DocumentMask, Documents
 from modtrain.model.embedding_and_head import build_embedding, build_final_norm, build_output_layer
 from modtrain.model.experts import ExpertSlice
@@ -51,15 +51,15 @@ class GPTOutput:
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig, seed: int = 0, tensor: TensorSlice | None = None,
                  expert: ExpertSlice | None = None, loss_chunk_tokens: int = 0,
-                 recompute_layers: Sequence[int] = (), sequence_parallel: bool = False
-                 ) -> None:
+                 recompute_layers: Sequence[int] = (), recompute: str = "full",
+                 sequence_parallel: bool = False) -> None:
         """`tensor`: this process's tensor-parallel slice (rank 0 of 1 by default); it must
         match the tensor-parallel group megatron-core's layers were built in. `expert`: its
         expert-parallel slice (model.moe; all experts by default). `loss_chunk_tokens`:
         compute the loss this many tokens at a time (train.loss_chunk_tokens; 0: whole).
-        `recompute_layers`: blocks that recompute their activations in backward.
-        `sequence_parallel`: blocks run on a sequence shard of each tensor rank
-        (parallel.sequence_parallel; top-k routing only)."""
+        `recompute_layers`: blocks that recompute activations in backward, `recompute` how
+        (train.recompute: selective or full). `sequence_parallel`: blocks run on a sequence
+        shard of each tensor rank (parallel.sequence_parallel; top-k routing only)."""
         super().__init__()
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
@@ -74,7 +74,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(build_block(config, tc, i, expert)
                                     for i in range(config.num_layers))
         for i in recompute_layers:
-            self.blocks[i].recompute = True
+            set_recompute(self.blocks[i], recompute)
         self.final_norm = build_final_norm(config, tc)
         self.output_layer = build_output_layer(config, tc, tied=config.tie_embeddings)
         # megatron-core's parallel linears add `_extra_state` entries that are always None

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.mlp import MLP
 
+from modtrain.model.recompute import recomputed
+
 
 def is_plain_swiglu(mlp: torch.nn.Module) -> bool:
     """A megatron-core MLP that computes silu(gate) * value with nothing added or clamped."""
@@ -22,9 +24,19 @@ def is_plain_swiglu(mlp: torch.nn.Module) -> bool:
             and not config.bias_activation_fusion and not config.add_bias_linear)
 
 
-def swiglu(mlp: MLP, hidden: torch.Tensor) -> torch.Tensor:
+def gated(gate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * value
+
+
+def swiglu_activation(up: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+    """silu(gate) * value of up = [gate, value]; `recompute`: keep only `up` (fc1's output)
+    and rerun the activation in backward."""
+    gate, value = up.chunk(2, dim=-1)
+    return recomputed(recompute, gated, gate, value)
+
+
+def swiglu(mlp: MLP, hidden: torch.Tensor, recompute_activation: bool = False) -> torch.Tensor:
     """fc2(silu(gate) * value) with [gate, value] = fc1(hidden); [S, B, H] in and out."""
     up, _ = mlp.linear_fc1(hidden)
-    gate, value = up.chunk(2, dim=-1)
-    out, _ = mlp.linear_fc2(F.silu(gate) * value)
+    out, _ = mlp.linear_fc2(swiglu_activation(up, recompute_activation))
     return out

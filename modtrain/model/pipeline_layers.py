@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
-from modtrain.model.blocks import build_block
+from modtrain.model.blocks import build_block, set_recompute
 from modtrain.model.embedding_and_head import (
     build_embedding,
     build_final_norm,
@@ -83,11 +83,11 @@ def tied_head_input(module: EmbeddingLayer,
 class BlockLayer(nn.Module):
     """One decoder block; accumulates its routing statistics between `pop_stats` calls."""
 
-    def __init__(self, config: ModelConfig, index: int, recompute: bool = False) -> None:
+    def __init__(self, config: ModelConfig, index: int, recompute: str = "none") -> None:
         super().__init__()
         tc = transformer_config(config)
         self.block = build_block(config, tc, index)
-        self.block.recompute = recompute
+        set_recompute(self.block, recompute)
         self.index = index
         head_dim = config.hidden_size // config.num_heads
         self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base,

@@ -107,7 +107,8 @@ def pipeline_layer_specs(config: Config, tensor: TensorSlice) -> list:
         first = LayerSpec(EmbeddingLayer, m)
         last = LayerSpec(OutputLayer, m, tensor, chunked)
     recompute = set(config.train.recompute_layer_ids(m.num_layers))
-    blocks = [LayerSpec(BlockLayer, m, i, i in recompute) for i in range(m.num_layers)]
+    blocks = [LayerSpec(BlockLayer, m, i, config.train.recompute if i in recompute else "none")
+              for i in range(m.num_layers)]
     return [first, *blocks, LayerSpec(FinalNormLayer, m), last]
 
 

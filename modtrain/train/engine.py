@@ -97,6 +97,7 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
                     tensor=TensorSlice(topo.tensor_rank, topo.tensor),
                     expert=expert_slice(config, topo), loss_chunk_tokens=t.loss_chunk_tokens,
                     recompute_layers=t.recompute_layer_ids(config.model.num_layers),
+                    recompute=t.recompute,
                     sequence_parallel=config.parallel.sequence_parallel)
         mpu = MegatronMPU(topo)
     optimizer = build_optimizer(model, t)

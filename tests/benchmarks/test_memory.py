@@ -28,7 +28,8 @@ def test_chunked_loss_and_recompute_each_keep_less(dist):
     # The chunked loss keeps the fp32 head-weight and the hidden-state gradients instead.
     instead = 4 * (config.padded_vocab_size + 128) * config.hidden_size
     assert kept["none"] - kept["none + chunked loss"] >= logits - instead
-    assert kept["full"] < kept["none"]
+    assert kept["full"] < kept["selective"] < kept["none"]
+    assert kept["selective + chunked loss"] < kept["none + chunked loss"]
     assert kept["full + chunked loss"] < min(kept["full"], kept["none + chunked loss"])
 
 

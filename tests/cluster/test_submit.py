@@ -99,6 +99,25 @@ def test_pipeline_dry_run_renders_four_jobs(tmp_path, submit):
     assert "--dependency=afterok:" in proc.stderr and "--kill-on-invalid-dep=yes" in proc.stderr
 
 
+def test_pipeline_convert_job_asks_for_memory_from_the_model_size(tmp_path, submit):
+    from modtrain.config import load_config
+    from modtrain.model.cost import convert_host_bytes
+
+    wide = ["model.hidden_size=2048", "model.num_layers=8", "model.num_heads=16"]
+    mems = []
+    for overrides in ([], wide):
+        proc = submit("configs/shakespeare_mod.yaml", "--pipeline", "--corpus", "a.txt",
+                      "--vocab-size", "32000", "--cpu", "--dry-run", f"run.dir={tmp_path}/r",
+                      *overrides)
+        assert proc.returncode == 0, proc.stderr
+        convert = proc.stdout.split("#!/bin/bash\n")[4]
+        m = load_config("configs/shakespeare_mod.yaml", ["model.vocab_size=32000", *overrides])
+        gib = -(-convert_host_bytes(m.model) // 2**30)
+        assert f"#SBATCH --mem={gib}G\n" in convert
+        mems.append(gib)
+    assert mems[1] > mems[0]
+
+
 def test_shipped_slurm_scripts_are_the_rendered_templates():
     for kind in KINDS:
         shipped = ROOT / "slurm" / f"{kind}.sbatch"

@@ -148,7 +148,7 @@ def test_expert_configs_are_the_dense_model_with_experts():
 
 @pytest.mark.parametrize("overrides,message", [
     (["train.loss_chunk_tokens=-1"], "train.loss_chunk_tokens=-1; use 0"),
-    (["train.recompute=selective"], "train.recompute='selective'; use none or full"),
+    (["train.recompute=partial"], "train.recompute='partial'; use none, selective or full"),
     (["train.recompute=full", "train.recompute_layers=every_0"],
      "train.recompute_layers='every_0'; use all, every_N"),
     (["train.recompute=full", "train.recompute_layers=[7]"],

@@ -13,6 +13,7 @@ from modtrain.model.cost import (
     Params,
     activation_bytes,
     bubble_fraction,
+    convert_host_bytes,
     model_state_bytes,
     rank_params,
 )
@@ -114,3 +115,10 @@ def test_routing_and_recomputation_shrink_activations():
 def test_bubble():
     assert bubble_fraction(1, 8) == 0
     assert bubble_fraction(4, 13) == pytest.approx(3 / 16)
+
+
+def test_convert_host_bytes_cover_the_fp32_weights_and_four_largest_tensors(dist):
+    m = load_config("configs/shakespeare_mod.yaml", ["model.vocab_size=8000"]).model
+    sizes = {n: p.numel() * 4 for n, p in GPT(m).state_dict().items()
+             if not n.endswith("_extra_state")}
+    assert convert_host_bytes(m) == 2 * 2**30 + sum(sizes.values()) + 4 * max(sizes.values())
