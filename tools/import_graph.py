@@ -21,29 +21,62 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "modtrain"
 
 # Lower numbers sit lower: a unit may import only from its own unit or a lower layer.
-# Units are top-level packages/modules of modtrain, or data's sub-packages.
+# Units are top-level packages/modules of modtrain, or data's sub-packages. Each has one
+# job (docs/architecture.md's package table is generated from these two tables).
 LAYERS: dict[str, int] = {
     "errors": 0,
-    "log": 0,  # messages on stderr, once per job
+    "log": 0,
     "config": 1,
     "run_dir": 1,
-    "checkpoint_files": 1,  # what checkpoint files may unpickle; their checksums
-    "launcher": 1,  # reads the launcher environment (torchrun, Slurm, MPI)
-    "progress_bar": 1,  # tqdm bars on a terminal
+    "checkpoint_files": 1,
+    "launcher": 1,
+    "progress_bar": 1,
     "resources": 1,
     "model": 2,
     "data.format": 2,
     "data.tokenizer": 2,
     "data.read": 3,
     "data.write": 3,
-    "data": 4,  # data/commands.py: the CLI group over both sides
+    "data": 4,
     "parallel": 5,
     "train": 6,
     "inference": 6,
-    "cluster": 6,  # Slurm job scripts and submission
-    "report": 7,  # curves, routing pictures, summaries: read what train/inference wrote
+    "cluster": 6,
+    "report": 7,
     "cli": 8,
     "__main__": 9,
+}
+JOBS: dict[str, str] = {
+    "errors": "the one error type a user sees (`modtrain: error: ...`): `ModtrainError`",
+    "log": "messages on stderr, once per job (rank 0) or from every rank for errors",
+    "config": "YAML -> typed, validated dataclasses and overrides: `Config` and its sections",
+    "run_dir": "the run directory's layout: `config.yaml`, `metrics.jsonl`, checkpoint tags, "
+               "`latest`, moving a run aside",
+    "checkpoint_files": "what checkpoint files may unpickle (an allow-list) and their checksums",
+    "launcher": "who launched us (torchrun, deepspeed, Slurm, Open MPI, MPICH): rank, world, "
+                "master address",
+    "progress_bar": "tqdm bars for the long steps users wait on, on a terminal only",
+    "resources": "files shipped in the package: tinyshakespeare, lm-eval task files",
+    "model": "the network with no process-group code of its own: `GPT`, blocks, the MoD "
+             "router, experts, document masks, RoPE, FLOP and cost formulas, **the parameter "
+             "table** (`param_layout.py`)",
+    "data.format": "the token-store format, the contract between writer and reader",
+    "data.tokenizer": "SentencePiece training and loading",
+    "data.write": "corpora -> tokens -> a sharded zarr store (local processes or MPI ranks): "
+                  "one registered reader per input format",
+    "data.read": "a store -> the batches training reads (blends, schedules, validation "
+                 "windows) and the checks `inspect --verify` runs",
+    "data": "`modtrain data ...` and `modtrain tokenizer ...` over both sides",
+    "parallel": "how processes are arranged: `Topology`, DeepSpeed's `mpu`, pipeline stages, "
+                "the collectives on training metadata",
+    "train": "the training loop and what it writes: DeepSpeed engine, step runners, hooks, "
+             "checkpoints, resume, universal copies, schedules, signals",
+    "inference": "a checkpoint -> an export -> samples and evaluations, on plain torch",
+    "cluster": "Slurm job scripts and their submission: `modtrain submit`, `modtrain status`",
+    "report": "what users look at, read from what train and inference wrote: curves, routing "
+              "pictures, `inspect`, `plan`",
+    "cli": "the `modtrain` command: gathers each package's sub-commands",
+    "__main__": "`python -m modtrain`",
 }
 # Pairs the layers alone would allow but the design rules out: inference runs on plain
 # torch and safetensors, without megatron-core or DeepSpeed (which `parallel` wraps).
