@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from modtrain.config.schema import Config
+from modtrain.config.schema import Config, choice_error
 from modtrain.errors import ModtrainError, shown
 
 
@@ -67,6 +67,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ModtrainError as e:
                 errors.append(str(e))
         raise ModtrainError(errors[0])
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+            raise ModtrainError(choice_error(key, value, allowed))
+        return value
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import typing
 from collections import Counter
 from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal
 
 from modtrain.errors import ModtrainError, shown
 
@@ -25,7 +27,7 @@ class MoDConfig:
     predictor_hidden: int = 64  # width of the predictor MLP
     predictor_loss_coef: float = 1.0  # weight of the predictor's BCE (its input is detached)
     # Which decision sampling uses: "predictor" or "router" (sigmoid(r) > 0.5).
-    inference_routing: str = "predictor"
+    inference_routing: Literal["predictor", "router"] = "predictor"
 
 
 @dataclass
@@ -49,7 +51,7 @@ class MoEConfig:
     drop_tokens: bool = True
     balance_loss_coef: float = 0.01  # load-balancing loss (Switch/GShard form)
     z_loss_coef: float = 0.001  # router z-loss (ST-MoE): mean logsumexp(gate logits)^2
-    layers: str = "all"  # which blocks hold experts: all | every_other (blocks 1, 3, ...)
+    layers: Literal["all", "every_other"] = "all"  # blocks with experts (every_other: 1, 3, ..)
     ffn_hidden_size: int = 0  # width of each expert's SwiGLU; 0: the model's ffn size
 
 
@@ -60,7 +62,7 @@ class RopeScalingConfig:
 
     # none | linear (position interpolation: every angle divided by factor) | ntk (NTK-aware:
     # rope_base times factor^(D/(D-2)), D the head dimension; high frequencies barely move).
-    type: str = "none"
+    type: Literal["none", "linear", "ntk"] = "none"
     factor: float = 1.0  # the context's growth over original_max_seq_length (>= 1)
     # The model.max_seq_length the model was trained at before scaling; 0: max_seq_length.
     # Sampling may use up to factor x this many positions.
@@ -157,9 +159,9 @@ class TrainConfig:
     warmup_steps: int = 100  # linear warm-up from 0 to train.lr
     # After warm-up: cosine | linear (decay to min_lr) | constant | wsd (warm-up, stable at
     # lr, then decay). docs/schedules.md
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "wsd", "linear", "constant"] = "cosine"
     decay_steps: int = 0  # the decay ends here (0: at train.steps); lets a run stop early
-    decay_shape: str = "1-sqrt"  # wsd's decay: linear | cosine | 1-sqrt
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"  # wsd's decay
     decay_start: int = 0  # wsd: the step its decay begins (0: from decay_fraction)
     decay_fraction: float = 0.2  # wsd with decay_start=0: the schedule's last share decays
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only, not norms)
@@ -187,7 +189,7 @@ class TrainConfig:
     # the majority (1 - capacity for capacity < 0.5) plus routing_collapse_margin is named.
     routing_collapse_window: int = 100
     routing_collapse_margin: float = 0.02  # accuracy above the majority answer that is healthy
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # of weights, activations, gradients
     # bf16: accumulate gradients over micro-batches and reduce them across data-parallel
     # ranks in fp32 (false: in bf16, half the traffic, less exact); docs/gpu.md.
     fp32_reduce: bool = True
@@ -203,7 +205,7 @@ class TrainConfig:
     # none | selective | full: in backward, full reruns each chosen block's attention and
     # MLP from its input; selective keeps the matmul outputs and reruns core attention
     # (RoPE, softmax) and the MLP activation (a routed block reruns its k routed tokens).
-    recompute: str = "none"
+    recompute: Literal["none", "selective", "full"] = "none"
     recompute_layers: str | list[int] = "all"  # with recompute: all | every_N | [0-based ids]
     # Optional DeepSpeed JSON (e.g. launch/ds_zero2.json) merged over the derived config.
     deepspeed_config: str | None = None
@@ -274,7 +276,7 @@ class ParallelConfig:
 class RunConfig:
     dir: str = "runs/default"  # where config.yaml, metrics.jsonl, tensorboard/ and checkpoints/ go
     seed: int = 1337  # weights (the same on every layout), data order and dropout
-    resume: str = "none"  # none | auto
+    resume: Literal["none", "auto"] = "none"  # auto: continue from the latest checkpoint
     # With resume=auto: the checkpoint (RUN/checkpoints/step_N, or RUN/checkpoints for its
     # latest) a new run.dir starts from, e.g. a WSD anneal branch. docs/schedules.md
     init_from: str = ""
@@ -315,6 +317,22 @@ def _inside(v: float, interval: str) -> bool:
         ((v <= high) if interval[-1] == "]" else (v < high))
 
 
+def check_choices(node: Any, prefix: str = "") -> None:
+    """Every field typed Literal[...] holds one of its values (the loader checks them as it
+    reads; this catches values set in code)."""
+    hints = typing.get_type_hints(type(node))
+    for f in fields(node):
+        value, hint = getattr(node, f.name), hints[f.name]
+        if is_dataclass(value):
+            check_choices(value, f"{prefix}{f.name}.")
+        elif typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            raise ModtrainError(choice_error(f"{prefix}{f.name}", value, typing.get_args(hint)))
+
+
+def choice_error(key: str, value: Any, allowed: tuple[Any, ...]) -> str:
+    return f"{key}={shown(value)}; use {' | '.join(map(str, allowed))}"
+
+
 def _check_numbers(config: Config) -> None:
     """Every float finite, every size in range: later arithmetic never divides by zero."""
     def value(key: str):
@@ -350,8 +368,6 @@ def _check_experts(config: Config) -> None:
     """model.moe and parallel.expert: values, and the layouts DeepSpeed's MoE layer supports
     (docs/moe.md has the table)."""
     moe, par, t = config.model.moe, config.parallel, config.train
-    if moe.layers not in ("all", "every_other"):
-        raise ModtrainError(f"model.moe.layers={shown(moe.layers)}; use 'all' or 'every_other'")
     if moe.top_k not in (1, 2):
         raise ModtrainError(f"model.moe.top_k={moe.top_k}; use 1 or 2")
     if moe.top_k > moe.num_experts + moe.noop_experts:
@@ -420,10 +436,6 @@ def _check_sequence_parallel(config: Config) -> None:
 def _check_schedule(t: TrainConfig) -> None:
     """train.schedule and its keys: a decay that starts after warm-up and ends after it starts
     (train.lr and train.min_lr are checked with the other ranges: RANGES)."""
-    for key, allowed in (("schedule", ("cosine", "wsd", "linear", "constant")),
-                         ("decay_shape", ("linear", "cosine", "1-sqrt"))):
-        if getattr(t, key) not in allowed:
-            raise ModtrainError(f"train.{key}={getattr(t, key)!r}; use " + " | ".join(allowed))
     if t.schedule != "wsd":
         return
     if not 0.0 < t.decay_fraction <= 1.0:
@@ -440,8 +452,6 @@ def _check_schedule(t: TrainConfig) -> None:
 def _check_rope_scaling(m: ModelConfig) -> None:
     """model.rope_scaling: a known type and a factor that stretches (>= 1)."""
     r = m.rope_scaling
-    if r.type not in ("none", "linear", "ntk"):
-        raise ModtrainError(f"model.rope_scaling.type={shown(r.type)}; use none, linear or ntk")
     if r.type != "none" and r.factor < 1.0:
         raise ModtrainError(f"model.rope_scaling.factor={r.factor} must be at least 1 (the "
                             "context's growth over the original one)")
@@ -485,6 +495,7 @@ class Config:
     def validate(self) -> None:
         """Check cross-field constraints; raise ModtrainError naming the key and the fix."""
         m, t, d = self.model, self.train, self.data
+        check_choices(self)
         _check_numbers(self)
         _check_experts(self)
         if not 0.0 < m.mod.capacity <= 1.0:
@@ -523,11 +534,6 @@ class Config:
                     f"model.mod.routed_layers contains {i}, but the model has "
                     f"{m.num_layers} layers (0..{m.num_layers - 1})"
                 )
-        if m.mod.inference_routing not in ("predictor", "router"):
-            raise ModtrainError(
-                f"model.mod.inference_routing={shown(m.mod.inference_routing)}; use 'predictor' or "
-                "'router'"
-            )
         if m.mod.inference_routing == "predictor" and m.mod.enabled and not m.mod.predictor:
             raise ModtrainError(
                 "model.mod.inference_routing='predictor' needs model.mod.predictor=true; "
@@ -535,12 +541,8 @@ class Config:
             )
         _check_schedule(t)
         _check_sequence_parallel(self)
-        if t.precision not in ("fp32", "bf16", "fp16"):
-            raise ModtrainError(f"train.precision={shown(t.precision)}; use fp32, bf16 or fp16")
         if t.zero_stage not in (0, 1, 2, 3):
             raise ModtrainError(f"train.zero_stage={t.zero_stage}; use 0, 1, 2 or 3")
-        if t.recompute not in ("none", "selective", "full"):
-            raise ModtrainError(f"train.recompute={t.recompute!r}; use none, selective or full")
         for i in t.recompute_layer_ids(m.num_layers):
             if not 0 <= i < m.num_layers:
                 raise ModtrainError(f"train.recompute_layers contains {i}, but the model has "
@@ -580,8 +582,6 @@ class Config:
                 "train.keep_last and train.keep_every must be >= 0 and "
                 "train.max_nonfinite_steps >= 1"
             )
-        if self.run.resume not in ("none", "auto"):
-            raise ModtrainError(f"run.resume={shown(self.run.resume)}; use 'none' or 'auto'")
         if self.parallel.tensor < 1 or self.parallel.pipeline < 1:
             raise ModtrainError("parallel.tensor and parallel.pipeline must be >= 1")
         if m.vocab_multiple < 1 or m.vocab_multiple % self.parallel.tensor:

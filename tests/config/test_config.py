@@ -126,7 +126,7 @@ MOE = ["model.moe.enabled=true"]
     (["train.zero_stage=3"], "use train.zero_stage=2"),
     (["parallel.expert=3"], "model.moe.num_experts=4 is not divisible by parallel.expert=3"),
     (["model.moe.top_k=3"], "model.moe.top_k=3; use 1 or 2"),
-    (["model.moe.layers=odd"], "model.moe.layers='odd'; use 'all' or 'every_other'"),
+    (["model.moe.layers=odd"], "model.moe.layers='odd'; use all | every_other"),
     (["model.moe.capacity_factor=0"], "model.moe.capacity_factor=0.0 must be positive"),
     (["model.moe.enabled=false", "parallel.expert=2"], "parallel.expert=2 needs experts"),
 ])
@@ -148,7 +148,7 @@ def test_expert_configs_are_the_dense_model_with_experts():
 
 @pytest.mark.parametrize("overrides,message", [
     (["train.loss_chunk_tokens=-1"], "train.loss_chunk_tokens=-1; use 0"),
-    (["train.recompute=partial"], "train.recompute='partial'; use none, selective or full"),
+    (["train.recompute=partial"], "train.recompute='partial'; use none | selective | full"),
     (["train.recompute=full", "train.recompute_layers=every_0"],
      "train.recompute_layers='every_0'; use all, every_N"),
     (["train.recompute=full", "train.recompute_layers=[7]"],

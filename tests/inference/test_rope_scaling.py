@@ -105,7 +105,7 @@ def test_context_within_the_scaled_context_is_allowed():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("type", "yarn", "use none, linear or ntk"),
+    ("type", "yarn", "use none | linear | ntk"),
     ("factor", 0.5, "must be at least 1"),
     ("original_max_seq_length", 512, "between 0 and model.max_seq_length=256"),
 ])
