@@ -182,12 +182,9 @@ def test_missing_tokenizer_is_one_clear_error(tmp_path, mod_run):
 def test_padded_vocabulary_rows_are_dropped(dist, tmp_path, char_tokenizer):
     """Vocabulary padding (for tensor parallelism) never reaches the export."""
     from modtrain.config import config_to_dict, load_config
-    from modtrain.config.schema import ModelConfig
     from modtrain.inference.export import write_export
     from modtrain.model import GPT
 
-    if not hasattr(ModelConfig, "padded_vocab_size"):
-        pytest.skip("this modtrain version has no vocabulary padding")
     vocab = 61
     config = load_config(None, [
         f"model.vocab_size={vocab}", "model.vocab_multiple=64", "model.num_layers=2",
