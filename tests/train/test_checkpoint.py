@@ -156,6 +156,8 @@ LAUNCH = {
     "tp2-zero2": lambda cfg, *o: deepspeed_command(cfg, "parallel.tensor=2",
                                                    "train.zero_stage=2", *o),
     "1-zero3": lambda cfg, *o: single_command(cfg, "train.zero_stage=3", *o),
+    "tp2-sp": lambda cfg, *o: deepspeed_command(cfg, "parallel.tensor=2",
+                                                "parallel.sequence_parallel=true", *o),
 }
 COMMON = ["model.vocab_multiple=2"]  # the vocabulary splits evenly over 2 tensor ranks
 
@@ -190,6 +192,26 @@ def test_resume_on_another_layout(tmp_path, char_store, char_tokenizer, referenc
     checkpoints = tmp_path / "moved" / "checkpoints"
     assert not (checkpoints / "latest_universal").exists()
     assert checkpoint.latest_tag(checkpoints) == "step_00000008"
+
+
+@pytest.mark.slow
+def test_resume_into_and_out_of_sequence_parallelism(tmp_path, char_store, char_tokenizer,
+                                                     reference_losses):
+    """Sequence parallelism changes no parameter or shard: a TP=2 checkpoint saved with it
+    resumes without it and back, on the same layout (no universal copy), and the losses
+    continue those of one process."""
+    cfg = tiny_config(tmp_path, char_store, char_tokenizer, "sp", steps=3)
+    run(LAUNCH["tp2-sp"](cfg, *COMMON, "train.decay_steps=8"))
+    proc = run(LAUNCH["tp2"](cfg, *COMMON, "train.steps=6", "train.decay_steps=8",
+                             "--resume", "auto"))
+    assert "resumed from step 3" in proc.stderr and "universal" not in proc.stderr
+    proc = run(LAUNCH["tp2-sp"](cfg, *COMMON, "train.steps=8", "--resume", "auto"))
+    assert "resumed from step 6" in proc.stderr and "universal" not in proc.stderr
+    got = step_losses(tmp_path / "sp")
+    assert sorted(got) == list(range(1, 9))
+    diffs = [abs(reference_losses[s] - got[s]) for s in range(1, 9)]
+    print(f"TP=2 +SP -> TP=2 -> +SP: max |loss diff| steps 1-8 = {max(diffs):.2e}")
+    assert max(diffs) < 1e-4
 
 
 def test_resuming_into_another_model_shape_is_one_line(tmp_path, dist, char_store,
