@@ -3,9 +3,10 @@
 The wrapped loader's state counts only the steps handed out, so what a checkpoint saves, and
 a resume, are those of a loader without prefetch. A read ahead is keyed by the consumed
 samples it starts at: after `load_state_dict` (or any other change of position) it no longer
-matches and is dropped. One worker runs every training read, in order, so the loader's
-sequences are never read by two threads at once (evaluation reads the same stores from the
-main thread: TokenStore locks its chunk cache). On CUDA the worker pins the rows, and
+matches and is dropped; nothing is read ahead past the run's last step. One worker runs every
+training read, in order, so the loader's sequences are never read by two threads at once
+(evaluation reads the same stores from the main thread: TokenStore locks its chunk cache, the
+sample index swaps epochs atomically). On CUDA the worker pins the rows, and
 `steps._to_device` copies them with non_blocking=True.
 """
 
@@ -22,11 +23,13 @@ from modtrain.train.steps import Batch
 class PrefetchLoader:
     """A BatchLoader that reads step n + 1 while step n runs; same batches, same state."""
 
-    def __init__(self, loader: BatchLoader, pin_device: torch.device | None = None) -> None:
+    def __init__(self, loader: BatchLoader, pin_device: torch.device | None = None,
+                 end: int | None = None) -> None:
         if pin_device is not None and pin_device.type != "cuda":
             raise ValueError(f"pinned memory is for CUDA copies, not {pin_device}")
         self.loader = loader
         self.pin_device = pin_device
+        self.end = end  # the samples the run consumes: nothing is read ahead past them
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="modtrain-prefetch",
                                         initializer=self._start_thread)
         self._ahead: tuple[int, Future[Batch]] | None = None  # (its first sample, the read)
@@ -50,7 +53,8 @@ class PrefetchLoader:
         rows = ahead[1].result()
         self.loader.consumed_samples = consumed + self.loader.global_batch
         following = self.loader.consumed_samples
-        self._ahead = (following, self._pool.submit(self._read, following))
+        if self.end is None or following < self.end:
+            self._ahead = (following, self._pool.submit(self._read, following))
         return self.loader.split(rows)
 
     @property

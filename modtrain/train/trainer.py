@@ -110,7 +110,8 @@ def set_up(config: Config, overwrite: bool = False,
                                        log=progress.message if is_main else lambda _: None)
     pin = topo.device if topo.device.type == "cuda" else None  # CPU: nothing to pin
     loader: BatchLoader | PrefetchLoader = (
-        PrefetchLoader(batches, pin_device=pin) if config.data.prefetch else batches)
+        PrefetchLoader(batches, pin, end=t.steps * t.global_batch_size)
+        if config.data.prefetch else batches)
     run = Run(config=config, topo=topo, engine=engine, stepper=stepper, loader=loader,
               val=val, progress=progress, sinks=[], ckpt_dir=ckpt_dir, layout=layout,
               start_step=0, micro_batch=t.micro_batch(topo.data),

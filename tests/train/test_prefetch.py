@@ -51,6 +51,18 @@ def test_the_same_batches_and_states_as_without_prefetch_across_a_load(char_stor
         ahead.close()
 
 
+def test_nothing_is_read_ahead_past_the_end_of_the_run(char_store):
+    ahead = PrefetchLoader(BatchLoader(_sequences(char_store), 8, 4, 0, 1), end=16)
+    try:
+        ahead.next_step()
+        assert ahead._ahead is not None and ahead._ahead[0] == 8
+        ahead.next_step()  # the last step: no read of a step the run never takes
+        assert ahead._ahead is None
+        ahead.next_step()  # a step past the end still reads (the loop decides)
+    finally:
+        ahead.close()
+
+
 def test_a_failed_read_ahead_is_raised_at_the_next_step_as_the_same_error(tmp_path,
                                                                           char_tokenizer,
                                                                           corpus):
