@@ -145,6 +145,9 @@ class DataConfig:
     document_mask: bool = False
     # RoPE positions restart at 0 at each document start (after each EOS) within a row.
     reset_positions: bool = False
+    # Read the next step's batch in a background thread while this step computes (pinned
+    # on CUDA); the batches and the resumed position are the same either way.
+    prefetch: bool = True
 
 
 @dataclass

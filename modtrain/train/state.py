@@ -11,6 +11,7 @@ from modtrain.config import Config
 from modtrain.data.read.dataset import BatchLoader, ValidationSequences, ValidationSet
 from modtrain.parallel import Topology
 from modtrain.train.metrics import Progress
+from modtrain.train.prefetch import PrefetchLoader
 from modtrain.train.signals import StopFlag
 from modtrain.train.sinks import MetricSink
 from modtrain.train.steps import StepRunner
@@ -24,7 +25,7 @@ class Run:
     topo: Topology
     engine: Any  # DeepSpeed's engine (plain or pipeline)
     stepper: StepRunner
-    loader: BatchLoader
+    loader: BatchLoader | PrefetchLoader  # PrefetchLoader under data.prefetch
     val: ValidationSequences | ValidationSet
     progress: Progress
     sinks: list[MetricSink]

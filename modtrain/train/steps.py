@@ -7,9 +7,9 @@ and the means of the loss and the routing statistics over data-parallel ranks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import torch
@@ -35,8 +35,14 @@ class StepOutcome:
     spike: Spike | None = None  # the update was skipped as a loss / gradient-norm spike
 
 
-def _to_device(batch: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = torch.from_numpy(batch).to(device)
+Batch: TypeAlias = np.ndarray | torch.Tensor  # [micro, seq_length + 1] token ids on the host
+
+
+def _to_device(batch: Batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) on the device. non_blocking: from pinned rows (train/prefetch.py) the
+    copy overlaps the step, and torch keeps the pinned block until it is done; from pageable
+    memory CUDA stages the rows before returning; on the CPU it is no copy at all."""
+    tokens = torch.as_tensor(batch).to(device, non_blocking=True)
     return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
@@ -61,7 +67,7 @@ def _step_values(lm: list[torch.Tensor], total: list[torch.Tensor],
 class StepRunner(Protocol):
     """What the training loop needs of a layout's step: `EngineStep` or `PipelineStep`."""
 
-    def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome: ...
+    def train(self, micro_batches: Sequence[Batch], stop_requested: bool) -> StepOutcome: ...
 
     def evaluate(self, val: Validation, indices: list[int], micro_batch: int,
                  show_progress: bool = False) -> tuple[torch.Tensor, int]: ...
@@ -86,13 +92,13 @@ class EngineStep:
         self.spikes = spikes  # None: no spike skipping (train.spike_window=0)
         self.documents = documents  # None: attention and positions over the whole row
 
-    def _forward(self, batch: np.ndarray) -> Any:
+    def _forward(self, batch: Batch) -> Any:
         x, y = _to_device(batch, self.engine.device)
         if self.documents is None:
             return self.engine(x, y)
         return self.engine(x, y, documents=self.documents(x))
 
-    def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:
+    def train(self, micro_batches: Sequence[Batch], stop_requested: bool) -> StepOutcome:
         lm, total, stats = [], [], []  # per micro-batch, detached, still on the device
         grad_norm = None
         last = len(micro_batches) - 1
@@ -153,7 +159,7 @@ class PipelineStep:
         self.routed_keys = routed_keys  # every routed statistic of the whole model
         self.pipeline = pipeline
 
-    def _iterator(self, micro_batches: list[np.ndarray]):
+    def _iterator(self, micro_batches: Sequence[Batch]):
         return iter([_to_device(b, self.engine.device) for b in micro_batches])
 
     def _stage_stats(self) -> dict[str, torch.Tensor]:
@@ -165,7 +171,7 @@ class PipelineStep:
         zero = torch.zeros((), dtype=torch.float64, device=self.engine.device)
         return {k: local.get(k, zero) for k in self.routed_keys}
 
-    def train(self, micro_batches: list[np.ndarray], stop_requested: bool) -> StepOutcome:
+    def train(self, micro_batches: Sequence[Batch], stop_requested: bool) -> StepOutcome:
         loss = self.engine.train_batch(data_iter=self._iterator(micro_batches))
         loss = torch.as_tensor(loss, device=self.engine.device).detach().double().reshape(())
         # The update already happened; DeepSpeed skips it itself when the gradient norm is

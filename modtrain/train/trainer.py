@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from modtrain.config import Config, config_to_dict, save_config
+from modtrain.data.read.dataset import BatchLoader
 from modtrain.data.read.loading import DataSources, build_training_data
 from modtrain.model.flops import training_flops_per_token
 from modtrain.parallel import collectives, init_distributed
@@ -28,6 +29,7 @@ from modtrain.train.hooks import Hook, StepEnd, default_hooks
 from modtrain.train.inputs import check_inputs
 from modtrain.train.metrics import Progress
 from modtrain.train.optim import restore_group_settings, untie_step_counters
+from modtrain.train.prefetch import PrefetchLoader
 from modtrain.train.resume import ResumePlan, context_notes, current_layout, plan_resume
 from modtrain.train.run_guard import check_run_dir, move_aside, previous_run
 from modtrain.train.signals import StopFlag
@@ -104,8 +106,12 @@ def set_up(config: Config, overwrite: bool = False,
     if t.compile:
         progress.message(f"train.compile: {compile_blocks(engine.module)} blocks compiled "
                          "(the first steps include compilation)")
-    loader, val = build_training_data(config, sources, topo.data_rank, topo.data,
-                                      log=progress.message if is_main else lambda _: None)
+    batches, val = build_training_data(config, sources, topo.data_rank, topo.data,
+                                       log=progress.message if is_main else lambda _: None)
+    pin = topo.device if topo.device.type == "cuda" else None  # CPU: nothing to pin
+    loader: BatchLoader | PrefetchLoader = (
+        PrefetchLoader(batches, pin, end=t.steps * t.global_batch_size)
+        if config.data.prefetch else batches)
     run = Run(config=config, topo=topo, engine=engine, stepper=stepper, loader=loader,
               val=val, progress=progress, sinks=[], ckpt_dir=ckpt_dir, layout=layout,
               start_step=0, micro_batch=t.micro_batch(topo.data),
@@ -141,6 +147,7 @@ def train(config: Config, overwrite: bool = False,
                 hook.after_step(run, end)
     finally:
         run.stop.restore()
+        run.loader.close()
         for hook in ordered:
             hook.on_stop(run)
     last = hooks.metrics.last

@@ -34,18 +34,18 @@ def test_nothing_is_judged_before_the_window_is_full_then_z_decides():
 def _corrupt_steps(monkeypatch, steps: set[int]):
     """Replace every token of the given steps' batches with random ones, as a corrupt shard
     gives: a loss near the untrained model's, far above the recent ones."""
-    original = BatchLoader.next_step
+    original = BatchLoader.rows_of_step
     calls = {"n": 0}
 
-    def next_step(self):
-        batches = original(self)
+    def rows_of_step(self, consumed):  # the n-th read is step n's (data.prefetch reads ahead)
+        rows = original(self, consumed)
         calls["n"] += 1
         if calls["n"] in steps:
             rng = np.random.default_rng(calls["n"])
-            batches = [rng.integers(0, 60, size=b.shape).astype(b.dtype) for b in batches]
-        return batches
+            rows = rng.integers(0, 60, size=rows.shape).astype(rows.dtype)
+        return rows
 
-    monkeypatch.setattr(BatchLoader, "next_step", next_step)
+    monkeypatch.setattr(BatchLoader, "rows_of_step", rows_of_step)
 
 
 # Losses fall by about 0.07 a step here, so a corrupted batch lies 2.9-3.5 deviations above

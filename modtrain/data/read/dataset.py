@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Sequence
 import json
 import sys
-from typing import Protocol
+from typing import Protocol, Self, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,17 @@ from modtrain.errors import ModtrainError
 
 __all__ = ["BatchLoader", "Sequences", "Split", "TrainSequences", "ValidationSequences",
            "ValidationSet", "train_val_split"]
+
+
+R = TypeVar("R", bound="Rows")
+
+
+class Rows(Protocol):
+    """A step's rows: a numpy array, or a torch tensor (pinned) that the loader never imports."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: slice) -> Self: ...
 
 
 class Sequences(Protocol):
@@ -143,12 +154,23 @@ class BatchLoader:
         first = consumed + self.dp_rank * per_rank
         return range(first, first + per_rank)
 
+    def rows_of_step(self, consumed: int) -> np.ndarray:
+        """This rank's rows ([global_batch / dp, seq_length + 1]) of the step that starts
+        after `consumed` samples. It only reads, so a thread may read a step ahead."""
+        return np.stack([self.sequences[g] for g in self.samples_of_step(consumed)])
+
+    def split(self, rows: R) -> list[R]:
+        """A step's rows cut into its micro-batches ([micro, seq_length + 1] each)."""
+        return [rows[m : m + self.micro_batch] for m in range(0, len(rows), self.micro_batch)]
+
     def next_step(self) -> list[np.ndarray]:
         """The micro-batches ([micro, seq_length + 1] each) of the next optimizer step."""
-        mine = self.samples_of_step(self.consumed_samples)
-        rows = np.stack([self.sequences[g] for g in mine])
+        rows = self.rows_of_step(self.consumed_samples)
         self.consumed_samples += self.global_batch
-        return [rows[m : m + self.micro_batch] for m in range(0, len(rows), self.micro_batch)]
+        return self.split(rows)
+
+    def close(self) -> None:
+        """Nothing to release (train/prefetch.py's loader stops its thread here)."""
 
     def state_dict(self) -> dict[str, int | str]:
         return {

@@ -63,17 +63,19 @@ class SampleIndex:
                           seq_length, seed, stream])
         self.key = hashlib.sha256(key.encode()).hexdigest()[:20]
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(store)
-        self._epoch = -1
-        self._starts: np.ndarray = np.empty(0, dtype=np.uint32)
+        # (epoch, its starts) in one attribute: a reader in another thread never sees one
+        # epoch's number with another's starts
+        self._current: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.uint32))
 
     def path(self, epoch: int) -> Path:
         return self.cache_dir / f"{self.key}-epoch{epoch:05d}.npy"
 
     def starts(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
-            self._starts = self._load(epoch)
-            self._epoch = epoch
-        return self._starts
+        current = self._current
+        if current[0] != epoch:
+            current = (epoch, self._load(epoch))
+            self._current = current
+        return current[1]
 
     def _load(self, epoch: int) -> np.ndarray:
         path = self.path(epoch)

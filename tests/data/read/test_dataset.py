@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from modtrain.data.read.dataset import (
     train_val_split,
 )
 from modtrain.data.read.store import TokenStore
+from modtrain.data.write.prepare import prepare_store
 
 
 @pytest.fixture()
@@ -151,3 +153,46 @@ def test_samples_are_the_same_in_another_process(char_store, tmp_path):
     train, _ = train_val_split(store.num_tokens, 0.1)
     here = TrainSequences(store, train, 32, seed=5, cache_dir=str(tmp_path / "fresh"))
     assert np.array_equal(np.load(out), np.stack([here[g] for g in (0, 7, 4000)]))
+
+
+def test_concurrent_reads_of_one_store_are_exact(tmp_path, char_tokenizer, corpus):
+    """The training reads (here two threads, crossing epochs) and evaluation's share one
+    TokenStore, whose chunk cache and per-epoch index are swapped under them."""
+    path = prepare_store(char_tokenizer, [corpus], tmp_path / "s.zarr", chunk_tokens=1024,
+                         shard_chunks=4)
+    store = TokenStore(path, cache_chunks=2)  # evicting on nearly every read
+    train, val = train_val_split(store.num_tokens, 0.1)
+    sequences = TrainSequences(store, train, 32, seed=3, cache_dir=str(tmp_path / "index"))
+    windows = ValidationSequences(store, val, 32, max_samples=64)
+    whole = TokenStore(path).read(0, store.num_tokens)
+    n = sequences.windows_per_epoch
+    jobs = [[(sequences, g + e * n) for g in range(200) for e in (0, 1)],
+            [(sequences, g + e * n) for g in range(200) for e in (1, 0)],
+            [(windows, i) for i in range(len(windows))] * 6]
+
+    def window(source, i):
+        start = sequences.start(i) if source is sequences else windows.starts[i]
+        return whole[start : start + 33]
+
+    expected = [[window(source, i) for source, i in job] for job in jobs]  # one thread
+    wrong: list[object] = []
+
+    def read(job, want):
+        try:
+            wrong.extend(i for (source, i), w in zip(job, want)
+                         if not np.array_equal(source[i], w))
+        except Exception as e:  # a thread's error would otherwise only be printed
+            wrong.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often
+    try:
+        threads = [threading.Thread(target=read, args=(job, want))
+                   for job, want in zip(jobs, expected)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
