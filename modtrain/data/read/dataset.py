@@ -144,10 +144,6 @@ class BatchLoader:
         self.dp_size = dp_size
         self.consumed_samples = 0
 
-    @property
-    def accumulation_steps(self) -> int:
-        return self.global_batch // (self.micro_batch * self.dp_size)
-
     def samples_of_step(self, consumed: int) -> range:
         """Global indices this rank reads in the step that starts after `consumed` samples."""
         per_rank = self.global_batch // self.dp_size
