@@ -182,6 +182,29 @@ def random_access(root: Path, tokenizer: Path, num_tokens: int, steps: int) -> f
     return loader_step_time(config, steps)[1]
 
 
+def document_mask_time(rows: int = 12, seq: int = 2048, mean_doc: int = 400,
+                       steps: int = 20) -> tuple[float, int]:
+    """(s per step, mask bytes) of what data.document_mask + data.reset_positions add to a
+    step's input on this CPU: document ids and positions from the tokens (EOS ends a
+    document) and the [B, 1, S, S] boolean mask, as the model builds them once per step."""
+    import torch
+
+    from modtrain.model.documents import DocumentMask, split_documents
+
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, 60, (rows, seq), generator=gen)
+    tokens[torch.rand(rows, seq, generator=gen) < 1 / mean_doc] = 2  # EOS
+    docs = split_documents(tokens, 2, mask=True, reset_positions=True)
+    mask = DocumentMask.of(docs.ids.t())
+
+    def step() -> None:
+        d = split_documents(tokens, 2, mask=True, reset_positions=True)
+        DocumentMask.of(d.ids.t())
+
+    step()
+    return best_of(lambda: [step() for _ in range(steps)]) / steps, mask.masked.nbytes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=48, help="tinyshakespeare copies to encode")
@@ -192,6 +215,8 @@ def main() -> None:
                     help="megabytes of text in the Parquet corpus (0: no Parquet case)")
     ap.add_argument("--parquet-only", action="store_true",
                     help="time only the Parquet encoding (not JSON Lines or the loader)")
+    ap.add_argument("--document-mask-only", action="store_true",
+                    help="time only the document ids and mask of a 12 x 2048 batch")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="data_bench_"))
     try:
@@ -212,7 +237,50 @@ def parquet(root: Path, char: Path, size_mb: float) -> None:
     print("| Parquet, one file | " + " | ".join(cells) + " |")
 
 
+def attention_times(rows: int = 4, seq: int = 2048, heads: int = 4, head_dim: int = 32,
+                    steps: int = 5) -> tuple[float, float]:
+    """(causal, document-masked) seconds of SDPA forward + backward on this CPU: the kernel
+    modtrain's core attention calls, with is_causal or with the boolean document mask."""
+    import torch
+    import torch.nn.functional as F
+
+    from modtrain.model.documents import DocumentMask, split_documents
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(rows, heads, seq, head_dim, generator=gen, requires_grad=True)
+               for _ in range(3))
+    tokens = torch.randint(3, 60, (rows, seq), generator=gen)
+    tokens[torch.rand(rows, seq, generator=gen) < 1 / 400] = 2
+    allowed = ~DocumentMask.of(split_documents(tokens, 2, True, False).ids.t()).masked
+
+    def causal() -> None:
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+
+    def masked() -> None:
+        F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).sum().backward()
+
+    causal(), masked()
+    times = {fn: 0.0 for fn in (causal, masked)}
+    for fn in times:  # best of REPEATS rounds each
+        times[fn] = best_of(lambda fn=fn: [fn() for _ in range(steps)]) / steps
+    return times[causal], times[masked]
+
+
+def print_document_mask() -> None:
+    seconds, nbytes = document_mask_time()
+    print(f"\ndocument ids + positions + mask of 12 x 2048 tokens (CPU, load average "
+          f"{os.getloadavg()[0]:.1f}): {seconds * 1e3:.2f} ms a step, mask "
+          f"{nbytes / 2**20:.1f} MiB (bool [12, 1, 2048, 2048]); built from the tokens once "
+          "per step, nothing extra is loaded")
+    causal, masked = attention_times()
+    print(f"SDPA forward + backward, 4 x 4 heads x 2048 x 32: causal {causal * 1e3:.1f} ms, "
+          f"with the document mask {masked * 1e3:.1f} ms ({masked / causal:.2f}x)")
+
+
 def run(root: Path, args: argparse.Namespace) -> None:
+    if args.document_mask_only:
+        print_document_mask()
+        return
     text = TINYSHAKESPEARE
     char = train_tokenizer([text], root / "char", "char")
     if args.parquet_only:
@@ -260,6 +328,7 @@ def run(root: Path, args: argparse.Namespace) -> None:
           f"{100 * share:.2f}% |")
     print(f"| random access, 12 x 2049 tokens, 64M-token store (cache misses) | "
           f"{big * 1e3:.2f} ms | {samples / big:,.0f} | - | - |")
+    print_document_mask()
     if share >= 0.02:
         print(f"\nFAIL: the loader takes {100 * share:.2f}% of a step (limit 2%)")
         sys.exit(1)
