@@ -61,10 +61,6 @@ class PrefetchLoader:
     def consumed_samples(self) -> int:
         return self.loader.consumed_samples
 
-    @property
-    def accumulation_steps(self) -> int:
-        return self.loader.accumulation_steps
-
     def state_dict(self) -> dict[str, int | str]:
         return self.loader.state_dict()
 
