@@ -16,6 +16,7 @@ from modtrain.data.read.loading import build_training_data
 from modtrain.model import GPT
 from modtrain.train.engine import document_split
 from modtrain.train.inputs import check_inputs
+from modtrain.train.optim import build_optimizer
 from tests.conftest import cli_env
 from tests.train.helpers import free_port, tiny_config
 
@@ -28,7 +29,8 @@ ZERO3_MODEL = ["model.vocab_size=64", "model.num_layers=8", "model.hidden_size=1
 def test_zero3_ranks_build_only_their_partition_with_the_one_process_weights(tmp_path, dist):
     """2 gloo ranks build GPT through build_model under ZeRO-3: neither holds more tensor
     bytes at once than its half of the parameters plus the largest layer, and the gathered
-    weights are, bit for bit, those GPT draws in one process."""
+    weights are, bit for bit, those GPT draws in one process (and the optimizer puts the
+    same parameters into its decay and no-decay groups)."""
     worker = Path(__file__).with_name("zero_init_worker.py")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -43,6 +45,7 @@ def test_zero3_ranks_build_only_their_partition_with_the_one_process_weights(tmp
     total = sum(p.numel() * p.element_size() for p in expected.values())
     layers = [reference.embedding, *reference.blocks, reference.final_norm,
               reference.output_layer]
+    groups = [len(g["params"]) for g in build_optimizer(reference, config.train).param_groups]
     largest_layer = max(sum(p.numel() * p.element_size() for p in layer.parameters())
                         for layer in layers)
     assert largest_layer < total / 8  # the bound below is far from the whole model
@@ -50,6 +53,7 @@ def test_zero3_ranks_build_only_their_partition_with_the_one_process_weights(tmp
         saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert saved["partition"] <= total / 2 + 1024  # ZeRO pads each partition a little
         assert saved["peak"] <= saved["partition"] + largest_layer
+        assert saved["groups"] == groups
         assert saved["weights"].keys() == expected.keys()
         for name, weight in expected.items():
             assert torch.equal(saved["weights"][name], weight), name

@@ -1,6 +1,6 @@
 """Builds GPT as the engine does (`build_model`) under ZeRO-3 and saves, per rank, the most
 tensor bytes alive at once during construction, this rank's partition, and (gathered) the
-full weights.
+full weights, and the sizes of the optimizer's parameter groups.
 
 Run under torchrun: python -m torch.distributed.run --nproc_per_node 2 zero_init_worker.py
 OUT_PREFIX override [override ...]
@@ -21,6 +21,7 @@ from modtrain.config import load_config
 from modtrain.parallel import init_distributed
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.engine import build_model
+from modtrain.train.optim import build_optimizer
 
 
 class LiveBytes(TorchDispatchMode):
@@ -52,10 +53,12 @@ def main(prefix: str, overrides: list[str]) -> None:
         model = build_model(config, topo, ds_config)
     partition = sum(p.ds_tensor.numel() * p.ds_tensor.element_size()
                     for p in model.parameters())
+    groups = [len(g["params"]) for g in build_optimizer(model, config.train).param_groups]
     params = list(model.parameters())
     with deepspeed.zero.GatheredParameters(params):
         weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    torch.save({"peak": counter.peak, "partition": partition, "weights": weights},
+    torch.save({"peak": counter.peak, "partition": partition, "weights": weights,
+                "groups": groups},
                f"{prefix}{dist.get_rank()}.pt")
     dist.barrier()
 
