@@ -57,6 +57,8 @@ def main(prefix: str, overrides: list[str]) -> None:
     params = list(model.parameters())
     with deepspeed.zero.GatheredParameters(params):
         weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    print(f"rank {dist.get_rank()}: peak {counter.peak / 2**20:.2f} MiB of tensors alive, "
+          f"partition {partition / 2**20:.2f} MiB", flush=True)
     torch.save({"peak": counter.peak, "partition": partition, "weights": weights,
                 "groups": groups},
                f"{prefix}{dist.get_rank()}.pt")
