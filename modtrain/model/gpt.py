@@ -9,7 +9,8 @@ layer gathers it (model/sequence_parallel.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -52,14 +53,19 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig, seed: int = 0, tensor: TensorSlice | None = None,
                  expert: ExpertSlice | None = None, loss_chunk_tokens: int = 0,
                  recompute_layers: Sequence[int] = (), recompute: str = "full",
-                 sequence_parallel: bool = False) -> None:
+                 sequence_parallel: bool = False,
+                 build_context: Callable[[], contextlib.AbstractContextManager] =
+                 contextlib.nullcontext) -> None:
         """`tensor`: this process's tensor-parallel slice (rank 0 of 1 by default); it must
         match the tensor-parallel group megatron-core's layers were built in. `expert`: its
         expert-parallel slice (model.moe; all experts by default). `loss_chunk_tokens`:
         compute the loss this many tokens at a time (train.loss_chunk_tokens; 0: whole).
         `recompute_layers`: blocks that recompute activations in backward, `recompute` how
         (train.recompute: selective or full). `sequence_parallel`: blocks run on a sequence
-        shard of each tensor rank (parallel.sequence_parallel; top-k routing only)."""
+        shard of each tensor rank (parallel.sequence_parallel; top-k routing only).
+        `build_context`: the context the layers are built in (ZeRO-3's `deepspeed.zero.Init`,
+        which partitions each layer's parameters as soon as it is built); the initial weights
+        and the RoPE table are made outside it, in fp32 whatever the context's dtype."""
         super().__init__()
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
@@ -70,13 +76,14 @@ class GPT(nn.Module):
         self.sequence_parallel = sequence_parallel
         tc = transformer_config(config, self.tensor_size, sequence_parallel)
         self.transformer_config = tc
-        self.embedding = build_embedding(config, tc)
-        self.blocks = nn.ModuleList(build_block(config, tc, i, expert)
-                                    for i in range(config.num_layers))
+        with build_context():
+            self.embedding = build_embedding(config, tc)
+            self.blocks = nn.ModuleList(build_block(config, tc, i, expert)
+                                        for i in range(config.num_layers))
+            self.final_norm = build_final_norm(config, tc)
+            self.output_layer = build_output_layer(config, tc, tied=config.tie_embeddings)
         for i in recompute_layers:
             set_recompute(self.blocks[i], recompute)
-        self.final_norm = build_final_norm(config, tc)
-        self.output_layer = build_output_layer(config, tc, tied=config.tie_embeddings)
         # megatron-core's parallel linears add `_extra_state` entries that are always None
         # here (no fp8); they would leak None into checkpoints, which DeepSpeed's universal
         # checkpoint converter cannot read. Leave them out, and accept their absence.

@@ -51,8 +51,10 @@ def transformer_config(model: ModelConfig, tensor_size: int = 1,
         hidden_dropout=model.dropout,
         attention_dropout=model.dropout,
         init_method_std=model.init_std,
-        # Parameters are allocated on CPU; their values come from modtrain.model.init, which
-        # draws layout-independent weights (any TP size starts from the same model).
+        # Parameters are allocated on CPU (under ZeRO-3, deepspeed.zero.Init moves each to
+        # the rank's device and keeps only its partition); their values come from
+        # modtrain.model.init, which draws layout-independent weights (any TP size starts
+        # from the same model).
         use_cpu_initialization=True,
         perform_initialization=False,
         apply_rope_fusion=False,

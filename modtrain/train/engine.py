@@ -3,6 +3,8 @@ schedule, and the step runner that fits the layout."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +70,31 @@ def check_precision(precision: str, accelerator: Any) -> None:
             + ("bf16 or fp32 (docs/precision.md)" if precision == "fp16" else "fp32"))
 
 
+def layer_build_context(config: Config, topo: Topology, ds_config: dict
+                        ) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context GPT's layers are built in. Under ZeRO-3, `deepspeed.zero.Init`: each
+    layer's parameters are partitioned over the data-parallel group (in the training dtype,
+    on this rank's device) as soon as the layer is built, so no rank holds the whole model."""
+    if config.train.zero_stage != 3:
+        return contextlib.nullcontext
+    import deepspeed
+
+    # The MPU gives DeepSpeed's config check the data-parallel size (not the world size).
+    return functools.partial(deepspeed.zero.Init, config_dict_or_path=copy.deepcopy(ds_config),
+                             mpu=MegatronMPU(topo), data_parallel_group=topo.process_groups.data)
+
+
+def build_model(config: Config, topo: Topology, ds_config: dict) -> GPT:
+    """This rank's GPT (its tensor and expert slice; under ZeRO-3 its partition only)."""
+    t = config.train
+    return GPT(config.model, seed=config.run.seed,
+               tensor=TensorSlice(topo.tensor_rank, topo.tensor),
+               expert=expert_slice(config, topo), loss_chunk_tokens=t.loss_chunk_tokens,
+               recompute_layers=t.recompute_layer_ids(config.model.num_layers),
+               recompute=t.recompute, sequence_parallel=config.parallel.sequence_parallel,
+               build_context=layer_build_context(config, topo, ds_config))
+
+
 def build_engine(config: Config, topo: Topology, ds_config: dict,
                  log: Callable[[str], None] = lambda _: None
                  ) -> tuple[Any, GuardedAdamW, StepRunner]:
@@ -93,12 +120,7 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         log("pipeline stages (balanced by forward FLOPs):\n" + format_stage_costs(table))
         mpu = None  # the pipeline module carries its own topology
     else:
-        model = GPT(config.model, seed=config.run.seed,
-                    tensor=TensorSlice(topo.tensor_rank, topo.tensor),
-                    expert=expert_slice(config, topo), loss_chunk_tokens=t.loss_chunk_tokens,
-                    recompute_layers=t.recompute_layer_ids(config.model.num_layers),
-                    recompute=t.recompute,
-                    sequence_parallel=config.parallel.sequence_parallel)
+        model = build_model(config, topo, ds_config)
         mpu = MegatronMPU(topo)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)

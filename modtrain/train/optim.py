@@ -51,7 +51,10 @@ def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> GuardedAdamW:
     experts: list[torch.nn.Parameter] = []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (experts if _is_expert(p) else decay if p.dim() >= 2 else no_decay).append(p)
+            # A ZeRO-3 partitioned parameter (built under deepspeed.zero.Init) is an empty
+            # tensor; its shape is `ds_shape`.
+            matrix = len(getattr(p, "ds_shape", p.shape)) >= 2
+            (experts if _is_expert(p) else decay if matrix else no_decay).append(p)
     groups: list[dict[str, Any]] = [{"params": params} for params in (decay, no_decay)]
     if experts:
         names = {p.group_name for p in experts}

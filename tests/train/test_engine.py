@@ -1,9 +1,12 @@
 """The engine's step hands each row's documents to the model (data.document_mask,
-data.reset_positions)."""
+data.reset_positions); under ZeRO-3 the model is built partitioned, with the same weights."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +16,47 @@ from modtrain.data.read.loading import build_training_data
 from modtrain.model import GPT
 from modtrain.train.engine import document_split
 from modtrain.train.inputs import check_inputs
-from tests.train.helpers import tiny_config
+from modtrain.train.optim import build_optimizer
+from tests.conftest import cli_env
+from tests.train.helpers import free_port, tiny_config
+
+ZERO3_MODEL = ["model.vocab_size=64", "model.num_layers=8", "model.hidden_size=128",
+               "model.num_heads=4", "model.max_seq_length=32", "data.seq_length=32",
+               "train.zero_stage=3", "train.micro_batch_size=1"]
+
+
+@pytest.mark.slow
+def test_zero3_ranks_build_only_their_partition_with_the_one_process_weights(tmp_path, dist):
+    """2 gloo ranks build GPT through build_model under ZeRO-3: neither holds more tensor
+    bytes at once than its half of the parameters plus the largest layer, and the gathered
+    weights are, bit for bit, those GPT draws in one process (and the optimizer puts the
+    same parameters into its decay and no-decay groups)."""
+    worker = Path(__file__).with_name("zero_init_worker.py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(worker),
+         str(tmp_path / "rank"), *ZERO3_MODEL],
+        env={**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = load_config(None, ZERO3_MODEL)
+    reference = GPT(config.model, seed=config.run.seed)
+    expected = {n: p.detach() for n, p in reference.named_parameters()}
+    total = sum(p.numel() * p.element_size() for p in expected.values())
+    layers = [reference.embedding, *reference.blocks, reference.final_norm,
+              reference.output_layer]
+    groups = [len(g["params"]) for g in build_optimizer(reference, config.train).param_groups]
+    largest_layer = max(sum(p.numel() * p.element_size() for p in layer.parameters())
+                        for layer in layers)
+    assert largest_layer < total / 8  # the bound below is far from the whole model
+    for rank in (0, 1):
+        saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert saved["partition"] <= total / 2 + 1024  # ZeRO pads each partition a little
+        assert saved["peak"] <= saved["partition"] + largest_layer
+        assert saved["groups"] == groups
+        assert saved["weights"].keys() == expected.keys()
+        for name, weight in expected.items():
+            assert torch.equal(saved["weights"][name], weight), name
 
 
 def test_no_document_options_no_split(tmp_path, paragraph_store, char_tokenizer):
