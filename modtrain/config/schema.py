@@ -501,114 +501,131 @@ class Config:
         check_choices(self)
         _check_numbers(self)
         _check_experts(self)
-        if not 0.0 < m.mod.capacity <= 1.0:
-            raise ModtrainError(
-                f"model.mod.capacity={m.mod.capacity} is outside (0, 1]; "
-                "set it to the fraction of tokens a routed block processes, e.g. 0.125"
-            )
-        if m.hidden_size % m.num_heads:
-            raise ModtrainError(
-                f"model.hidden_size={m.hidden_size} is not divisible by "
-                f"model.num_heads={m.num_heads}; choose a head count that divides it"
-            )
-        if (m.hidden_size // m.num_heads) % 2:
-            raise ModtrainError(
-                "model head dimension must be even for RoPE; change model.num_heads"
-            )
-        _check_rope_scaling(m)
-        if d.seq_length > m.max_seq_length:
-            raise ModtrainError(
-                f"data.seq_length={d.seq_length} is larger than the model's "
-                f"model.max_seq_length={m.max_seq_length}; lower data.seq_length or raise "
-                "model.max_seq_length"
-            )
-        if d.seq_length < 2:
-            raise ModtrainError(f"data.seq_length={d.seq_length} must be at least 2")
-        if not 0.0 < d.val_fraction < 1.0:
-            raise ModtrainError(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
-        routed = m.mod.routed_layers or []
-        if len(set(routed)) != len(routed):
-            twice = sorted(i for i, n in Counter(routed).items() if n > 1)[:5]
-            raise ModtrainError(f"model.mod.routed_layers lists layer(s) {twice} more than once; "
-                                "list each routed layer once")
-        for i in m.routed_layer_ids:
-            if not 0 <= i < m.num_layers:
-                raise ModtrainError(
-                    f"model.mod.routed_layers contains {i}, but the model has "
-                    f"{m.num_layers} layers (0..{m.num_layers - 1})"
-                )
-        if m.mod.inference_routing == "predictor" and m.mod.enabled and not m.mod.predictor:
-            raise ModtrainError(
-                "model.mod.inference_routing='predictor' needs model.mod.predictor=true; "
-                "enable the predictor or route sampling with 'router'"
-            )
+        _check_model(m, d)
         _check_schedule(t)
         _check_sequence_parallel(self)
-        if t.zero_stage not in (0, 1, 2, 3):
-            raise ModtrainError(f"train.zero_stage={t.zero_stage}; use 0, 1, 2 or 3")
-        for i in t.recompute_layer_ids(m.num_layers):
-            if not 0 <= i < m.num_layers:
-                raise ModtrainError(f"train.recompute_layers contains {i}, but the model has "
-                                    f"{m.num_layers} layers (0..{m.num_layers - 1})")
-        if t.loss_chunk_tokens < 0:
-            raise ModtrainError(f"train.loss_chunk_tokens={t.loss_chunk_tokens}; use 0 (the "
-                                "whole loss at once) or a positive number of tokens")
-        for name in ("steps", "global_batch_size", "log_interval", "eval_interval",
-                     "save_interval"):
-            if getattr(t, name) <= 0:
-                raise ModtrainError(f"train.{name} must be positive")
-        if t.micro_batch_size < 0:
-            raise ModtrainError("train.micro_batch_size must be positive, or 0 to derive it")
-        if t.micro_batch_size and t.global_batch_size % t.micro_batch_size:
+        _check_steps(self)
+        _check_layout(self)
+
+
+def _check_model(m: ModelConfig, d: DataConfig) -> None:
+    """Shapes that fit together: heads, RoPE, the sequence, the routed layers."""
+    if not 0.0 < m.mod.capacity <= 1.0:
+        raise ModtrainError(
+            f"model.mod.capacity={m.mod.capacity} is outside (0, 1]; "
+            "set it to the fraction of tokens a routed block processes, e.g. 0.125"
+        )
+    if m.hidden_size % m.num_heads:
+        raise ModtrainError(
+            f"model.hidden_size={m.hidden_size} is not divisible by "
+            f"model.num_heads={m.num_heads}; choose a head count that divides it"
+        )
+    if (m.hidden_size // m.num_heads) % 2:
+        raise ModtrainError(
+            "model head dimension must be even for RoPE; change model.num_heads"
+        )
+    _check_rope_scaling(m)
+    if d.seq_length > m.max_seq_length:
+        raise ModtrainError(
+            f"data.seq_length={d.seq_length} is larger than the model's "
+            f"model.max_seq_length={m.max_seq_length}; lower data.seq_length or raise "
+            "model.max_seq_length"
+        )
+    if d.seq_length < 2:
+        raise ModtrainError(f"data.seq_length={d.seq_length} must be at least 2")
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ModtrainError(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
+    routed = m.mod.routed_layers or []
+    if len(set(routed)) != len(routed):
+        twice = sorted(i for i, n in Counter(routed).items() if n > 1)[:5]
+        raise ModtrainError(f"model.mod.routed_layers lists layer(s) {twice} more than once; "
+                            "list each routed layer once")
+    for i in m.routed_layer_ids:
+        if not 0 <= i < m.num_layers:
             raise ModtrainError(
-                f"train.global_batch_size={t.global_batch_size} is not a multiple of "
-                f"train.micro_batch_size={t.micro_batch_size}"
+                f"model.mod.routed_layers contains {i}, but the model has "
+                f"{m.num_layers} layers (0..{m.num_layers - 1})"
             )
-        if t.spike_window and (t.spike_window < 2 or t.spike_zscore <= 0
-                               or t.spike_max_skips < 1):
+    if m.mod.inference_routing == "predictor" and m.mod.enabled and not m.mod.predictor:
+        raise ModtrainError(
+            "model.mod.inference_routing='predictor' needs model.mod.predictor=true; "
+            "enable the predictor or route sampling with 'router'"
+        )
+
+
+def _check_steps(config: Config) -> None:
+    """train.*: stages, step counts, batch sizes, spike skipping, retention."""
+    m, t, d = config.model, config.train, config.data
+    if t.zero_stage not in (0, 1, 2, 3):
+        raise ModtrainError(f"train.zero_stage={t.zero_stage}; use 0, 1, 2 or 3")
+    for i in t.recompute_layer_ids(m.num_layers):
+        if not 0 <= i < m.num_layers:
+            raise ModtrainError(f"train.recompute_layers contains {i}, but the model has "
+                                f"{m.num_layers} layers (0..{m.num_layers - 1})")
+    if t.loss_chunk_tokens < 0:
+        raise ModtrainError(f"train.loss_chunk_tokens={t.loss_chunk_tokens}; use 0 (the "
+                            "whole loss at once) or a positive number of tokens")
+    for name in ("steps", "global_batch_size", "log_interval", "eval_interval",
+                 "save_interval"):
+        if getattr(t, name) <= 0:
+            raise ModtrainError(f"train.{name} must be positive")
+    if t.micro_batch_size < 0:
+        raise ModtrainError("train.micro_batch_size must be positive, or 0 to derive it")
+    if t.micro_batch_size and t.global_batch_size % t.micro_batch_size:
+        raise ModtrainError(
+            f"train.global_batch_size={t.global_batch_size} is not a multiple of "
+            f"train.micro_batch_size={t.micro_batch_size}"
+        )
+    if t.spike_window and (t.spike_window < 2 or t.spike_zscore <= 0
+                           or t.spike_max_skips < 1):
+        raise ModtrainError(
+            f"train.spike_window={t.spike_window}, spike_zscore={t.spike_zscore}, "
+            f"spike_max_skips={t.spike_max_skips}: use a window of at least 2 steps (0: "
+            "off), a z-score above 0 and at least 1 skip")
+    if t.spike_window and config.parallel.pipeline > 1:
+        raise ModtrainError(
+            "train.spike_window>0 needs parallel.pipeline=1 (DeepSpeed's pipeline engine "
+            "applies the update inside its step, before a spike can be judged); set "
+            "train.spike_window=0")
+    if (d.document_mask or d.reset_positions) and config.parallel.pipeline > 1:
+        raise ModtrainError(
+            "data.document_mask and data.reset_positions need parallel.pipeline=1 (the "
+            "pipeline stages pass hidden states only, not the documents); set both false "
+            "or parallel.pipeline=1")
+    if t.keep_last < 0 or t.keep_every < 0 or t.max_nonfinite_steps < 1:
+        raise ModtrainError(
+            "train.keep_last and train.keep_every must be >= 0 and "
+            "train.max_nonfinite_steps >= 1"
+        )
+
+
+def _check_layout(config: Config) -> None:
+    """parallel.*: what tensor and pipeline parallelism need of the model and of ZeRO."""
+    m, t = config.model, config.train
+    if config.parallel.tensor < 1 or config.parallel.pipeline < 1:
+        raise ModtrainError("parallel.tensor and parallel.pipeline must be >= 1")
+    if m.vocab_multiple < 1 or m.vocab_multiple % config.parallel.tensor:
+        raise ModtrainError(
+            f"model.vocab_multiple={m.vocab_multiple} is not a multiple of "
+            f"parallel.tensor={config.parallel.tensor}; set model.vocab_multiple="
+            f"{config.parallel.tensor * 64} (the vocabulary is split across tensor ranks)"
+        )
+    if config.parallel.pipeline > 1 and t.zero_stage > 1:
+        raise ModtrainError(
+            f"train.zero_stage={t.zero_stage} does not work with DeepSpeed's pipeline engine "
+            "(parallel.pipeline > 1); use train.zero_stage=1"
+        )
+    if config.parallel.pipeline > 1 and t.zero_stage == 0 and t.grad_clip > 0:
+        # Without ZeRO, DeepSpeed's pipeline engine clips each stage by a norm that misses
+        # other stages' parameters (drifts from one process by 1.6e-4 in 4 steps).
+        raise ModtrainError(
+            "train.zero_stage=0 with train.grad_clip>0 clips by a wrong gradient norm under "
+            "DeepSpeed's pipeline engine (parallel.pipeline > 1); use train.zero_stage=1"
+        )
+    tp = config.parallel.tensor
+    for name, value in (("model.num_heads", m.num_heads), ("model.ffn_size", m.ffn_size)):
+        if value % tp:
             raise ModtrainError(
-                f"train.spike_window={t.spike_window}, spike_zscore={t.spike_zscore}, "
-                f"spike_max_skips={t.spike_max_skips}: use a window of at least 2 steps (0: "
-                "off), a z-score above 0 and at least 1 skip")
-        if t.spike_window and self.parallel.pipeline > 1:
-            raise ModtrainError(
-                "train.spike_window>0 needs parallel.pipeline=1 (DeepSpeed's pipeline engine "
-                "applies the update inside its step, before a spike can be judged); set "
-                "train.spike_window=0")
-        if (d.document_mask or d.reset_positions) and self.parallel.pipeline > 1:
-            raise ModtrainError(
-                "data.document_mask and data.reset_positions need parallel.pipeline=1 (the "
-                "pipeline stages pass hidden states only, not the documents); set both false "
-                "or parallel.pipeline=1")
-        if t.keep_last < 0 or t.keep_every < 0 or t.max_nonfinite_steps < 1:
-            raise ModtrainError(
-                "train.keep_last and train.keep_every must be >= 0 and "
-                "train.max_nonfinite_steps >= 1"
+                f"{name}={value} is not divisible by parallel.tensor={tp}; choose sizes "
+                "that split evenly across tensor-parallel ranks"
             )
-        if self.parallel.tensor < 1 or self.parallel.pipeline < 1:
-            raise ModtrainError("parallel.tensor and parallel.pipeline must be >= 1")
-        if m.vocab_multiple < 1 or m.vocab_multiple % self.parallel.tensor:
-            raise ModtrainError(
-                f"model.vocab_multiple={m.vocab_multiple} is not a multiple of "
-                f"parallel.tensor={self.parallel.tensor}; set model.vocab_multiple="
-                f"{self.parallel.tensor * 64} (the vocabulary is split across tensor ranks)"
-            )
-        if self.parallel.pipeline > 1 and t.zero_stage > 1:
-            raise ModtrainError(
-                f"train.zero_stage={t.zero_stage} does not work with DeepSpeed's pipeline engine "
-                "(parallel.pipeline > 1); use train.zero_stage=1"
-            )
-        if self.parallel.pipeline > 1 and t.zero_stage == 0 and t.grad_clip > 0:
-            # Without ZeRO, DeepSpeed's pipeline engine clips each stage by a norm that misses
-            # other stages' parameters (drifts from one process by 1.6e-4 in 4 steps).
-            raise ModtrainError(
-                "train.zero_stage=0 with train.grad_clip>0 clips by a wrong gradient norm under "
-                "DeepSpeed's pipeline engine (parallel.pipeline > 1); use train.zero_stage=1"
-            )
-        tp = self.parallel.tensor
-        for name, value in (("model.num_heads", m.num_heads), ("model.ffn_size", m.ffn_size)):
-            if value % tp:
-                raise ModtrainError(
-                    f"{name}={value} is not divisible by parallel.tensor={tp}; choose sizes "
-                    "that split evenly across tensor-parallel ranks"
-                )
