@@ -15,7 +15,9 @@ Parameter counts come from the parameter table (`model/param_layout.py`), FLOPs 
                  each block's input (d) and one block's activations. Measured against
                  saved_tensors_hooks (tests/model/test_cost.py): dense exact, MoD within 2 %
                  (fp32 on CPU; bf16 counts the fp32 scalars at 2 B, TP splits approximate).
-  communication  ring collectives, bytes sent per GPU per step.
+  communication  ring collectives, bytes sent per GPU per step; seconds from `Links`
+                 (NVLink inside a node, InfiniBand across), exposed as `exposed_comm_seconds`
+                 says and added to the step time.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from modtrain.model.param_layout import (
     row_of,
 )
 
-RECOMPUTE = ("none", "full")
+RECOMPUTE = ("none", "selective", "full")
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,9 @@ class Layout:
     expert: int = 1
     zero_stage: int = 0
     micro_batch: int = 1
-    recompute: str = "none"
+    recompute: str = "none"  # none | selective | full (train.recompute)
     precision: str = "bf16"  # bf16 | fp32
+    sequence_parallel: bool = False  # parallel.sequence_parallel (needs tensor > 1)
 
     @property
     def gpus(self) -> int:
@@ -81,17 +84,29 @@ def parameter_count_by_part(m: ModelConfig) -> dict[str, int]:
     return parts
 
 
+_ROWS: dict[str, list] = {}
+
+
+def _parameter_rows(m: ModelConfig) -> list:
+    """(name, table row, expert index, elements) of every parameter; cached by the config's
+    text, since a plan asks for the same model's table for thousands of layouts."""
+    key = repr(m)
+    if key not in _ROWS:
+        if len(_ROWS) > 16:
+            _ROWS.clear()
+        _ROWS[key] = [(name, row_of(name), expert_index(name), _numel(row_of(name).shape(m)))
+                      for name in gpt_parameter_names(m)]
+    return _ROWS[key]
+
+
 def rank_params(m: ModelConfig, layout: Layout) -> Params:
     """Parameters held by one rank of the largest pipeline stage (before ZeRO sharding)."""
     per_stage = -(-m.num_layers // layout.pipeline)
     stages: list[list[int]] = [[0, 0] for _ in range(layout.pipeline)]
     layer_sizes: dict[str, int] = {}
-    for name in gpt_parameter_names(m):
-        kind = row_of(name)
-        expert = expert_index(name)
+    for name, kind, expert, n in _parameter_rows(m):
         if expert is not None and expert >= m.moe.num_experts // layout.expert:
             continue  # another expert-parallel rank's expert
-        n = _numel(kind.shape(m))
         if kind.split is not Split.REPLICATED:
             n //= layout.tensor
         if kind.part is Part.BLOCK:
@@ -142,9 +157,9 @@ def model_state_bytes(params: Params, layout: Layout) -> ModelStates:
     return ModelStates(*out)
 
 
-def _block_elements(m: ModelConfig, tokens: int, experts: bool, tensor: int) -> float:
+def _block_elements(m: ModelConfig, tokens: int, experts: bool, layout: Layout) -> float:
     """Saved elements of one block over `tokens` tokens (16-bit part, fp32 part)."""
-    d, a = m.hidden_size, m.num_heads
+    d, a, tensor = m.hidden_size, m.num_heads, layout.tensor
     if experts:
         moe = m.moe
         slots = moe.num_experts * moe.top_k * moe.capacity_factor / (moe.num_experts
@@ -152,8 +167,17 @@ def _block_elements(m: ModelConfig, tokens: int, experts: bool, tensor: int) -> 
         mlp = 4 * m.expert_ffn_size * slots + (moe.num_experts + moe.noop_experts)
     else:
         mlp = 4 * m.ffn_size / tensor
-    # Norm inputs/outputs are whole on every TP rank; projections and attention are split.
-    return tokens * (6 * d + (6 * d + a) / tensor + mlp + 2)
+    if layout.recompute == "selective":
+        # Reran in backward: RoPE'd queries and keys and the softmax statistics (2d + a),
+        # silu(gate) and its product's second copy (f of the 4f).
+        a_part = 4 * d
+        mlp -= (m.expert_ffn_size * slots if experts else m.ffn_size / tensor)
+    else:
+        a_part = 6 * d + a
+    # Norm inputs/outputs and residuals are whole on every TP rank, a 1/TP sequence shard
+    # under sequence parallelism; projections and attention are split.
+    whole = 6 * d / (tensor if layout.sequence_parallel else 1)
+    return tokens * (whole + a_part / tensor + mlp + 2)
 
 
 def activation_bytes(m: ModelConfig, layout: Layout, seq: int, layers: int | None = None,
@@ -166,19 +190,21 @@ def activation_bytes(m: ModelConfig, layout: Layout, seq: int, layers: int | Non
     blocks = range(per_stage if layers is None else layers)
     routed, experts = set(m.routed_layer_ids), set(m.moe_layer_ids)
     sizes = []
+    shard = layout.tensor if layout.sequence_parallel else 1
     for i in blocks:
         if i in routed:
             k = layout.micro_batch * tokens_per_row(m.mod.capacity, seq)
-            sizes.append(e * _block_elements(m, k, i in experts, layout.tensor)
-                         + tokens * (e * m.hidden_size + 8))
+            sizes.append(e * _block_elements(m, k, i in experts, layout)
+                         + tokens * (e * m.hidden_size + 8) / shard)
         else:
-            sizes.append(e * _block_elements(m, tokens, i in experts, layout.tensor))
+            sizes.append(e * _block_elements(m, tokens, i in experts, layout))
     if layout.recompute == "full":
         total = len(sizes) * tokens * e * m.hidden_size + max(sizes, default=0)
     else:
         total = sum(sizes)
     if head:
-        total += tokens * (e * (3 * m.hidden_size + 1) + 4 * m.padded_vocab_size / layout.tensor
+        total += tokens * (e * (3 * m.hidden_size + 1) / shard + 4 * m.padded_vocab_size
+                           / layout.tensor
                            + 16)  # final norm, fp32 logits, int64 tokens and labels
         total += 2 * seq * (m.hidden_size // m.num_heads) * e + 4  # RoPE cos/sin, the loss
     return total
@@ -219,7 +245,8 @@ def comm_bytes(m: ModelConfig, layout: Layout, seq: int, global_batch: int) -> d
     for i in range(per_stage):
         t = layout.micro_batch * tokens_per_row(m.mod.capacity, seq) if i in routed else tokens
         width = t * m.hidden_size * e
-        # Two all-reduces forward (attention, MLP) and two backward.
+        # Two all-reduces forward (attention, MLP) and two backward; under sequence
+        # parallelism each is an all-gather + a reduce-scatter, the same ring bytes.
         out["tp"] += micro_batches * 4 * 2 * (layout.tensor - 1) / layout.tensor * width
         if i in experts and layout.expert > 1:
             slots = m.moe.top_k * m.moe.capacity_factor
@@ -230,24 +257,92 @@ def comm_bytes(m: ModelConfig, layout: Layout, seq: int, global_batch: int) -> d
 
 
 @dataclass(frozen=True)
+class Links:
+    """Bandwidth of one GPU's links, GB/s in each direction, and GPUs sharing a node.
+    Defaults: an H100 SXM node (NVLink 4: 450 GB/s a direction) and one 400 Gb/s
+    InfiniBand NIC a GPU (50 GB/s)."""
+
+    intra_node_gbps: float = 450.0
+    inter_node_gbps: float = 50.0
+    gpus_per_node: int = 8
+
+    def seconds(self, nbytes: float, ranks_spanned: int) -> float:
+        """Time to send `nbytes` over a group whose ranks lie within `ranks_spanned`
+        consecutive ranks (one node or more)."""
+        within = ranks_spanned <= self.gpus_per_node
+        return nbytes / (1e9 * (self.intra_node_gbps if within else self.inter_node_gbps))
+
+
+def comm_seconds(m: ModelConfig, layout: Layout, seq: int, global_batch: int,
+                 links: Links) -> dict[str, float]:
+    """Transfer time of each kind of traffic. Rank order as megatron-core's (TP fastest,
+    then EP within DP, then DP, PP slowest): a TP group spans TP ranks, an EP group
+    TP x EP, a DP group TP x DP, and a pipeline hop TP x DP x PP."""
+    sent = comm_bytes(m, layout, seq, global_batch)
+    t, d, p = layout.tensor, layout.data, layout.pipeline
+    return {"tp": links.seconds(sent["tp"], t),
+            "ep": links.seconds(sent["ep"], t * layout.expert),
+            "dp": links.seconds(sent["dp"], t * d),
+            "pp": links.seconds(sent["pp"], t * d * p)}
+
+
+def exposed_comm_seconds(m: ModelConfig, layout: Layout, comm: dict[str, float],
+                         backward_s: float) -> float:
+    """The part of the communication the step waits for. TP (all-reduce, or all-gather +
+    reduce-scatter under sequence parallelism), EP all-to-all and PP sends sit on the
+    critical path (no TP comm overlap, 1F1B sends blocking): all exposed. The DP gradient
+    reduction (and ZeRO's gathers) runs bucket by bucket during backward: exposed is the
+    last bucket, taken as the largest layer's share of the gradients, plus whatever does
+    not fit in the backward time."""
+    params = rank_params(m, layout)
+    last = params.largest_layer / max(1, params.total)
+    dp = comm["dp"]
+    hidden = min(dp * (1 - last), backward_s)
+    return comm["tp"] + comm["ep"] + comm["pp"] + dp - hidden
+
+
+@dataclass(frozen=True)
 class StepTime:
     seconds: float
     tokens_per_s: float
     bubble: float
     flops_per_step: float
+    compute_s: float = 0.0
+    comm_s: float = 0.0  # exposed communication, part of `seconds`
+
+
+def recompute_flops(m: ModelConfig, layout: Layout, seq: int) -> float:
+    """Extra forward FLOPs a sequence costs under train.recompute: full reruns every
+    block's forward; selective the core attention (its 2 T^2 d score and context
+    matmuls; RoPE and the SwiGLU activation are elementwise)."""
+    if layout.recompute == "full":
+        return training_flops_per_token(m, seq) * seq / 3
+    if layout.recompute != "selective":
+        return 0.0
+    routed = set(m.routed_layer_ids)
+    total = 0.0
+    for i in range(m.num_layers):
+        t = tokens_per_row(m.mod.capacity, seq) if i in routed else seq
+        total += 2 * t * t * m.hidden_size
+    return total
 
 
 def step_time(m: ModelConfig, layout: Layout, seq: int, global_batch: int,
-              peak_tflops: float, mfu: float) -> StepTime:
-    """Analytic FLOPs / (GPUs x peak x MFU), stretched by the pipeline bubble; full
-    recomputation runs every forward twice (4/3 of the work)."""
+              peak_tflops: float, mfu: float, links: Links | None = None) -> StepTime:
+    """Analytic FLOPs (plus what recomputation reruns) / (GPUs x peak x MFU), stretched
+    by the pipeline bubble, plus the exposed communication (`links`; None: none)."""
     tokens = global_batch * seq
     flops = training_flops_per_token(m, seq) * tokens
-    work = flops * (4 / 3 if layout.recompute == "full" else 1)
+    work = flops + recompute_flops(m, layout, seq) * global_batch
     compute = work / (layout.gpus * peak_tflops * 1e12 * mfu)
     bubble = bubble_fraction(layout.pipeline, global_batch // (layout.data * layout.micro_batch))
-    seconds = compute / (1 - bubble)
-    return StepTime(seconds, tokens / seconds, bubble, flops)
+    compute /= 1 - bubble
+    comm = 0.0
+    if links is not None:
+        comm = exposed_comm_seconds(m, layout, comm_seconds(m, layout, seq, global_batch, links),
+                                    backward_s=compute * 2 / 3)
+    seconds = compute + comm
+    return StepTime(seconds, tokens / seconds, bubble, flops, compute, comm)
 
 
 def convert_host_bytes(m: ModelConfig) -> int:
