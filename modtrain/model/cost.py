@@ -7,7 +7,9 @@ Parameter counts come from the parameter table (`model/param_layout.py`), FLOPs 
                  master weights and 8 B of Adam m, v per parameter; ZeRO-1 shards the fp32
                  part, ZeRO-2 the 16-bit gradients too, ZeRO-3 everything (18 B, no separate
                  16-bit gradient; plus one gathered layer, 4 B a parameter). fp32 training:
-                 4 B weights, 4 B gradients, 8 B m, v.
+                 4 B weights, 4 B gradients, 8 B m, v (+ 4 B: the ZeRO optimizer's own fp32
+                 partition under ZeRO 1-3). Checked against the bytes DeepSpeed's engine
+                 holds after a step on CPU (tests/model/test_cost.py).
   activations    tensors autograd saves, per token of a micro-batch: a block holds
                  12d + 4f elements (+ a heads' log-sum-exp, 2 norm scales in fp32); a routed
                  block that much for its k = ceil(c S) tokens plus the router's d + 2 on every
@@ -142,8 +144,10 @@ class ModelStates:
 def model_state_bytes(params: Params, layout: Layout) -> ModelStates:
     """DeepSpeed's ZeRO accounting (stage 0-3), sharded over each parameter's data group."""
     mixed = layout.precision != "fp32"
-    w, g16, g32, optim = (2, 2, 4, 12) if mixed else (4, 0, 4, 8)  # bytes per parameter
     zero = layout.zero_stage
+    # Bytes per parameter. fp32 under ZeRO: DeepSpeed's ZeRO optimizer still copies the
+    # weights into its own flat fp32 partition (measured: tests/model/test_cost.py).
+    w, g16, g32, optim = (2, 2, 4, 12) if mixed else (4, 0, 4, 12 if zero else 8)
     out = [0.0, 0.0, 0.0]
     for count, group in ((params.dense, layout.data),
                          (params.expert, max(1, layout.data // layout.expert))):

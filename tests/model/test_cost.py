@@ -196,3 +196,77 @@ def test_convert_host_bytes_cover_the_fp32_weights_and_four_largest_tensors(dist
     sizes = {n: p.numel() * 4 for n, p in GPT(m).state_dict().items()
              if not n.endswith("_extra_state")}
     assert convert_host_bytes(m) == 2 * 2**30 + sum(sizes.values()) + 4 * max(sizes.values())
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind `tensors` (views of one flat buffer count once)."""
+    seen = {}
+    for t in tensors:
+        if t is not None:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+# Where DeepSpeed 0.19's optimizers keep fp32 gradients and fp32 master weights.
+FP32_GRADS = ("fp32_groups_gradients_flat", "averaged_gradients")
+FP32_MASTER = ("fp32_groups_flat_partition", "single_partition_of_fp32_groups",
+               "fp32_partitioned_groups_flat")
+
+
+def _flat(value) -> list:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if torch.is_tensor(value):
+        return [value]
+    return [t for v in value for t in _flat(v)] if isinstance(value, (list, tuple)) else []
+
+
+def engine_state_bytes(config, topo) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer state) bytes the DeepSpeed engine holds on this rank:
+    weights and optimizer state after one step, gradients just before the optimizer steps
+    (DeepSpeed frees them after)."""
+    from modtrain.train.ds_config import deepspeed_config
+    from modtrain.train.engine import build_engine
+
+    engine, base, stepper = build_engine(config, topo, deepspeed_config(config, topo.data))
+    grads: list[int] = []
+    step = engine.step
+
+    def counted_step() -> None:
+        opt = engine.optimizer
+        held = [p.grad for p in engine.module.parameters()]
+        held += [t for a in FP32_GRADS for t in _flat(getattr(opt, a, None) or [])]
+        grads.append(storage_bytes(held))
+        step()
+
+    engine.step = counted_step
+    rows = torch.randint(0, config.model.vocab_size, (config.train.global_batch_size,
+                                                      config.data.seq_length + 1))
+    stepper.train([rows.numpy()], stop_requested=False)
+    opt = engine.optimizer
+    states = [v for s in base.state.values() for v in s.values()
+              if torch.is_tensor(v) and v.numel() > 1]  # m and v, not the step counters
+    states += [t for a in FP32_MASTER for t in _flat(getattr(opt, a, None) or [])]
+    return storage_bytes(engine.module.parameters()), grads[-1], storage_bytes(states)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero, precision", [(0, "fp32"), (1, "fp32"), (3, "fp32"),
+                                             (1, "bf16"), (2, "bf16"), (3, "bf16")])
+def test_model_states_are_the_bytes_deepspeeds_engine_holds(dist, zero, precision):
+    """One rank on CPU: weights and optimizer state (fp32 master + Adam m, v) exact;
+    gradients exact except ZeRO-2, whose 16-bit gradients DeepSpeed reduces through its
+    bucket straight into the fp32 ones (2 B a parameter fewer than counted: the model
+    keeps that bucket's worst case)."""
+    config = load_config("configs/shakespeare_dense.yaml", [
+        "model.vocab_size=67", "model.hidden_size=64", "model.num_layers=2",
+        f"train.zero_stage={zero}", f"train.precision={precision}",
+        "train.global_batch_size=4", "train.micro_batch_size=4"])
+    layout = Layout(zero_stage=zero, precision=precision)
+    params = rank_params(config.model, layout)
+    want = model_state_bytes(params, layout)
+    weights, grads, optim = engine_state_bytes(config, dist)
+    gathered = 4 * params.largest_layer if zero == 3 else 0  # transient, not held after a step
+    assert weights == want.params - gathered
+    assert optim == want.optim
+    assert grads == want.grads - (2 * params.total if zero == 2 else 0)
