@@ -168,7 +168,11 @@ def _block_elements(m: ModelConfig, tokens: int, experts: bool, layout: Layout) 
         moe = m.moe
         slots = moe.num_experts * moe.top_k * moe.capacity_factor / (moe.num_experts
                                                                      + moe.noop_experts)
-        mlp = 4 * m.expert_ffn_size * slots + (moe.num_experts + moe.noop_experts)
+        # Per expert slot: fc1's output and the activation (4 f_e); per token the
+        # dispatched input and the combined output (slots + top_k rows of d) and the gate's
+        # logits, probabilities and route indices (about n + 10 top_k; fitted on CPU).
+        mlp = (4 * m.expert_ffn_size * slots + (slots + moe.top_k) * d
+               + 2 * (moe.num_experts + moe.noop_experts) + 10 * moe.top_k - 1)
     else:
         mlp = 4 * m.ffn_size / tensor
     if layout.recompute == "selective":

@@ -108,7 +108,7 @@ def test_activation_bytes_match_saved_tensors(dist, variant, width):
     assert predicted == pytest.approx(measured, rel=0.02 if variant == "mod" else 1e-9)
 
 
-@pytest.mark.parametrize("variant", ["dense", "mod"])
+@pytest.mark.parametrize("variant", ["dense", "mod", "moe", "mode"])
 @pytest.mark.parametrize("width", [64, 128])
 def test_selective_recompute_bytes_match_saved_tensors(dist, variant, width):
     """train.recompute=selective drops the RoPE'd queries and keys, the softmax statistics,
@@ -120,6 +120,19 @@ def test_selective_recompute_bytes_match_saved_tensors(dist, variant, width):
                                            recompute="selective"), 64, layers=m.num_layers)
     assert predicted == pytest.approx(measured, rel=0.01)
     assert measured < saved_bytes(m, batch=2, seq=64)
+
+
+@pytest.mark.parametrize("variant", ["moe", "mode"])
+@pytest.mark.parametrize("extra", [[], ["model.moe.top_k=2", "model.moe.num_experts=8"]])
+def test_expert_activation_bytes_match_saved_tensors(dist, variant, extra):
+    """MoE blocks (DeepSpeed's dispatch: the slots' inputs, the combined output, the gate's
+    logits and route indices) within 1 %; MoDE (no-op experts, MoD in front) within 2 %,
+    as MoD's routed blocks."""
+    m = load_config(None, [*TINY, "model.hidden_size=64", *VARIANTS[variant], *extra]).model
+    measured = saved_bytes(m, batch=2, seq=64)
+    predicted = activation_bytes(m, Layout(micro_batch=2, precision="fp32"), 64,
+                                 layers=m.num_layers)
+    assert predicted == pytest.approx(measured, rel=0.01 if variant == "moe" else 0.02)
 
 
 def test_sequence_parallelism_shards_the_norms_and_residuals():
