@@ -5,7 +5,8 @@ Parameter counts come from the parameter table (`model/param_layout.py`), FLOPs 
   model states   DeepSpeed's accounting (its ZeRO estimators): mixed precision holds 2 B of
                  16-bit weights, 2 B of 16-bit gradients, 4 B of fp32 gradients, 4 B of fp32
                  master weights and 8 B of Adam m, v per parameter; ZeRO-1 shards the fp32
-                 part, ZeRO-2 the 16-bit gradients too, ZeRO-3 everything (18 B, no separate
+                 part (but bf16 ZeRO-1's fp32 gradients: DeepSpeed's BF16_Optimizer keeps them
+                 whole), ZeRO-2 the 16-bit gradients too, ZeRO-3 everything (18 B, no separate
                  16-bit gradient; plus one gathered layer, 4 B a parameter). fp32 training:
                  4 B weights, 4 B gradients, 8 B m, v (+ 4 B: the ZeRO optimizer's own fp32
                  partition under ZeRO 1-3). Checked against the bytes DeepSpeed's engine
@@ -153,8 +154,10 @@ def model_state_bytes(params: Params, layout: Layout) -> ModelStates:
                          (params.expert, max(1, layout.data // layout.expert))):
         out[0] += count * w / (group if zero >= 3 else 1)
         # ZeRO-3 reduces 16-bit gradients straight into the fp32 partition (DeepSpeed: 18 B).
-        out[1] += count * (g16 if zero < 3 else 0) / (group if zero >= 2 else 1) + count * g32 / (
-            group if zero >= 1 else 1)
+        # bf16 ZeRO-1 (DeepSpeed's BF16_Optimizer) keeps every parameter's fp32 gradient.
+        g32_group = group if zero >= 2 or (zero == 1 and not mixed) else 1
+        out[1] += count * (g16 if zero < 3 else 0) / (group if zero >= 2 else 1) + (
+            count * g32 / g32_group)
         out[2] += count * optim / (group if zero >= 1 else 1)
     if zero >= 3:
         out[0] += 4 * params.largest_layer  # one layer gathered for its forward/backward
