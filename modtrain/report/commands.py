@@ -76,7 +76,8 @@ def add_plan_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="memory, step time and isoFLOP planning",
                        description="Enumerate TP/PP/DP/EP/ZeRO/micro-batch/recompute layouts "
                        "of a config on N GPUs: memory per GPU, fits or not, predicted step time "
-                       "from peak TFLOPs x MFU, bubble and communication; best fitting first. "
+                       "from peak TFLOPs x MFU (or a calibration file) plus the exposed "
+                       "communication, bubble; best fitting first. "
                        "With --isoflop: dense and MoD model sizes along an isoFLOP curve.")
     p.add_argument("config", nargs="?", metavar="CONFIG")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -85,6 +86,15 @@ def add_plan_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="dense bf16 peak of one GPU (default 989, an H100 SXM)")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="achieved FLOP/s measured by benchmarks/calibrate.py (JSON); replaces "
+                   "--peak-tflops x --mfu")
+    p.add_argument("--intra-node-gbps", type=float, default=450.0,
+                   help="GB/s a direction between GPUs of a node (default 450: NVLink 4, H100)")
+    p.add_argument("--inter-node-gbps", type=float, default=50.0,
+                   help="GB/s a direction per GPU across nodes (default 50: 400 Gb/s "
+                   "InfiniBand a GPU)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs in a node (default 8)")
     p.add_argument("--seq", type=int, help="sequence length (default: data.seq_length)")
     p.add_argument("--global-batch", type=int,
                    help="sequences per step (default: train.global_batch_size)")

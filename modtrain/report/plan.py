@@ -15,6 +15,7 @@ from modtrain.errors import ModtrainError
 from modtrain.model.cost import (
     RECOMPUTE,
     Layout,
+    Links,
     activation_bytes,
     comm_bytes,
     model_state_bytes,
@@ -23,6 +24,7 @@ from modtrain.model.cost import (
 )
 from modtrain.model.flops import training_flops_per_token
 from modtrain.model.param_layout import parameter_count
+from modtrain.report.calibration import load_achieved_flops
 
 GIB = 2**30
 _UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
@@ -43,7 +45,8 @@ def _divisors(n: int) -> list[int]:
 def layouts(m: ModelConfig, gpus: int, global_batch: int, precision: str) -> list[Layout]:
     """Every valid layout: TP | heads (within an 8-GPU node), PP | layers, DP = N/(TP PP),
     EP | experts and DP, ZeRO 0-3 (0/1 under a pipeline, as DeepSpeed allows), micro-batches
-    dividing the per-rank batch, recompute none/full."""
+    dividing the per-rank batch, recompute none/selective/full, sequence parallelism on or
+    off where TP > 1 without a pipeline (parallel.sequence_parallel's rule)."""
     out = []
     experts = m.moe.num_experts if m.moe.enabled else 1
     for tp in _divisors(gpus):
@@ -61,30 +64,33 @@ def layouts(m: ModelConfig, gpus: int, global_batch: int, precision: str) -> lis
                         if mb > 16:
                             break
                         for rc in RECOMPUTE:
-                            out.append(Layout(tp, pp, dp, ep, zero, mb, rc, precision))
+                            for sp in (False, True) if tp > 1 and pp == 1 else (False,):
+                                out.append(Layout(tp, pp, dp, ep, zero, mb, rc, precision, sp))
     return out
 
 
 def evaluate(m: ModelConfig, layout: Layout, seq: int, global_batch: int, memory: float,
-             peak_tflops: float, mfu: float) -> dict:
+             peak_tflops: float, mfu: float, links: Links | None = None) -> dict:
     states = model_state_bytes(rank_params(m, layout), layout)
     in_flight = min(layout.pipeline, global_batch // (layout.data * layout.micro_batch))
     act = in_flight * activation_bytes(m, layout, seq, head=layout.pipeline == 1) + (
         activation_bytes(m, layout, seq, layers=0) if layout.pipeline > 1 else 0)
     total = states.total + act
-    time = step_time(m, layout, seq, global_batch, peak_tflops, mfu)
+    time = step_time(m, layout, seq, global_batch, peak_tflops, mfu, links or Links())
     return {"layout": dataclasses.asdict(layout), "params_gib": states.params / GIB,
             "grads_gib": states.grads / GIB, "optim_gib": states.optim / GIB,
             "activations_gib": act / GIB, "total_gib": total / GIB, "fits": total <= memory,
             "step_s": time.seconds, "tokens_per_s": time.tokens_per_s, "bubble": time.bubble,
+            "compute_s": time.compute_s, "exposed_comm_s": time.comm_s,
             "comm_gib": sum(comm_bytes(m, layout, seq, global_batch).values()) / GIB}
 
 
 def plan(m: ModelConfig, gpus: int, memory: float, seq: int, global_batch: int,
-         peak_tflops: float, mfu: float, precision: str) -> list[dict]:
+         peak_tflops: float, mfu: float, precision: str, links: Links | None = None
+         ) -> list[dict]:
     """Rows for every layout: fitting ones first, fastest first, then least communication
     and least memory."""
-    rows = [evaluate(m, lay, seq, global_batch, memory, peak_tflops, mfu)
+    rows = [evaluate(m, lay, seq, global_batch, memory, peak_tflops, mfu, links)
             for lay in layouts(m, gpus, global_batch, precision)]
     if not rows:
         raise ModtrainError(f"no layout of {gpus} GPUs divides the model and the global batch "
@@ -93,21 +99,24 @@ def plan(m: ModelConfig, gpus: int, memory: float, seq: int, global_batch: int,
                                        r["total_gib"]))
 
 
-HEADER = (f"{'TP':>3} {'PP':>3} {'DP':>5} {'EP':>3} {'Z':>2} {'MB':>3} {'RC':>4} "
+HEADER = (f"{'TP':>3} {'SP':>3} {'PP':>3} {'DP':>5} {'EP':>3} {'Z':>2} {'MB':>3} {'RC':>4} "
           f"{'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'total':>7} {'fits':>4} "
-          f"{'step s':>8} {'tokens/s':>10} {'bubble':>6} {'comm GiB':>9}")
+          f"{'step s':>8} {'comm s':>7} {'tokens/s':>10} {'bubble':>6} {'comm GiB':>9}")
 
 
 def format_row(r: dict) -> str:
     lay = r["layout"]
-    return (f"{lay['tensor']:>3} {lay['pipeline']:>3} {lay['data']:>5} {lay['expert']:>3} "
-            f"{lay['zero_stage']:>2} {lay['micro_batch']:>3} {lay['recompute']:>4} "
+    return (f"{lay['tensor']:>3} {'yes' if lay['sequence_parallel'] else 'no':>3} "
+            f"{lay['pipeline']:>3} {lay['data']:>5} {lay['expert']:>3} "
+            f"{lay['zero_stage']:>2} {lay['micro_batch']:>3} {_RC[lay['recompute']]:>4} "
             f"{r['params_gib']:>7.2f} {r['grads_gib']:>7.2f} {r['optim_gib']:>7.2f} "
             f"{r['activations_gib']:>7.2f} {r['total_gib']:>7.2f} "
-            f"{'yes' if r['fits'] else 'no':>4} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.3g} "
+            f"{'yes' if r['fits'] else 'no':>4} {r['step_s']:>8.3f} {r['exposed_comm_s']:>7.3f} "
+            f"{r['tokens_per_s']:>10.3g} "
             f"{r['bubble']:>6.3f} {r['comm_gib']:>9.2f}")
 
 
+_RC = {"none": "none", "selective": "sel", "full": "full"}
 
 
 def isoflop_family(budget: float, seq: int, vocab: int = 32000) -> list[dict]:
@@ -178,12 +187,19 @@ def run_plan(args: argparse.Namespace) -> None:
     batch = args.global_batch or config.train.global_batch_size
     memory = parse_bytes(args.gpu_memory)
     precision = "fp32" if config.train.precision == "fp32" else "bf16"
-    rows = plan(m, args.gpus, memory, seq, batch, args.peak_tflops, args.mfu, precision)
+    peak, mfu, speed = args.peak_tflops, args.mfu, f"{args.peak_tflops:g} TFLOP/s x MFU {args.mfu}"
+    if args.calibration:
+        peak, mfu = load_achieved_flops(args.calibration) / 1e12, 1.0
+        speed = f"{peak:.4g} TFLOP/s achieved ({args.calibration})"
+    links = Links(args.intra_node_gbps, args.inter_node_gbps, args.gpus_per_node)
+    rows = plan(m, args.gpus, memory, seq, batch, peak, mfu, precision, links)
     if args.json:
         print(json.dumps({"parameters": parameter_count(m), "rows": rows[:args.top]}, indent=2))
         return
     print(f"{parameter_count(m) / 1e9:.2f} B parameters, {args.gpus} GPUs of "
           f"{memory / GIB:.0f} GiB, sequence {seq}, global batch {batch}, {precision}; GiB a GPU")
+    print(f"compute at {speed}; links {links.intra_node_gbps:g} GB/s in a node of "
+          f"{links.gpus_per_node}, {links.inter_node_gbps:g} GB/s across")
     print(HEADER)
     for r in rows[:args.top]:
         print(format_row(r))

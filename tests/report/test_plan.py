@@ -19,8 +19,8 @@ SEVEN_B = str(ROOT / "configs" / "plan_7b_mod.yaml")
 def test_the_7b_config_plans_and_the_best_layout_fits(capsys):
     assert main(["plan", SEVEN_B, "--gpus", "64", "--top", "3"]) == 0
     out = capsys.readouterr().out
-    assert "6.74 B parameters" in out and "TP  PP" in out
-    assert out.splitlines()[2].split()[12] == "yes"  # the fits column of the best row
+    assert "6.74 B parameters" in out and "TP  SP  PP" in out
+    assert out.splitlines()[3].split()[13] == "yes"  # the fits column of the best row
 
 
 def test_json_parses_and_rows_are_ranked(capsys):
@@ -70,3 +70,39 @@ def test_isoflop_curve_prints_and_plots(tmp_path, capsys):
     for width, r in mod.items():  # same budget: cheaper tokens, so more of them
         assert r["tokens"] > dense[width]["tokens"]
         assert r["tokens"] * r["flops_per_token"] == pytest.approx(1e20)
+
+
+def test_layouts_offer_selective_recompute_and_sequence_parallelism_where_it_runs():
+    from modtrain.config import load_config
+
+    m = load_config(None, ["model.vocab_size=64", "model.num_layers=4", "model.num_heads=4",
+                           "model.hidden_size=64"]).model
+    found = layouts(m, 8, 16, "bf16")
+    assert {lay.recompute for lay in found} == {"none", "selective", "full"}
+    sp = [lay for lay in found if lay.sequence_parallel]
+    assert sp and all(lay.tensor > 1 and lay.pipeline == 1 for lay in sp)
+
+
+def test_calibration_replaces_peak_times_mfu(tmp_path, capsys):
+    calib = tmp_path / "calibration.json"
+    calib.write_text(json.dumps({"format": "modtrain-calibration/1",
+                                 "achieved_flops_per_s": 98.9e12}))
+    args = [SEVEN_B, "--gpus", "8", "--json", "--top", "1", "--global-batch", "64"]
+    assert main(["plan", *args, "--calibration", str(calib)]) == 0
+    calibrated = json.loads(capsys.readouterr().out)["rows"][0]
+    assert main(["plan", *args, "--mfu", "0.1"]) == 0  # 989 x 0.1: the same FLOP/s
+    assumed = json.loads(capsys.readouterr().out)["rows"][0]
+    assert calibrated["compute_s"] == pytest.approx(assumed["compute_s"])
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("{", "is not JSON"), ('{"format": "other"}', "is not a modtrain-calibration/1 file"),
+    ('{"format": "modtrain-calibration/1", "achieved_flops_per_s": -1}', "not a positive"),
+])
+def test_a_bad_calibration_is_one_line_error(tmp_path, capsys, text, problem):
+    calib = tmp_path / "c.json"
+    calib.write_text(text)
+    assert main(["plan", SEVEN_B, "--gpus", "8", "--calibration", str(calib)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("modtrain: error: --calibration") and problem in err
+    assert "benchmarks/calibrate.py" in err
