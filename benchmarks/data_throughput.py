@@ -117,12 +117,13 @@ def encoders(tokenizer: Path, corpus: Path, out: Path) -> dict[str, object]:
     return runs
 
 
-def time_encoders(tokenizer: Path, corpus: Path, out: Path) -> dict[str, float]:
+def time_encoders(tokenizer: Path, corpus: Path, out: Path, rounds: int = REPEATS
+                  ) -> dict[str, float]:
     """Best of REPEATS rounds; each round runs every variant once, so that other work on the
     machine disturbs all of them alike."""
     runs = encoders(tokenizer, corpus, out)
     best = {name: float("inf") for name in runs}
-    for _ in range(REPEATS):
+    for _ in range(rounds):
         for name, fn in runs.items():
             best[name] = min(best[name], best_of(fn, 1))
     return best
@@ -215,6 +216,8 @@ def main() -> None:
                     help="megabytes of text in the Parquet corpus (0: no Parquet case)")
     ap.add_argument("--parquet-only", action="store_true",
                     help="time only the Parquet encoding (not JSON Lines or the loader)")
+    ap.add_argument("--rounds", type=int, default=REPEATS,
+                    help="rounds of the Parquet encodings (best of them; default 3)")
     ap.add_argument("--document-mask-only", action="store_true",
                     help="time only the document ids and mask of a 12 x 2048 batch")
     args = ap.parse_args()
@@ -225,14 +228,14 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def parquet(root: Path, char: Path, size_mb: float) -> None:
+def parquet(root: Path, char: Path, size_mb: float, rounds: int = REPEATS) -> None:
     corpus, size = make_parquet(root, size_mb)
     print(f"\nParquet: {size / 1e6:.1f} MB of text in one file of "
-          f"{corpus.stat().st_size / 1e6:.1f} MB, char tokenizer, best of 3\n")
+          f"{corpus.stat().st_size / 1e6:.1f} MB, char tokenizer, best of {rounds}\n")
     print("| encoding (whole `data prepare`) | 1 process | 2 processes (--workers 2) "
           "| 2 MPI ranks (mpirun -n 2) |")
     print("|---|---|---|---|")
-    times = time_encoders(char, corpus, root / "p.zarr")
+    times = time_encoders(char, corpus, root / "p.zarr", rounds)
     cells = [f"{size / 1e6 / t:.2f} MB/s ({t:.1f} s)" for t in times.values()]
     print("| Parquet, one file | " + " | ".join(cells) + " |")
 
@@ -286,7 +289,7 @@ def run(root: Path, args: argparse.Namespace) -> None:
     if args.parquet_only:
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"load average at start {os.getloadavg()[0]:.1f}")
-        parquet(root, char, args.size_mb)
+        parquet(root, char, args.size_mb, args.rounds)
         return
     bpe = train_tokenizer([text], root / "bpe", "bpe", 4000)
     corpus, size = make_corpus(root, args.copies)
