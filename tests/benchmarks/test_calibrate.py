@@ -3,17 +3,14 @@ others (real engine steps on CPU), and the file it writes is what `modtrain plan
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from modtrain.report.calibration import load_achieved_flops
+from tests.tools import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibrate.py"
 CALIBRATE_ON = ["model.hidden_size=128", "model.num_layers=4"]
 PREDICT = {  # other width, depth and MoD capacity (the configs docs/scaling.md quotes)
     "width 192, 2 blocks": ["model.hidden_size=192", "model.num_layers=2"],
@@ -28,17 +25,10 @@ PREDICT = {  # other width, depth and MoD capacity (the configs docs/scaling.md 
 BOUND = 2.0
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("calibrate_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["calibrate_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
 def test_one_calibration_predicts_the_step_time_of_three_other_configs(tmp_path, dist):
-    cal = load_script()
+    cal = load_benchmark("calibrate")
     torch.set_num_threads(1)
     configs = [cal.tiny_config(CALIBRATE_ON)] + [cal.tiny_config(o) for o in PREDICT.values()]
     seconds = cal.measure_step_seconds(configs, steps=9, warmup=2)  # alternating steps

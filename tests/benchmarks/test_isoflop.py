@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,22 +14,16 @@ from modtrain.config import config_from_dict
 from modtrain.model.flops import training_flops_per_token
 from modtrain.run_dir import read_metrics
 from tests.conftest import cli_env
+from tests.tools import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "isoflop.py"
 TINY = ["model.hidden_size=32", "model.num_heads=2"]
 
 
-def load_isoflop():
-    spec = importlib.util.spec_from_file_location("isoflop", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["isoflop"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_plan_spends_the_dense_budget(char_store, char_tokenizer):
-    isoflop = load_isoflop()
+    isoflop = load_benchmark("isoflop")
     data = [f"data.store={char_store}", f"data.tokenizer={char_tokenizer}"]
     plans = isoflop.plan_corpus("shakespeare", list(isoflop.VARIANTS), data, 600, quick=False)
     by_name = {p.variant: p for p in plans}

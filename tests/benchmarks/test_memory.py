@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "memory.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("memory_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["memory_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.tools import load_benchmark
 
 
 def test_chunked_loss_and_recompute_each_keep_less(dist):
-    bench = load_script()
+    bench = load_benchmark("memory")
     config = bench.model_config(mod=True, seq=128, width=32)
     tokens = torch.randint(0, bench.VOCAB, (1, 129), generator=torch.Generator().manual_seed(0))
     kept = {mode: bench.saved_bytes(bench.build(config, mode), tokens) for mode in bench.MODES}
@@ -34,7 +22,7 @@ def test_chunked_loss_and_recompute_each_keep_less(dist):
 
 
 def test_block_table_routed_block_keeps_and_costs_less_than_dense(dist):
-    bench = load_script()
+    bench = load_benchmark("memory")
     (header, row) = bench.block_table([256], width=32, steps=1)
     cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
     # capacity 0.125: the routed block keeps its input, the router's and predictor's

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,21 +13,15 @@ from modtrain.config import load_config
 from modtrain.model.flops import training_flops_per_token
 from modtrain.run_dir import read_metrics
 from tests.conftest import cli_env
+from tests.tools import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "mod_speedup.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("mod_speedup", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mod_speedup"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_fractions_and_routed_blocks():
-    bench = load_script()
+    bench = load_benchmark("mod_speedup")
     cell = bench.Cell(64, "all", 0.125, limit=3.0, speedup=2.7)
     assert cell.of_limit == pytest.approx(0.9)
     assert cell.of_gain == pytest.approx(0.85)
