@@ -53,6 +53,16 @@ def test_full_recompute_gives_the_same_loss_and_gradients(dist, kind):
         assert error <= 1e-6, (name, error)
 
 
+def _routed_forward(block) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input, output, aux loss, top-k index) of a routed block's forward on a random input
+    (the seed fixed for dropout, so the recompute must replay it)."""
+    x = torch.randn(SEQ, BATCH, HIDDEN, requires_grad=True)
+    rope = Rope.table(SEQ, HIDDEN // 2, 10000.0).window(0, SEQ)
+    torch.manual_seed(3)
+    out, aux, _ = block(x, rope)
+    return x, out, aux, block.last_index
+
+
 def test_routed_block_recomputes_the_forward_routing_on_k_tokens(dist):
     model = GPT(_config("mod-0.125"), seed=5, recompute_layers=[1])
     block = model.blocks[1]
@@ -61,11 +71,7 @@ def test_routed_block_recomputes_the_forward_routing_on_k_tokens(dist):
     block.layer.input_layernorm.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
     router_calls: list[torch.Tensor] = []
     block.router.register_forward_pre_hook(lambda m, a: router_calls.append(a[0]))
-    x = torch.randn(SEQ, BATCH, HIDDEN, requires_grad=True)
-    rope = Rope.table(SEQ, HIDDEN // 2, 10000.0).window(0, SEQ)
-    torch.manual_seed(3)
-    out, aux, _ = block(x, rope)
-    index = block.last_index
+    x, out, aux, index = _routed_forward(block)
     k = tokens_per_row(0.125, SEQ)
     assert index.shape == (k, BATCH)
     assert len(seen) == 1
@@ -144,11 +150,7 @@ def test_selective_recompute_reruns_core_attention_on_the_forward_routing(dist):
     core: list[tuple[torch.Tensor, ...]] = []  # core attention's q, k, v: forward, rerun
     block.layer.self_attention.core_attention.register_forward_pre_hook(
         lambda m, a: core.append(tuple(t.detach().clone() for t in a[:3])))
-    x = torch.randn(SEQ, BATCH, HIDDEN, requires_grad=True)
-    rope = Rope.table(SEQ, HIDDEN // 2, 10000.0).window(0, SEQ)
-    torch.manual_seed(3)
-    out, aux, _ = block(x, rope)
-    index = block.last_index
+    x, out, aux, index = _routed_forward(block)
     k = tokens_per_row(0.125, SEQ)
     assert index.shape == (k, BATCH) and len(core) == 1
     (out.sum() + aux).backward()
