@@ -23,6 +23,7 @@ from modtrain.model.cost import (
     step_time,
 )
 from tests.model.engine_bytes_worker import engine_state_bytes, tiny_engine_config
+from tests.model.saved_bytes import saved_bytes as counted_saved_bytes
 
 TINY = ["model.vocab_size=67", "model.num_layers=2", "model.num_heads=4",
         "model.max_seq_length=64", "data.seq_length=64", "model.mod.predictor=false",
@@ -83,17 +84,8 @@ def saved_bytes(m, batch: int, seq: int, recompute: str = "none") -> int:
     torch.manual_seed(0)
     layers = range(m.num_layers) if recompute != "none" else ()
     model = GPT(m, recompute_layers=layers, recompute=recompute)
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in weights:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
     tokens = torch.randint(0, m.vocab_size, (batch, seq))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with counted_saved_bytes(model) as seen:
         model(tokens, labels=tokens)
     return sum(seen.values())
 

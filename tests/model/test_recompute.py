@@ -15,6 +15,7 @@ from modtrain.model.gpt import GPT
 from modtrain.model.rope import Rope
 from modtrain.model.router import tokens_per_row
 from tests.conftest import cli_env
+from tests.model.saved_bytes import saved_bytes as counted_saved_bytes
 from tests.parallel.test_tensor_parallel import MODEL
 from tests.train.helpers import free_port
 
@@ -86,18 +87,9 @@ def test_routed_block_recomputes_the_forward_routing_on_k_tokens(dist):
 def saved_activation_bytes(model: GPT, x: torch.Tensor, rope: Rope) -> list[int]:
     """Bytes each block keeps for backward (what autograd saves, weights left out; a
     checkpoint's saved input counts as well)."""
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     per_block = []
     for block in model.blocks:
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor, seen: dict[int, int] = seen) -> torch.Tensor:
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in weights:
-                seen[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with counted_saved_bytes(model) as seen:
             x = block(x, rope)[0]
         per_block.append(sum(seen.values()))
     return per_block
