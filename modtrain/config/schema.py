@@ -11,6 +11,12 @@ from typing import Any, Literal
 from modtrain.errors import ModtrainError, shown
 
 
+def tokens_per_row(capacity: float, seq_length: int) -> int:
+    """k = ceil(capacity * S) tokens a routed block takes from a row of S, fixed a priori so
+    shapes and compute are static (the model, the FLOP and cost formulas, and the checks
+    here all use this one)."""
+    return max(1, min(seq_length, math.ceil(capacity * seq_length - 1e-9)))
+
 @dataclass
 class MoDConfig:
     """Mixture-of-Depths routing (Raposo et al. 2024)."""
@@ -426,8 +432,7 @@ def _check_sequence_parallel(config: Config) -> None:
         raise ModtrainError(
             f"data.seq_length={seq} is not divisible by parallel.tensor={par.tensor}; sequence "
             "parallelism splits every sequence evenly, so choose a multiple of it")
-    # k = ceil(capacity * S), as model/router.py's tokens_per_row: the routed tokens split too.
-    routed = max(1, min(seq, math.ceil(m.mod.capacity * seq - 1e-9)))
+    routed = tokens_per_row(m.mod.capacity, seq)  # the routed tokens split too
     if m.routed_layer_ids and routed % par.tensor:
         raise ModtrainError(
             f"model.mod.capacity={m.mod.capacity} routes {routed} of data.seq_length={seq} "

@@ -28,8 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from modtrain.config.schema import ModelConfig
-from modtrain.model.capacity import tokens_per_row
+from modtrain.config.schema import ModelConfig, tokens_per_row
 from modtrain.model.flops import training_flops_per_token
 from modtrain.model.param_layout import (
     Part,

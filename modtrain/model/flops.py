@@ -18,8 +18,7 @@ kernels compute); the matmul terms equal torch's FlopCounterMode exactly
 
 from __future__ import annotations
 
-from modtrain.config.schema import ModelConfig
-from modtrain.model.capacity import tokens_per_row
+from modtrain.config.schema import ModelConfig, tokens_per_row
 
 
 def block_flops(config: ModelConfig, tokens: int, experts: bool = False) -> float:

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modtrain.config.schema import MoDConfig
-from modtrain.model.capacity import tokens_per_row  # noqa: F401 - part of the routing API
+from modtrain.config.schema import (
+    MoDConfig,
+    tokens_per_row,  # noqa: F401 - part of the routing API
+)
 from modtrain.model.sequence_parallel import mark_sequence_parallel, shared_weight
 
 # The statistics `MoDRouter.aux_losses` reports (logged per routed layer as NAME/layerN).
