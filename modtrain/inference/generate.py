@@ -52,10 +52,6 @@ def restart_length(window: int) -> int:
     return max(1, window // 2)
 
 
-def warn(message: str) -> None:
-    log.warning(message)
-
-
 def context_window(export_config: dict, context: int | None) -> int:
     """The window sampling uses: the training context (max_position_embeddings), or
     `context`; past the training context only with RoPE scaling, up to its scaled context."""
@@ -177,13 +173,13 @@ def generate_text(
                      "convert the checkpoint again with --tokenizer set to the one training used")
     unknown = unknown_characters(tokenizer, prompt)
     if unknown:
-        warn(f"the prompt's characters {', '.join(map(repr, unknown))} are not in the "
-             "tokenizer's vocabulary; the model sees each as the unknown token (⁇)")
+        log.warning(f"the prompt's characters {', '.join(map(repr, unknown))} are not in "
+                    "the tokenizer's vocabulary; the model sees each as the unknown token (⁇)")
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     if len(ids) > window and max_new_tokens > 0:
-        warn(f"the prompt is {len(ids)} tokens, longer than the model's {window}-token window; "
-             f"kept its last {restart_length(window)} of {len(ids)} tokens (see "
-             "'modtrain generate --help')")
+        log.warning(f"the prompt is {len(ids)} tokens, longer than the model's {window}-token "
+                    f"window; kept its last {restart_length(window)} of {len(ids)} tokens (see "
+                    "'modtrain generate --help')")
     prompt_ids = torch.tensor([ids] * num_samples, dtype=torch.long, device=where)
     stop_fn = None if stop is None else (lambda gen: stop in tokenizer.decode(gen))
     # Sampling draws on the model's device (multinomial needs a generator there).
