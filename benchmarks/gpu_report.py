@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from modtrain.config import load_config
-from modtrain.model.param_layout import parameter_count
+from modtrain.model.param_table import parameter_count
 from modtrain.run_dir import CONFIG_FILE, METRICS_FILE, read_metrics
 
 

@@ -33,7 +33,7 @@ from modtrain.config import load_config
 from modtrain.config.schema import Config
 from modtrain.data.read.store import TokenStore
 from modtrain.model.flops import training_flops_per_token
-from modtrain.model.param_layout import parameter_count
+from modtrain.model.param_table import parameter_count
 from modtrain.report.curves import plot_runs, read_run, x_value
 from modtrain.run_dir import read_metrics
 

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from model_step import timing_arguments, timing_setup  # noqa: E402
 
 from modtrain.model import GPT  # noqa: E402
-from modtrain.model.param_layout import parameter_count  # noqa: E402
+from modtrain.model.param_table import parameter_count  # noqa: E402
 
 IMPLEMENTATIONS = {"per-parameter loop": {"foreach": False}, "multi-tensor": {"foreach": True},
                    "fused": {"fused": True}}

@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model")
     args = parser.parse_args()
     topo = init_distributed(2, deepspeed_comm=False)
-    tensor = TensorSlice(topo.tensor_rank, topo.tensor)
+    tensor = TensorSlice(topo.tensor_rank, topo.tensor_size)
     lines = ["model | S | width H: TP=2 / +SP (MiB) | ratio | blocks: TP=2 / +SP (MiB) | "
              "ratio | model: TP=2 / +SP (MiB) | ratio | step: TP=2 / +SP (ms) | ratio"]
     for mod in (False, True):

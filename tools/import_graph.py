@@ -59,7 +59,7 @@ JOBS: dict[str, str] = {
     "resources": "files shipped in the package: tinyshakespeare, lm-eval task files",
     "model": "the network with no process-group code of its own: `GPT`, blocks, the MoD "
              "router, experts, document masks, RoPE, FLOP and cost formulas, **the parameter "
-             "table** (`param_layout.py`)",
+             "table** (`param_table.py`)",
     "data.format": "the token-store format, the contract between writer and reader",
     "data.tokenizer": "SentencePiece training and loading",
     "data.write": "corpora -> tokens -> a sharded zarr store (local processes or MPI ranks): "

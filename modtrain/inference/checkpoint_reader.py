@@ -23,7 +23,7 @@ from modtrain.errors import ModtrainError
 from modtrain.inference.lazy_tensors import LazyTensors
 from modtrain.inference.safe_load import load_weights_only
 from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
-from modtrain.model.param_layout import expert_index, gpt_name
+from modtrain.model.param_table import expert_index, gpt_name
 from modtrain.model.tensor_split import full_shape
 from modtrain.model.tensor_split import merge as merge_tensor_shards
 from modtrain.progress_bar import bar

@@ -6,7 +6,7 @@ its routers (`model.layers.N.router.*`) and `mod_*` fields, its experts
 modelling code shipped in the export (`auto_map`). Tensor names, and how fused training
 tensors split into them (QKV, SwiGLU gate/up, padded vocabulary rows), come from the
 parameter table
-(`modtrain/model/param_layout.py`).
+(`modtrain/model/param_table.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from modtrain.config import config_from_dict
 from modtrain.config.schema import ModelConfig
 from modtrain.errors import ModtrainError
-from modtrain.model.param_layout import hf_parameter_names, hf_tensors
+from modtrain.model.param_table import hf_parameter_names, hf_tensors
 from modtrain.model.rope import scaled_rope
 
 EXPORT_FORMAT = "modtrain.export"

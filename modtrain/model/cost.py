@@ -1,6 +1,6 @@
 """Memory, communication and step-time cost of a model on a parallel layout (for planning).
 
-Parameter counts come from the parameter table (`model/param_layout.py`), FLOPs from
+Parameter counts come from the parameter table (`model/param_table.py`), FLOPs from
 `model/flops.py`; this module adds bytes and seconds. Byte models:
   model states   DeepSpeed's accounting (its ZeRO estimators): mixed precision holds 2 B of
                  16-bit weights, 2 B of 16-bit gradients, 4 B of fp32 gradients, 4 B of fp32
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from modtrain.config.schema import ModelConfig, tokens_per_row
 from modtrain.model.flops import training_flops_per_token
-from modtrain.model.param_layout import (
+from modtrain.model.param_table import (
     Part,
     Split,
     expert_index,

@@ -19,14 +19,14 @@ from torch import nn
 
 from modtrain.config.schema import ModelConfig
 from modtrain.model.experts import ExpertSlice
-from modtrain.model.param_layout import Init, expert_index, param_kind, with_expert_index
+from modtrain.model.param_table import Init, expert_index, param_kind, with_expert_index
 from modtrain.model.tensor_split import TensorSlice, full_shape, partition_dim, shard
 
 
 def _full_init(name: str, shape: torch.Size, config: ModelConfig, gen: torch.Generator):
     kind = param_kind(name)
     if kind is None:
-        raise ValueError(f"{name} has no row in modtrain.model.param_layout.PARAMETERS")
+        raise ValueError(f"{name} has no row in modtrain.model.param_table.PARAMETERS")
     # Drawn on the CPU in fp32 whatever the parameter's device and dtype: the generator
     # (mt19937) defines the values, and in-place arithmetic keeps one full tensor alive.
     if kind.init is Init.ONES:

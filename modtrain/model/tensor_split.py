@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modtrain.model.param_layout import Split, param_kind
+from modtrain.model.param_table import Split, param_kind
 
 
 @dataclass(frozen=True)

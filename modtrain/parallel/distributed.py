@@ -79,9 +79,9 @@ class Topology:
     rank: int
     world_size: int
     local_rank: int
-    tensor: int
-    pipeline: int
-    data: int
+    tensor_size: int  # processes in this rank's tensor-parallel group
+    pipeline_size: int  # pipeline stages
+    data_size: int  # data-parallel replicas
     device: torch.device
     tensor_rank: int = 0
     pipeline_rank: int = 0
@@ -154,9 +154,9 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
         rank=torch.distributed.get_rank(),
         world_size=world_size,
         local_rank=local_rank,
-        tensor=tensor,
-        pipeline=pipeline,
-        data=world_size // (tensor * pipeline),
+        tensor_size=tensor,
+        pipeline_size=pipeline,
+        data_size=world_size // (tensor * pipeline),
         device=device,
         tensor_rank=ps.get_tensor_model_parallel_rank(),
         pipeline_rank=ps.get_pipeline_model_parallel_rank(),

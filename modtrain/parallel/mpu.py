@@ -17,7 +17,7 @@ class MegatronMPU:
         return self.topo.tensor_rank
 
     def get_model_parallel_world_size(self) -> int:
-        return self.topo.tensor
+        return self.topo.tensor_size
 
     def get_model_parallel_group(self):
         return self.topo.groups.tensor
@@ -30,7 +30,7 @@ class MegatronMPU:
         return self.topo.data_rank
 
     def get_data_parallel_world_size(self) -> int:
-        return self.topo.data
+        return self.topo.data_size
 
     def get_data_parallel_group(self):
         return self.topo.groups.data
@@ -39,7 +39,7 @@ class MegatronMPU:
         return self.topo.pipeline_rank
 
     def get_pipeline_model_parallel_world_size(self) -> int:
-        return self.topo.pipeline
+        return self.topo.pipeline_size
 
     def get_pipeline_model_parallel_group(self):
         return self.topo.groups.pipeline

@@ -13,7 +13,7 @@ from modtrain.config import Config
 from modtrain.model.flops import head_flops, layer_flops
 from modtrain.model.init import initialize_parameters
 from modtrain.model.loss import chunked_lm_loss, lm_loss
-from modtrain.model.param_layout import gpt_name
+from modtrain.model.param_table import gpt_name
 from modtrain.model.pipeline_layers import (
     BlockLayer,
     EmbeddingLayer,
@@ -118,7 +118,7 @@ def build_pipeline(config: Config, topo: Topology):
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
     _, costs = layer_costs(config)
-    tensor = TensorSlice(topo.tensor_rank, topo.tensor)
+    tensor = TensorSlice(topo.tensor_rank, topo.tensor_size)
 
     class CostBalancedPipeline(PipelineModule):
         # DeepSpeed balances by parameter count or layer count; MoD layers cost less than
@@ -130,7 +130,7 @@ def build_pipeline(config: Config, topo: Topology):
 
     # Same rank order as megatron-core's parallel_state: tensor fastest, then data, then pipe.
     topology = PipeModelDataParallelTopology(
-        num_pp=topo.pipeline, num_mp=topo.tensor, num_dp=topo.data
+        num_pp=topo.pipeline_size, num_mp=topo.tensor_size, num_dp=topo.data_size
     )
     pipe = CostBalancedPipeline(
         layers=pipeline_layer_specs(config, tensor), topology=topology,

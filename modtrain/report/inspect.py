@@ -23,7 +23,7 @@ from modtrain.config.schema import ModelConfig
 from modtrain.data.tokenizer import file_sha256
 from modtrain.errors import ModtrainError, shown
 from modtrain.model.flops import model_flops
-from modtrain.model.param_layout import parameter_count
+from modtrain.model.param_table import parameter_count
 from modtrain.run_dir import (
     CHECKPOINTS,
     CONFIG_FILE,

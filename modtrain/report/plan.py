@@ -23,7 +23,7 @@ from modtrain.model.cost import (
     step_time,
 )
 from modtrain.model.flops import training_flops_per_token
-from modtrain.model.param_layout import parameter_count
+from modtrain.model.param_table import parameter_count
 from modtrain.report.calibration import load_achieved_flops
 
 GIB = 2**30

@@ -40,12 +40,12 @@ def expert_slice(config: Config, topo: Topology) -> ExpertSlice:
     ranks into expert-parallel groups (with tensor and pipeline size 1, which model.moe
     requires), so the expert-parallel rank is the data-parallel rank modulo its size."""
     size = config.parallel.expert
-    if topo.data % size:
+    if topo.data_size % size:
         raise ModtrainError(
-            f"parallel.expert={size} does not divide the data-parallel size {topo.data}; "
+            f"parallel.expert={size} does not divide the data-parallel size {topo.data_size}; "
             f"launch a multiple of {size} processes or lower parallel.expert")
     return ExpertSlice(topo.data_rank % size, size,
-                       topo.process_groups.data if topo.data > 1 else None)
+                       topo.process_groups.data if topo.data_size > 1 else None)
 
 
 def aux_grad_scale(engine: Any) -> float:
@@ -88,7 +88,7 @@ def build_model(config: Config, topo: Topology, ds_config: dict) -> GPT:
     """This rank's GPT (its tensor and expert slice; under ZeRO-3 its partition only)."""
     t = config.train
     return GPT(config.model, seed=config.run.seed,
-               tensor=TensorSlice(topo.tensor_rank, topo.tensor),
+               tensor=TensorSlice(topo.tensor_rank, topo.tensor_size),
                expert=expert_slice(config, topo), loss_chunk_tokens=t.loss_chunk_tokens,
                recompute_layers=t.recompute_layer_ids(config.model.num_layers),
                recompute=t.recompute, sequence_parallel=config.parallel.sequence_parallel,
@@ -112,7 +112,7 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
         torch.backends.cudnn.allow_tf32 = True
     # Dropout streams: the default one alike on every rank, the tensor-parallel one per TP rank.
     seed_streams(config.run.seed, topo.tensor_rank, topo.device)
-    if topo.pipeline > 1:
+    if topo.pipeline_size > 1:
         from modtrain.model.pipeline_layers import BlockLayer
         from modtrain.parallel.pipeline_stages import build_pipeline, format_stage_costs
 
@@ -127,13 +127,13 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, mpu=mpu,
     )
-    if topo.pipeline > 1:
+    if topo.pipeline_size > 1:
         blocks = [m for m in model.modules() if isinstance(m, BlockLayer)]
         for block in blocks:
             block.aux_grad_scale = functools.partial(aux_grad_scale, engine)
         return engine, optimizer, PipelineStep(engine, optimizer, blocks,
-                                               routing_stat_keys(config), topo.pipeline)
-    if topo.data == 1 and t.zero_stage == 0:
+                                               routing_stat_keys(config), topo.pipeline_size)
+    if topo.data_size == 1 and t.zero_stage == 0:
         # One data-parallel rank without ZeRO: DeepSpeed would still flatten every gradient,
         # all-reduce it over a group of one and copy it back, a few percent of a small step.
         engine.enable_backward_allreduce = False

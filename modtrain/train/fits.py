@@ -19,7 +19,7 @@ GIB = 1 << 30
 
 def model_states(config: Config, topo: Topology) -> ModelStates:
     """Bytes per rank of weights, gradients and Adam states on this run's layout."""
-    layout = Layout(tensor=topo.tensor, pipeline=topo.pipeline, data=topo.data,
+    layout = Layout(tensor=topo.tensor_size, pipeline=topo.pipeline_size, data=topo.data_size,
                     expert=config.parallel.expert if config.model.moe.enabled else 1,
                     zero_stage=config.train.zero_stage,
                     precision="fp32" if config.train.precision == "fp32" else "bf16")
@@ -48,7 +48,8 @@ def check_fits(config: Config, topo: Topology) -> None:
         f"this model needs {need.total / GIB:.1f} GiB per rank for its weights, gradients "
         f"and optimizer states alone ({need.params / GIB:.1f} + {need.grads / GIB:.1f} + "
         f"{need.optim / GIB:.1f} GiB at train.precision={t.precision}, "
-        f"train.zero_stage={t.zero_stage}, {topo.tensor}x{topo.pipeline}x{topo.data} "
+        f"train.zero_stage={t.zero_stage}, "
+        f"{topo.tensor_size}x{topo.pipeline_size}x{topo.data_size} "
         f"TPxPPxDP) and a rank has {have / GIB:.1f} GiB; shard it further (a higher "
         "train.zero_stage, more ranks, parallel.tensor or parallel.pipeline) or make it "
         "smaller; `modtrain plan CONFIG --gpus N` lists the layouts that fit")

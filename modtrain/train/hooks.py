@@ -182,13 +182,13 @@ def evaluate(run: Run) -> tuple[float, dict[str, float]]:
     data blend several (else {}); every source's windows split across data-parallel ranks,
     each micro-batch from one source. One all-reduce for all the sums."""
     topo = run.topo
-    equal = bool(run.config.model.moe_layer_ids) and topo.data > 1
+    equal = bool(run.config.model.moe_layer_ids) and topo.data_size > 1
     sources = (run.val.sources() if isinstance(run.val, ValidationSet)
                and len(run.val.parts) > 1 else [("", range(len(run.val)))])
     totals, counts = [], []
     for _, span in sources:
         indices = [span.start + i
-                   for i in evaluation_windows(len(span), topo.data_rank, topo.data, equal)]
+                   for i in evaluation_windows(len(span), topo.data_rank, topo.data_size, equal)]
         total, count = run.stepper.evaluate(run.val, indices, run.micro_batch,
                                             show_progress=run.is_main)
         totals.append(total)

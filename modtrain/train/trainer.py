@@ -93,11 +93,11 @@ def set_up(config: Config, overwrite: bool = False,
         save_config(config, run_dir / CONFIG_FILE)
     collectives.barrier()
 
-    layout = current_layout(topo.tensor, topo.pipeline, topo.data, t.zero_stage)
+    layout = current_layout(topo.tensor_size, topo.pipeline_size, topo.data_size, t.zero_stage)
     plan = (plan_resume(ckpt_dir, layout, log=progress.message,
                         fallback=config.run.resume_fallback)
             if config.run.resume == "auto" else None)
-    ds_config = deepspeed_config(config, topo.data, cuda=topo.device.type == "cuda")
+    ds_config = deepspeed_config(config, topo.data_size, cuda=topo.device.type == "cuda")
     if plan is not None and plan.universal:
         ds_config["checkpoint"] = {"load_universal": True}
 
@@ -106,7 +106,7 @@ def set_up(config: Config, overwrite: bool = False,
     if t.compile:
         progress.message(f"train.compile: {compile_blocks(engine.module)} blocks compiled "
                          "(the first steps include compilation)")
-    batches, val = build_training_data(config, sources, topo.data_rank, topo.data,
+    batches, val = build_training_data(config, sources, topo.data_rank, topo.data_size,
                                        log=progress.message if is_main else lambda _: None)
     pin = topo.device if topo.device.type == "cuda" else None  # CPU: nothing to pin
     loader: BatchLoader | PrefetchLoader = (
@@ -114,7 +114,7 @@ def set_up(config: Config, overwrite: bool = False,
         if config.data.prefetch else batches)
     run = Run(config=config, topo=topo, engine=engine, stepper=stepper, loader=loader,
               val=val, progress=progress, sinks=[], ckpt_dir=ckpt_dir, layout=layout,
-              start_step=0, micro_batch=t.micro_batch(topo.data),
+              start_step=0, micro_batch=t.micro_batch(topo.data_size),
               flops_per_token=training_flops_per_token(config.model, config.data.seq_length),
               peak_tflops=device_peak_tflops(t.peak_tflops, topo.device), stop=StopFlag(),
               config_dict=config_to_dict(config))

@@ -25,7 +25,7 @@ from modtrain.checkpoint_files import (
     write_manifest,
 )
 from modtrain.errors import ModtrainError
-from modtrain.model.param_layout import gpt_name, pipeline_name
+from modtrain.model.param_table import gpt_name, pipeline_name
 from modtrain.run_dir import read_state
 from modtrain.train.checkpoint import (
     TMP_PREFIX,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from modtrain.config import load_config
-from modtrain.model.param_layout import parameter_count
+from modtrain.model.param_table import parameter_count
 from tests.conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modtrain.config import load_config
-from modtrain.model.param_layout import parameter_count
+from modtrain.model.param_table import parameter_count
 
 CLASSES = {"125m": (100e6, 150e6), "350m": (300e6, 400e6)}
 

@@ -53,7 +53,7 @@ def engine_state_bytes(config: Config, topo) -> tuple[int, int, int]:
     from modtrain.train.ds_config import deepspeed_config
     from modtrain.train.engine import build_engine
 
-    engine, base, stepper = build_engine(config, topo, deepspeed_config(config, topo.data))
+    engine, base, stepper = build_engine(config, topo, deepspeed_config(config, topo.data_size))
     grads: list[int] = []
     step = engine.step
 
@@ -66,7 +66,8 @@ def engine_state_bytes(config: Config, topo) -> tuple[int, int, int]:
 
     engine.step = counted_step
     rows = torch.randint(0, config.model.vocab_size,
-                         (config.train.global_batch_size // topo.data, config.data.seq_length + 1),
+                         (config.train.global_batch_size // topo.data_size,
+                          config.data.seq_length + 1),
                          generator=torch.Generator().manual_seed(topo.rank))
     stepper.train([rows.numpy()], stop_requested=False)
     opt = engine.optimizer

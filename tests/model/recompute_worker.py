@@ -27,7 +27,7 @@ def main(prefix: str, overrides: list[str]) -> None:
     saved = {}
     for mode in ("none", "selective", "full"):
         layers = range(config.model.num_layers) if mode != "none" else ()
-        model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor),
+        model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor_size),
                     recompute_layers=layers, recompute=mode).train()
         torch.manual_seed(7)  # what the trainer does, then build_engine seeds the TP stream
         seed_streams(7, topo.tensor_rank, topo.device)

@@ -24,7 +24,7 @@ from tests.parallel.tp_step_worker import batch, gather
 
 def step(config, topo, sequence_parallel: bool) -> dict:
     group = topo.groups.tensor
-    model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor),
+    model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor_size),
                 recompute_layers=config.train.recompute_layer_ids(config.model.num_layers),
                 sequence_parallel=sequence_parallel)
     tokens = batch(config.model.vocab_size, config.data.seq_length)
@@ -52,10 +52,10 @@ def dropout_masks(config, topo, sequence_parallel: bool) -> list[torch.Tensor]:
     config.model.dropout = 0.5
     seed_streams(7, topo.tensor_rank, torch.device("cpu"))
     torch.manual_seed(7)
-    model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor),
+    model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor_size),
                 sequence_parallel=sequence_parallel)
     # A shard of other tokens on each rank under SP, the same tokens on both under TP alone.
-    seq = config.data.seq_length // (topo.tensor if sequence_parallel else 1)
+    seq = config.data.seq_length // (topo.tensor_size if sequence_parallel else 1)
     x = torch.randn(seq, 2, config.model.hidden_size, generator=torch.Generator().manual_seed(
         topo.tensor_rank if sequence_parallel else 0))
     rope = model._rope.window(0, config.data.seq_length)

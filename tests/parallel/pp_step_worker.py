@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from modtrain.config import load_config
-from modtrain.model.param_layout import gpt_name
+from modtrain.model.param_table import gpt_name
 from modtrain.parallel import init_distributed
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.engine import build_engine
@@ -23,7 +23,8 @@ from tests.parallel.tp_step_worker import batch
 def main(out: str, overrides: list[str]) -> None:
     config = load_config(None, overrides)
     topo = init_distributed(config.parallel.tensor, config.parallel.pipeline)
-    engine, optimizer, stepper = build_engine(config, topo, deepspeed_config(config, topo.data))
+    ds_config = deepspeed_config(config, topo.data_size)
+    engine, optimizer, stepper = build_engine(config, topo, ds_config)
     optimizer.skip_next = True  # keep the weights: only the gradients are compared
     module = engine.module
     names = {id(p): gpt_name(n, config.model.num_layers) for n, p in module.named_parameters()}

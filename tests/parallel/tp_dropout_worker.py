@@ -23,7 +23,8 @@ from tests.parallel.tp_step_worker import batch, gather
 def main(out: str, overrides: list[str]) -> None:
     config = load_config(None, overrides)
     topo = init_distributed(config.parallel.tensor, deepspeed_comm=False)
-    model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor)).train()
+    tensor = TensorSlice(topo.tensor_rank, topo.tensor_size)
+    model = GPT(config.model, seed=7, tensor=tensor).train()
     torch.manual_seed(7)  # what the trainer does, then build_engine seeds the TP stream
     seed_streams(7, topo.tensor_rank, topo.device)
     seen = []

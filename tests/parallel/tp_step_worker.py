@@ -40,7 +40,7 @@ def main(out: str, overrides: list[str]) -> None:
     config = load_config(None, overrides)
     topo = init_distributed(config.parallel.tensor, deepspeed_comm=False)
     group = topo.groups.tensor
-    model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor),
+    model = GPT(config.model, seed=7, tensor=TensorSlice(topo.tensor_rank, topo.tensor_size),
                 loss_chunk_tokens=config.train.loss_chunk_tokens,
                 recompute_layers=config.train.recompute_layer_ids(config.model.num_layers))
     tokens = batch(config.model.vocab_size, config.data.seq_length)

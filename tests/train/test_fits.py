@@ -14,8 +14,8 @@ from modtrain.train.fits import GIB, check_fits, model_states, rank_memory
 
 
 def _topo(tensor: int = 1, data: int = 1) -> Topology:
-    return Topology(rank=0, world_size=tensor * data, local_rank=0, tensor=tensor,
-                    pipeline=1, data=data, device=torch.device("cpu"))
+    return Topology(rank=0, world_size=tensor * data, local_rank=0, tensor_size=tensor,
+                    pipeline_size=1, data_size=data, device=torch.device("cpu"))
 
 
 def _config(*overrides: str):

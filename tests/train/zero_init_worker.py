@@ -48,7 +48,7 @@ class LiveBytes(TorchDispatchMode):
 def main(prefix: str, overrides: list[str]) -> None:
     config = load_config(None, overrides)
     topo = init_distributed(config.parallel.tensor)
-    ds_config = deepspeed_config(config, topo.data, cuda=False)
+    ds_config = deepspeed_config(config, topo.data_size, cuda=False)
     with LiveBytes() as counter:
         model = build_model(config, topo, ds_config)
     partition = sum(p.ds_tensor.numel() * p.ds_tensor.element_size()

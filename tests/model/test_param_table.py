@@ -6,7 +6,7 @@ import pytest
 
 from modtrain.config import load_config
 from modtrain.model import GPT
-from modtrain.model.param_layout import gpt_name, pipeline_name
+from modtrain.model.param_table import gpt_name, pipeline_name
 from modtrain.parallel.pipeline_stages import build_pipeline
 
 
@@ -41,7 +41,7 @@ def test_pipeline_name_rejects_unknown_names():
 def test_table_names_every_parameter_of_the_real_model(dist, overrides):
     """The table and `GPT` agree exactly: a parameter without a row (or a row for a
     parameter that does not exist) would break init, TP splits and the export."""
-    from modtrain.model.param_layout import (
+    from modtrain.model.param_table import (
         gpt_parameter_names,
         hf_names,
         param_kind,
