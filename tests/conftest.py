@@ -19,6 +19,20 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
 
 
+# Under pytest-xdist (`-n 2 --dist loadgroup`, the README's test command) each folder here
+# runs on one worker: its session fixtures (a Slurm cluster, trained runs and their exports)
+# are built once rather than once per worker.
+_SHARED_FIXTURE_FOLDERS = ("slurm", "inference", "report")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(tests).parts[0]
+        if folder in _SHARED_FIXTURE_FOLDERS:
+            item.add_marker(pytest.mark.xdist_group(folder))
+
+
 @pytest.fixture(scope="session")
 def dist():
     """A world-size-1 process group with megatron-core's parallel state (TP=1, PP=1)."""

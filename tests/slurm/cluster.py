@@ -86,33 +86,21 @@ class LocalSlurm:
         return self.root / "etc" / "slurm.conf"
 
     @property
+    def extensions(self) -> Path:
+        return self.root / "torch_extensions"
+
+    @property
     def node_names(self) -> list[str]:
         return [f"n{i}" for i in range(1, self.nodes + 1)]
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """`base` (default: this process's environment) pointed at this cluster. Jobs get a
-        private DeepSpeed extension cache (built once by `prebuild_extensions`)."""
+        private DeepSpeed extension cache, which stays empty: on CPU modtrain builds no
+        DeepSpeed op (parallel/distributed.py, skip_shm_comm_op)."""
         env = dict(os.environ if base is None else base)
         env["SLURM_CONF"] = str(self.conf)
-        env["TORCH_EXTENSIONS_DIR"] = str(self.root / "torch_extensions")
+        env["TORCH_EXTENSIONS_DIR"] = str(self.extensions)
         return env
-
-    def prebuild_extensions(self, python: str) -> float:
-        """Build DeepSpeed's CPU all-reduce op once, as a job step sees it; seconds taken.
-        Otherwise the ranks of each job would build it while starting (a minute on 2 cores)."""
-        t0 = time.monotonic()
-        env = self.env()
-        # The job scripts put the interpreter's directory first on PATH: the same `ninja`
-        # must build (the venv's and the system's write logs the other cannot read).
-        env["PATH"] = f"{Path(python).parent}{os.pathsep}{env['PATH']}"
-        env["DS_ACCELERATOR"] = "cpu"
-        proc = subprocess.run(
-            ["srun", "-n", "1", python, "-c", "from deepspeed.accelerator import "
-             "get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()"],
-            env=env, capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            raise RuntimeError(f"building DeepSpeed's shm op failed: {proc.stderr[-3000:]}")
-        return time.monotonic() - t0
 
     def _daemon(self, name: str, cmd: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 (kept by the child)
