@@ -17,13 +17,18 @@ import torch
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
-from modtrain.model.blocks import build_block, set_recompute
+from modtrain.model.blocks import add_aux
 from modtrain.model.documents import DocumentMask, Documents
-from modtrain.model.embedding_and_head import build_embedding, build_final_norm, build_output_layer
 from modtrain.model.experts import ExpertSlice
 from modtrain.model.init import initialize_parameters
 from modtrain.model.layer_spec import transformer_config
-from modtrain.model.loss import chunked_lm_loss, lm_loss, mask_padded_vocab
+from modtrain.model.pipeline_layers import (
+    BlockLayer,
+    EmbeddingLayer,
+    FinalNormLayer,
+    OutputLayer,
+    head_loss,
+)
 from modtrain.model.rope import Rope
 from modtrain.model.sequence_parallel import scatter_to_sequence, tensor_group
 from modtrain.model.tensor_split import TensorSlice
@@ -76,14 +81,20 @@ class GPT(nn.Module):
         self.sequence_parallel = sequence_parallel
         tc = transformer_config(config, self.tensor_size, sequence_parallel)
         self.transformer_config = tc
+        recomputed = set(recompute_layers)
         with build_context():
-            self.embedding = build_embedding(config, tc)
-            self.blocks = nn.ModuleList(build_block(config, tc, i, expert)
-                                        for i in range(config.num_layers))
-            self.final_norm = build_final_norm(config, tc)
-            self.output_layer = build_output_layer(config, tc, tied=config.tie_embeddings)
-        for i in recompute_layers:
-            set_recompute(self.blocks[i], recompute)
+            first = EmbeddingLayer(config, tc)
+            blocks = [BlockLayer(config, i, recompute if i in recomputed else "none", tc=tc,
+                                 expert=expert) for i in range(config.num_layers)]
+            norm = FinalNormLayer(config, tc)
+            head = first if config.tie_embeddings else OutputLayer(config, tensor, tc=tc)
+        # The pipeline's layers, run whole (a tuple: not submodules, so the parameters keep
+        # the names below, which checkpoints, exports and the parameter table use).
+        self.layers = (first, *blocks, norm, head)
+        self.embedding = first.embedding
+        self.blocks = nn.ModuleList(b.block for b in blocks)
+        self.final_norm = norm.final_norm
+        self.output_layer = first.head if config.tie_embeddings else head.output_layer
         # megatron-core's parallel linears add `_extra_state` entries that are always None
         # here (no fp8); they would leak None into checkpoints, which DeepSpeed's universal
         # checkpoint converter cannot read. Leave them out, and accept their absence.
@@ -119,30 +130,21 @@ class GPT(nn.Module):
         rope = (self._rope.window(positions_offset, seq_length) if positions is None
                 else self._rope.gather(positions.t() + positions_offset))
         masks = None if ids is None else DocumentMask.of(ids.t())  # built once, for all blocks
-        x = self.embedding(tokens.t())  # [S, B, H]: look up transposed ids, no copy of x
+        first, *blocks, norm, head = self.layers
+        x = first(tokens)  # [S, B, H]
         if self.sequence_parallel:
             x = scatter_to_sequence(x, tensor_group())  # [S/tp, B, H]
         aux_total = None
         stats: dict[str, torch.Tensor] = {}
-        for i, block in enumerate(self.blocks):
-            x, aux, block_stats = block(x, rope, routing, masks)
-            if aux is not None:
-                aux_total = aux if aux_total is None else aux_total + aux
-            for name, value in block_stats.items():
-                stats[f"{name}/layer{i}"] = value
-        x = self.final_norm(x)
-        weight = self.embedding.weight if self.config.tie_embeddings else None
+        for block in blocks:
+            x, aux, block_stats = block.run(x, rope, routing, masks)
+            aux_total = add_aux(aux_total, aux)
+            stats.update(block_stats)
+        x = norm(x)
         if labels is None:
-            return GPTOutput(None, None, self._logits(x, weight).transpose(0, 1), stats)
-        if self.loss_chunk_tokens:
-            head = self.output_layer.weight if weight is None else weight
-            lm = chunked_lm_loss(x, head, labels, self.config.vocab_size, self.loss_chunk_tokens)
-        else:
-            lm = lm_loss(self._logits(x, weight), labels, self.tensor_size)
+            return GPTOutput(None, None, head.logits(x).transpose(0, 1), stats)
+        outputs = head.loss_input(x) if self.loss_chunk_tokens else head.logits(x)
+        lm = head_loss(outputs, labels, self.config.vocab_size, self.loss_chunk_tokens,
+                       self.tensor_size)
         loss = lm if aux_total is None else lm + aux_total
         return GPTOutput(loss, lm, None, stats)
-
-    def _logits(self, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        """[S, B, V/tp] logits of the final hidden states, padded vocabulary ids -inf."""
-        logits, _ = self.output_layer(x, weight=weight)
-        return mask_padded_vocab(logits, self.config.vocab_size, self.embedding.vocab_start_index)

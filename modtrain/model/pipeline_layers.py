@@ -1,31 +1,46 @@
-"""The GPT cut into layers that a pipeline can place on stages (the modules only; the
-DeepSpeed PipelineModule that cuts and places them is `parallel/pipeline_stages.py`).
+"""The GPT's layers, one forward each: embedding, one layer per block, final norm, and the
+output projection. `GPT` (model/gpt.py) runs the whole list; a DeepSpeed PipelineModule
+(`parallel/pipeline_stages.py`) cuts the same list into stages.
 
-The same megatron-core parts as `GPT`, as layers that pass one tensor ([S, B, H]
-hidden states) from stage to stage: embedding, one layer per block, final norm, and the
-output projection (tied to the embedding through DeepSpeed's TiedLayerSpec). Routing aux
-losses cannot travel with the activations, so each routed block injects its aux-loss
-gradient into the backward pass where it was computed (AuxLossInjector).
+Between pipeline stages a layer passes one tensor ([S, B, H] hidden states), so each
+layer's `forward` takes and returns one; `GPT` calls the same per-layer code through the
+methods beside it (`BlockLayer.run`, `logits`, `loss_input`) with what only the flat
+model has (document masks, causal routing, a RoPE window at an offset). Routing aux losses
+cannot travel with the activations between stages, so there each routed block injects its
+aux-loss gradient into the backward pass where it was computed (AuxLossInjector).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from megatron.core.transformer import TransformerConfig
 from torch import nn
 
 from modtrain.config.schema import ModelConfig
-from modtrain.model.blocks import build_block, set_recompute
+from modtrain.model.blocks import BlockStats, build_block, set_recompute
+from modtrain.model.documents import DocumentMask
 from modtrain.model.embedding_and_head import (
     build_embedding,
     build_final_norm,
     build_output_layer,
 )
+from modtrain.model.experts import ExpertSlice
 from modtrain.model.layer_spec import transformer_config
-from modtrain.model.loss import mask_padded_vocab
+from modtrain.model.loss import chunked_lm_loss, lm_loss, mask_padded_vocab
 from modtrain.model.rope import Rope
 from modtrain.model.tensor_split import TensorSlice
+
+
+@dataclass
+class AuxGradScale:
+    """d(what the pipeline engine differentiates) / d(an aux loss), one object shared by a
+    stage's blocks. Its owner (train/steps.py) sets it before each step to loss scale /
+    gradient-accumulation steps, as DeepSpeed scales the LM loss before its backward and
+    unscales every gradient."""
+
+    value: float = 1.0
 
 
 class AuxLossInjector(torch.autograd.Function):
@@ -43,16 +58,12 @@ class AuxLossInjector(torch.autograd.Function):
         return grad, torch.full_like(aux, ctx.scale), None
 
 
-def unit_scale() -> float:
-    return 1.0
-
-
 class EmbeddingLayer(nn.Module):
-    """First stage: tokens [B, S] -> hidden [S, B, H]; on the last stage, the tied head."""
+    """First layer: tokens [B, S] -> hidden [S, B, H]; tied, also the output projection."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tc: TransformerConfig | None = None) -> None:
         super().__init__()
-        tc = transformer_config(config)
+        tc = tc or transformer_config(config)
         self.config = config
         self.embedding = build_embedding(config, tc)
         self.head = build_output_layer(config, tc, tied=True)
@@ -62,56 +73,72 @@ class EmbeddingLayer(nn.Module):
         return self.embedding.weight
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.embedding(tokens).transpose(0, 1).contiguous()
+        return self.embedding(tokens.t())  # look up transposed ids: [S, B, H], no copy of x
 
-    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[S, B, V/tp] logits, padded vocabulary ids -inf."""
         logits, _ = self.head(hidden, weight=self.embedding.weight)
         return mask_padded_vocab(logits, self.config.vocab_size,
                                  self.embedding.vocab_start_index)
 
+    def loss_input(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunked loss's input (hidden, head weight): the loss projects a chunk at a time."""
+        return hidden, self.embedding.weight
+
 
 def tied_head(module: EmbeddingLayer, hidden: torch.Tensor) -> torch.Tensor:
-    return module.project(hidden)
+    return module.logits(hidden)
 
 
 def tied_head_input(module: EmbeddingLayer,
                     hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chunked loss's input (hidden, head weight): the loss projects a chunk at a time."""
-    return hidden, module.embedding.weight
+    return module.loss_input(hidden)
 
 
 class BlockLayer(nn.Module):
-    """One decoder block; accumulates its routing statistics between `pop_stats` calls."""
+    """One decoder block; as a pipeline layer it accumulates its routing statistics between
+    `pop_stats` calls."""
 
-    def __init__(self, config: ModelConfig, index: int, recompute: str = "none") -> None:
+    def __init__(self, config: ModelConfig, index: int, recompute: str = "none",
+                 aux_scale: AuxGradScale | None = None, tc: TransformerConfig | None = None,
+                 expert: ExpertSlice | None = None) -> None:
         super().__init__()
-        tc = transformer_config(config)
-        self.block = build_block(config, tc, index)
+        self.block = build_block(config, tc or transformer_config(config), index, expert)
         set_recompute(self.block, recompute)
+        self.config = config
         self.index = index
-        head_dim = config.hidden_size // config.num_heads
-        self._rope = Rope.table(config.max_seq_length, head_dim, config.rope_base,
-                                config.rope_scaling)
+        self.aux_scale = aux_scale or AuxGradScale()
+        self._rope: Rope | None = None  # built at the first pipeline forward (GPT holds its own)
         self._stats: dict[str, torch.Tensor] = {}
         self._calls = 0
-        # d(what DeepSpeed differentiates) / d(aux loss), read at each forward: the engine
-        # sets it to loss scale / gradient-accumulation steps (train/engine.py), as DeepSpeed
-        # scales the LM loss the same way before its backward and unscales every gradient.
-        self.aux_grad_scale: Callable[[], float] = unit_scale
+
+    def run(self, hidden: torch.Tensor, rope: Rope, routing: str = "topk",
+            documents: DocumentMask | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor | None, BlockStats]:
+        """The block on `hidden` at `rope`'s positions: (output, aux loss, statistics named
+        NAME/layerN)."""
+        out, aux, stats = self.block(hidden, rope, routing, documents)
+        return out, aux, {f"{name}/layer{self.index}": v for name, v in stats.items()}
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self._rope.cos.device != hidden.device:
-            self._rope = self._rope.to(hidden.device)
-        out, aux, stats = self.block(hidden, self._rope.window(0, hidden.shape[0]))
+        out, aux, stats = self.run(hidden, self._table(hidden.device).window(0, hidden.shape[0]))
         if aux is not None and torch.is_grad_enabled():
-            out = AuxLossInjector.apply(out, aux, self.aux_grad_scale())
+            out = AuxLossInjector.apply(out, aux, self.aux_scale.value)
         if self.training:
             self._calls += 1
-            for name, value in stats.items():
-                key = f"{name}/layer{self.index}"
+            for key, value in stats.items():
                 # Kept on the device: read once per step with the loss, not once per value.
                 self._stats[key] = self._stats.get(key, 0.0) + value.detach().double()
         return out
+
+    def _table(self, device: torch.device) -> Rope:
+        if self._rope is None:
+            m = self.config
+            self._rope = Rope.table(m.max_seq_length, m.hidden_size // m.num_heads,
+                                    m.rope_base, m.rope_scaling)
+        if self._rope.cos.device != device:
+            self._rope = self._rope.to(device)
+        return self._rope
 
     def pop_stats(self) -> dict[str, torch.Tensor]:
         """Mean of each statistic over the micro-batches since the last call."""
@@ -121,32 +148,45 @@ class BlockLayer(nn.Module):
 
 
 class FinalNormLayer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tc: TransformerConfig | None = None) -> None:
         super().__init__()
-        tc = transformer_config(config)
-        self.final_norm = build_final_norm(config, tc)
+        self.final_norm = build_final_norm(config, tc or transformer_config(config))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.final_norm(hidden)
 
 
 class OutputLayer(nn.Module):
-    """Untied output projection (last stage); `tensor` says which vocabulary shard it holds.
-    With `chunked`, it returns (hidden, weight) for the chunked loss to project."""
+    """Untied output projection (last layer); `tensor` says which vocabulary shard it holds.
+    With `chunked`, its forward returns (hidden, weight) for the chunked loss to project."""
 
     def __init__(self, config: ModelConfig, tensor: TensorSlice | None = None,
-                 chunked: bool = False) -> None:
+                 chunked: bool = False, tc: TransformerConfig | None = None) -> None:
         super().__init__()
         self.chunked = chunked
-        tc = transformer_config(config)
         self.config = config
-        self.output_layer = build_output_layer(config, tc, tied=False)
+        self.output_layer = build_output_layer(config, tc or transformer_config(config),
+                                               tied=False)
         tensor = tensor or TensorSlice()
         self.vocab_start = config.padded_vocab_size // tensor.size * tensor.rank
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if self.chunked:
-            return hidden, self.output_layer.weight
+        return self.loss_input(hidden) if self.chunked else self.logits(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[S, B, V/tp] logits, padded vocabulary ids -inf."""
         logits, _ = self.output_layer(hidden)
         return mask_padded_vocab(logits, self.config.vocab_size, self.vocab_start)
 
+    def loss_input(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return hidden, self.output_layer.weight
+
+
+def head_loss(outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
+              vocab_size: int, chunk_tokens: int, tensor_size: int) -> torch.Tensor:
+    """The LM loss of what the head returns: logits (this rank's vocabulary shard under
+    tensor parallelism), or (hidden, weight) for the loss to project `chunk_tokens` at a time."""
+    if isinstance(outputs, tuple):
+        hidden, weight = outputs
+        return chunked_lm_loss(hidden, weight, labels, vocab_size, chunk_tokens)
+    return lm_loss(outputs, labels, tensor_size)

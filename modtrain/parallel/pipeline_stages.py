@@ -7,18 +7,17 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from modtrain.config import Config
 from modtrain.model.flops import head_flops, layer_flops
 from modtrain.model.init import initialize_parameters
-from modtrain.model.loss import chunked_lm_loss, lm_loss
 from modtrain.model.param_table import gpt_name
 from modtrain.model.pipeline_layers import (
+    AuxGradScale,
     BlockLayer,
     EmbeddingLayer,
     FinalNormLayer,
     OutputLayer,
+    head_loss,
     tied_head,
     tied_head_input,
 )
@@ -77,23 +76,17 @@ def chunks_loss(config: Config, tensor: TensorSlice) -> bool:
     return config.train.loss_chunk_tokens > 0 and tensor.size == 1
 
 
-def chunked_stage_loss(outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
-                       vocab_size: int, chunk_tokens: int) -> torch.Tensor:
-    hidden, weight = outputs
-    return chunked_lm_loss(hidden, weight, labels, vocab_size, chunk_tokens)
-
-
 def stage_loss_fn(config: Config, tensor: TensorSlice) -> Callable:
-    """The last stage's loss: `GPT`'s, over what the last layer returns."""
-    if chunks_loss(config, tensor):
-        return functools.partial(chunked_stage_loss, vocab_size=config.model.vocab_size,
-                                 chunk_tokens=config.train.loss_chunk_tokens)
-    # The last stage's logits are this rank's vocabulary shard under tensor parallelism.
-    return functools.partial(lm_loss, tensor_size=tensor.size)
+    """The last stage's loss: `GPT`'s (`head_loss`), over what the last layer returns."""
+    chunk = config.train.loss_chunk_tokens if chunks_loss(config, tensor) else 0
+    return functools.partial(head_loss, vocab_size=config.model.vocab_size,
+                             chunk_tokens=chunk, tensor_size=tensor.size)
 
 
-def pipeline_layer_specs(config: Config, tensor: TensorSlice) -> list:
-    """DeepSpeed LayerSpecs: embedding, blocks 0..L-1, final norm, output projection."""
+def pipeline_layer_specs(config: Config, tensor: TensorSlice,
+                         aux_scale: AuxGradScale | None = None) -> list:
+    """DeepSpeed LayerSpecs: embedding, blocks 0..L-1, final norm, output projection; the
+    blocks share `aux_scale` (d what the engine differentiates / d an aux loss)."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
     m = config.model
@@ -107,13 +100,15 @@ def pipeline_layer_specs(config: Config, tensor: TensorSlice) -> list:
         first = LayerSpec(EmbeddingLayer, m)
         last = LayerSpec(OutputLayer, m, tensor, chunked)
     recompute = set(config.train.recompute_layer_ids(m.num_layers))
-    blocks = [LayerSpec(BlockLayer, m, i, config.train.recompute if i in recompute else "none")
-              for i in range(m.num_layers)]
+    aux_scale = aux_scale or AuxGradScale()
+    blocks = [LayerSpec(BlockLayer, m, i, config.train.recompute if i in recompute else "none",
+                        aux_scale) for i in range(m.num_layers)]
     return [first, *blocks, LayerSpec(FinalNormLayer, m), last]
 
 
-def build_pipeline(config: Config, topo: Topology):
-    """The DeepSpeed PipelineModule of `config.model` and its stage-cost table."""
+def build_pipeline(config: Config, topo: Topology, aux_scale: AuxGradScale | None = None):
+    """The DeepSpeed PipelineModule of `config.model` and its stage-cost table; its blocks
+    read their aux-loss gradient scale from `aux_scale`, which the caller keeps current."""
     from deepspeed.pipe import PipelineModule
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
@@ -133,7 +128,7 @@ def build_pipeline(config: Config, topo: Topology):
         num_pp=topo.pipeline_size, num_mp=topo.tensor_size, num_dp=topo.data_size
     )
     pipe = CostBalancedPipeline(
-        layers=pipeline_layer_specs(config, tensor), topology=topology,
+        layers=pipeline_layer_specs(config, tensor, aux_scale), topology=topology,
         loss_fn=stage_loss_fn(config, tensor),
         partition_method="cost",
     )

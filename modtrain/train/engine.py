@@ -48,16 +48,6 @@ def expert_slice(config: Config, topo: Topology) -> ExpertSlice:
                        topo.process_groups.data if topo.data_size > 1 else None)
 
 
-def aux_grad_scale(engine: Any) -> float:
-    """d(what the pipeline engine differentiates) / d(an aux loss): DeepSpeed divides the LM
-    loss by the accumulation steps and, under fp16, multiplies it by the current dynamic
-    loss scale before its backward, then unscales every gradient; an aux-loss gradient
-    injected without the same factor would come out 1 / loss scale (about 2^-16) too small.
-    """
-    scale = getattr(engine.optimizer, "loss_scale", None) if engine.fp16_enabled() else None
-    return float(scale if scale is not None else 1.0) / engine.gradient_accumulation_steps()
-
-
 def check_precision(precision: str, accelerator: Any) -> None:
     """A precision DeepSpeed's accelerator cannot run is one line here, not a traceback from
     inside deepspeed.initialize (its CPU accelerator has fp16 only where oneDNN has fp16
@@ -113,10 +103,11 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
     # Dropout streams: the default one alike on every rank, the tensor-parallel one per TP rank.
     seed_streams(config.run.seed, topo.tensor_rank, topo.device)
     if topo.pipeline_size > 1:
-        from modtrain.model.pipeline_layers import BlockLayer
+        from modtrain.model.pipeline_layers import AuxGradScale, BlockLayer
         from modtrain.parallel.pipeline_stages import build_pipeline, format_stage_costs
 
-        model, table = build_pipeline(config, topo)
+        aux_scale = AuxGradScale()  # kept current by the step runner
+        model, table = build_pipeline(config, topo, aux_scale)
         log("pipeline stages (balanced by forward FLOPs):\n" + format_stage_costs(table))
         mpu = None  # the pipeline module carries its own topology
     else:
@@ -129,10 +120,9 @@ def build_engine(config: Config, topo: Topology, ds_config: dict,
     )
     if topo.pipeline_size > 1:
         blocks = [m for m in model.modules() if isinstance(m, BlockLayer)]
-        for block in blocks:
-            block.aux_grad_scale = functools.partial(aux_grad_scale, engine)
         return engine, optimizer, PipelineStep(engine, optimizer, blocks,
-                                               routing_stat_keys(config), topo.pipeline_size)
+                                               routing_stat_keys(config), topo.pipeline_size,
+                                               aux_scale)
     if topo.data_size == 1 and t.zero_stage == 0:
         # One data-parallel rank without ZeRO: DeepSpeed would still flatten every gradient,
         # all-reduce it over a group of one and copy it back, a few percent of a small step.

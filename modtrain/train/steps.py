@@ -16,6 +16,7 @@ import torch
 
 from modtrain.data.read.dataset import ValidationSequences, ValidationSet
 from modtrain.model.documents import Documents
+from modtrain.model.pipeline_layers import AuxGradScale
 from modtrain.parallel.collectives import summarize_step
 from modtrain.progress_bar import bar
 from modtrain.train.grad_clip import GradientClipper
@@ -148,16 +149,27 @@ class EngineStep:
         return total, count
 
 
+def aux_grad_scale(engine: Any) -> float:
+    """d(what the pipeline engine differentiates) / d(an aux loss): DeepSpeed divides the LM
+    loss by the accumulation steps and, under fp16, multiplies it by the current dynamic
+    loss scale before its backward, then unscales every gradient; an aux-loss gradient
+    injected without the same factor would come out 1 / loss scale (about 2^-16) too small.
+    """
+    scale = getattr(engine.optimizer, "loss_scale", None) if engine.fp16_enabled() else None
+    return float(scale if scale is not None else 1.0) / engine.gradient_accumulation_steps()
+
+
 class PipelineStep:
     """DeepSpeed's pipeline schedule (1F1B) runs the micro-batches of a step itself."""
 
     def __init__(self, engine: Any, optimizer: Any, blocks: list[Any], routed_keys: list[str],
-                 pipeline: int) -> None:
+                 pipeline: int, aux_scale: AuxGradScale | None = None) -> None:
         self.engine = engine
         self.optimizer = optimizer
         self.blocks = blocks  # this stage's BlockLayers
         self.routed_keys = routed_keys  # every routed statistic of the whole model
         self.pipeline = pipeline
+        self.aux_scale = aux_scale or AuxGradScale()  # the one the stage's blocks read
 
     def _iterator(self, micro_batches: Sequence[Batch]):
         return iter([_to_device(b, self.engine.device) for b in micro_batches])
@@ -172,6 +184,8 @@ class PipelineStep:
         return {k: local.get(k, zero) for k in self.routed_keys}
 
     def train(self, micro_batches: Sequence[Batch], stop_requested: bool) -> StepOutcome:
+        # The loss scale changes only in the optimizer step, after every micro-batch's backward.
+        self.aux_scale.value = aux_grad_scale(self.engine)
         loss = self.engine.train_batch(data_iter=self._iterator(micro_batches))
         loss = torch.as_tensor(loss, device=self.engine.device).detach().double().reshape(())
         # The update already happened; DeepSpeed skips it itself when the gradient norm is

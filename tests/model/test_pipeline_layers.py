@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from modtrain.config import load_config
-from modtrain.model.pipeline_layers import BlockLayer
-from modtrain.train.engine import aux_grad_scale
+from modtrain.model.pipeline_layers import AuxGradScale, BlockLayer
+from modtrain.train.steps import aux_grad_scale
 
 MODEL = ["model.num_layers=2", "model.num_heads=2", "model.hidden_size=16",
          "model.vocab_size=32", "data.seq_length=16", "model.max_seq_length=16",
@@ -32,23 +32,25 @@ def test_fp16_loss_scale_reaches_the_aux_gradient(dist):
     carry S / G too, or it comes out S times too small (2^-16 at the initial scale)."""
     config = load_config(None, MODEL)
     torch.manual_seed(0)
-    block = BlockLayer(config.model, 1)  # parameters as allocated: the stage builder inits
+    aux_scale = AuxGradScale()  # what the step runner keeps current
+    # Parameters as allocated: the stage builder inits.
+    block = BlockLayer(config.model, 1, aux_scale=aux_scale)
     with torch.no_grad():
         for name, p in block.named_parameters():
             p.copy_(torch.ones_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
     block.train()
     hidden = torch.randn(16, 2, 16)
     steps, scale = 4, 2.0**16
-    block.aux_grad_scale = lambda: 1.0 / steps
+    aux_scale.value = 1.0 / steps
     reference = _grads(block, hidden, 1.0 / steps, 1.0)  # fp32: no loss scale
-    block.aux_grad_scale = lambda: scale / steps
+    aux_scale.value = scale / steps
     scaled = _grads(block, hidden, scale / steps, scale)
     router = [n for n in reference if "router" in n]
     assert router, "the routed block has router parameters"
     for name, grad in reference.items():
         torch.testing.assert_close(scaled[name], grad, rtol=1e-6, atol=1e-9)
     # Without the loss scale in the injection (before the fix) the router's gradient differs.
-    block.aux_grad_scale = lambda: 1.0 / steps
+    aux_scale.value = 1.0 / steps
     unscaled = _grads(block, hidden, scale / steps, scale)
     assert any(not torch.allclose(unscaled[n], reference[n]) for n in router)
 
