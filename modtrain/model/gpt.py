@@ -1,10 +1,12 @@
 """Decoder-only GPT with optional Mixture-of-Depths blocks, built from megatron-core parts.
 
-Tensors inside the model are sequence-first ([S, B, H]) as megatron-core expects. The
-model holds no parallelism logic of its own: tensor parallelism lives in megatron-core's
-layers, data parallelism and ZeRO in DeepSpeed. Under sequence parallelism the embedding
-output is split along the sequence over the tensor ranks and stays split until the output
-layer gathers it (model/sequence_parallel.py).
+`GPT` is the list of layers that pipeline stages cut (model/pipeline_layers.py), run whole:
+one forward per layer, with the parameter names checkpoints and exports hold (embedding.,
+blocks.N., final_norm., output_layer.). Tensors inside the model are sequence-first
+([S, B, H]) as megatron-core expects. The model holds no parallelism logic of its own:
+tensor parallelism lives in megatron-core's layers, data parallelism and ZeRO in DeepSpeed.
+Under sequence parallelism the embedding output is split along the sequence over the tensor
+ranks and stays split until the output layer gathers it (model/sequence_parallel.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Pipeline layers: the routing aux-loss gradient a block injects into the backward, scaled as
-DeepSpeed scales the LM loss (accumulation steps, and fp16's dynamic loss scale)."""
+"""Pipeline layers: GPT runs the same layers whole; the routing aux-loss gradient a block
+injects into the backward, scaled as DeepSpeed scales the LM loss (accumulation steps, and
+fp16's dynamic loss scale)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pytest
 import torch
 
 from modtrain.config import load_config
-from modtrain.model.pipeline_layers import AuxGradScale, BlockLayer
+from modtrain.model import GPT
+from modtrain.model.pipeline_layers import (
+    AuxGradScale,
+    BlockLayer,
+    head_loss,
+    tied_head,
+    tied_head_input,
+)
 from modtrain.train.steps import aux_grad_scale
 
 MODEL = ["model.num_layers=2", "model.num_heads=2", "model.hidden_size=16",
@@ -67,3 +75,31 @@ def test_the_engine_scale_follows_deepspeeds_loss_scale():
     assert aux_grad_scale(engine(True, 65536.0)) == pytest.approx(16384.0)
     assert aux_grad_scale(engine(False, None)) == pytest.approx(0.25)
     assert aux_grad_scale(engine(False, 65536.0)) == pytest.approx(0.25)  # bf16: no scale
+
+
+@pytest.mark.parametrize("tied,chunk", [(True, 0), (False, 0), (True, 8), (False, 8)])
+def test_gpt_runs_the_pipeline_layers(dist, tied, chunk):
+    """GPT is its pipeline layers run whole: their parameters are GPT's (under GPT's names),
+    and the layers' pipeline forwards, chained as the stages chain them, give GPT's logits
+    and loss exactly (the per-layer code exists once)."""
+    config = load_config(None, [*MODEL, f"model.tie_embeddings={str(tied).lower()}"])
+    model = GPT(config.model, seed=3, loss_chunk_tokens=chunk).eval()
+    first, *blocks, norm, head = model.layers
+    assert all(isinstance(b, BlockLayer) for b in blocks)
+    layer_params = {id(p) for layer in model.layers for p in layer.parameters()}
+    assert layer_params == {id(p) for p in model.parameters()}
+    head.chunked = bool(chunk)  # as pipeline_layer_specs builds the last stage
+    tokens = torch.randint(0, config.model.vocab_size, (2, 16),
+                           generator=torch.Generator().manual_seed(0))
+    labels = tokens.roll(-1, dims=1)
+    with torch.no_grad():
+        x = first(tokens)
+        for block in blocks:
+            x = block(x)
+        x = norm(x)
+        outputs = (tied_head_input(head, x) if chunk else tied_head(head, x)) if tied else head(x)
+        want = model(tokens, labels)
+        if not chunk:
+            assert torch.equal(outputs.transpose(0, 1), model(tokens).logits)
+    loss = head_loss(outputs, labels, config.model.vocab_size, chunk, tensor_size=1)
+    assert torch.equal(loss, want.lm_loss)
