@@ -1,8 +1,10 @@
 """The engine's step hands each row's documents to the model (data.document_mask,
-data.reset_positions); under ZeRO-3 the model is built partitioned, with the same weights."""
+data.reset_positions); the model is built on the rank's device, under ZeRO-3 partitioned,
+with the same weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,15 +16,45 @@ import torch
 from modtrain.config import load_config
 from modtrain.data.read.loading import build_training_data
 from modtrain.model import GPT
-from modtrain.train.engine import document_split
+from modtrain.train.ds_config import deepspeed_config
+from modtrain.train.engine import build_model, document_split
 from modtrain.train.inputs import check_inputs
 from modtrain.train.optim import build_optimizer
 from tests.conftest import cli_env
+from tests.model.live_bytes import LiveBytes
 from tests.train.helpers import free_port, tiny_config
 
 ZERO3_MODEL = ["model.vocab_size=64", "model.num_layers=8", "model.hidden_size=128",
                "model.num_heads=4", "model.max_seq_length=32", "data.seq_length=32",
                "train.zero_stage=3", "train.micro_batch_size=1"]
+
+
+DEVICE_MODEL = [o for o in ZERO3_MODEL if not o.startswith("train.zero_stage")]
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_the_model_is_built_on_the_topology_device_one_host_parameter_at_a_time(
+        dist, zero_stage):
+    """ZeRO 0-2: build_model puts every parameter on topo.device (here "meta", a device
+    that is not host memory), and the host never holds more than the one full parameter
+    being drawn: before, each rank built its whole model in host memory first."""
+    config = load_config(None, [*DEVICE_MODEL, f"train.zero_stage={zero_stage}"])
+    topo = dataclasses.replace(dist, device=torch.device("meta"))
+    with LiveBytes("cpu") as host:
+        model = build_model(config, topo, deepspeed_config(config, 1, cuda=False))
+    sizes = [p.numel() * p.element_size() for p in model.parameters()]
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert max(sizes) < sum(sizes) / 8  # the bound below is far from the whole model
+    assert 0 < host.peak <= max(sizes)
+
+
+def test_the_model_built_on_the_host_has_the_one_process_weights(dist):
+    config = load_config(None, [*DEVICE_MODEL, "model.mod.enabled=true"])
+    model = build_model(config, dist, deepspeed_config(config, 1, cuda=False))
+    reference = GPT(config.model, seed=config.run.seed).state_dict()
+    assert model.state_dict().keys() == reference.keys()
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, reference[name]), name
 
 
 @pytest.mark.slow

@@ -13,36 +13,13 @@ import sys
 import deepspeed
 import torch
 import torch.distributed as dist
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from modtrain.config import load_config
 from modtrain.parallel import init_distributed
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.engine import build_model
 from modtrain.train.optim import build_optimizer
-
-
-class LiveBytes(TorchDispatchMode):
-    """Counts the storage bytes of every tensor an operator returns while any tensor still
-    holds that storage, and keeps the largest total seen after any operator."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                ref = StorageWeakRef(storage)
-                self.live.setdefault(ref.cdata, (ref, storage.nbytes()))
-        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
-        self.peak = max(self.peak, sum(nbytes for _, nbytes in self.live.values()))
-        return out
+from tests.model.live_bytes import LiveBytes
 
 
 def main(prefix: str, overrides: list[str]) -> None:
