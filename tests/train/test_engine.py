@@ -118,6 +118,21 @@ def test_zero3_ranks_build_only_their_partition_with_the_one_process_weights(
     assert loss == pytest.approx(fp32_loss, rel=0.02 if dtype == torch.bfloat16 else 1e-6)
 
 
+def test_deepspeed_refuses_its_moe_layer_under_zero3(dist):
+    """Why model.moe with train.zero_stage=3 is refused by the config check
+    (tests/config/test_config.py): DeepSpeed's own engine rejects its MoE layer under ZeRO-3.
+    If a DeepSpeed release lifts the limit, this fails and the check can go."""
+    import deepspeed
+
+    config = load_config(None, [*DEVICE_MODEL, "model.moe.enabled=true", "train.zero_stage=2"])
+    ds_config = deepspeed_config(config, 1, cuda=False)
+    ds_config["zero_optimization"]["stage"] = 3  # what the config check refuses
+    model = GPT(config.model, seed=config.run.seed)
+    with pytest.raises(AssertionError, match="MoE is not supported with ZeRO Stage 3"):
+        deepspeed.initialize(model=model, optimizer=build_optimizer(model, config.train),
+                             config=ds_config)
+
+
 def test_no_document_options_no_split(tmp_path, paragraph_store, char_tokenizer):
     config = load_config(tiny_config(tmp_path, paragraph_store, char_tokenizer, "r"))
     assert document_split(config) is None
