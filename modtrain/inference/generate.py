@@ -154,32 +154,11 @@ def generate_text(
     sampling = sampling or Sampling(temperature=0.8)
     where = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, where)
-    if max_new_tokens < 0:
-        raise ModtrainError(f"--max-new-tokens {max_new_tokens} is negative")
-    if num_samples < 1:
-        raise ModtrainError(f"--num-samples {num_samples} must be at least 1")
-    if stop == "":
-        raise ModtrainError("--stop is empty; give the text that ends a sample")
-    if routing is not None and not read_export_config(export_dir).get("mod_routed_layers"):
-        raise ModtrainError(f"--routing {routing} does not apply: {export_dir} is a dense export "
-                            "(no routed layers); drop --routing")
+    _check_request(export_dir, max_new_tokens, num_samples, stop, routing)
     model = load_export(export_dir, torch_dtype, inference_routing=routing).to(where)
     window = context_window(read_export_config(export_dir), context)  # config.json checked
-    if not (Path(export_dir) / "tokenizer.model").is_file():
-        raise ModtrainError(f"{export_dir} has no tokenizer.model; convert the checkpoint "
-                            "again with --tokenizer PATH.model")
-    tokenizer = Tokenizer(Path(export_dir) / "tokenizer.model")
-    check_vocabulary(tokenizer.vocab_size, model.config.vocab_size, tokenizer.path,
-                     "convert the checkpoint again with --tokenizer set to the one training used")
-    unknown = unknown_characters(tokenizer, prompt)
-    if unknown:
-        log.warning(f"the prompt's characters {', '.join(map(repr, unknown))} are not in "
-                    "the tokenizer's vocabulary; the model sees each as the unknown token (⁇)")
-    ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
-    if len(ids) > window and max_new_tokens > 0:
-        log.warning(f"the prompt is {len(ids)} tokens, longer than the model's {window}-token "
-                    f"window; kept its last {restart_length(window)} of {len(ids)} tokens (see "
-                    "'modtrain generate --help')")
+    tokenizer = _export_tokenizer(export_dir, model.config.vocab_size)
+    ids = _prompt_ids(tokenizer, prompt, window, max_new_tokens)
     prompt_ids = torch.tensor([ids] * num_samples, dtype=torch.long, device=where)
     stop_fn = None if stop is None else (lambda gen: stop in tokenizer.decode(gen))
     # Sampling draws on the model's device (multinomial needs a generator there).
@@ -194,3 +173,43 @@ def generate_text(
             text = text[: text.index(stop)]
         texts.append(head + text)
     return texts, result
+
+
+def _check_request(export_dir: str | Path, max_new_tokens: int, num_samples: int,
+                   stop: str | None, routing: str | None) -> None:
+    """Refuse, before the export is loaded, options that cannot apply."""
+    if max_new_tokens < 0:
+        raise ModtrainError(f"--max-new-tokens {max_new_tokens} is negative")
+    if num_samples < 1:
+        raise ModtrainError(f"--num-samples {num_samples} must be at least 1")
+    if stop == "":
+        raise ModtrainError("--stop is empty; give the text that ends a sample")
+    if routing is not None and not read_export_config(export_dir).get("mod_routed_layers"):
+        raise ModtrainError(f"--routing {routing} does not apply: {export_dir} is a dense export "
+                            "(no routed layers); drop --routing")
+
+
+def _export_tokenizer(export_dir: str | Path, vocab_size: int) -> Tokenizer:
+    """The export's tokenizer.model, checked against the model's vocabulary."""
+    if not (Path(export_dir) / "tokenizer.model").is_file():
+        raise ModtrainError(f"{export_dir} has no tokenizer.model; convert the checkpoint "
+                            "again with --tokenizer PATH.model")
+    tokenizer = Tokenizer(Path(export_dir) / "tokenizer.model")
+    check_vocabulary(tokenizer.vocab_size, vocab_size, tokenizer.path,
+                     "convert the checkpoint again with --tokenizer set to the one training used")
+    return tokenizer
+
+
+def _prompt_ids(tokenizer: Tokenizer, prompt: str, window: int, max_new_tokens: int) -> list[int]:
+    """The prompt's token ids (the end-of-text id for an empty prompt), with a warning for
+    characters the vocabulary lacks and for a prompt longer than the window."""
+    unknown = unknown_characters(tokenizer, prompt)
+    if unknown:
+        log.warning(f"the prompt's characters {', '.join(map(repr, unknown))} are not in "
+                    "the tokenizer's vocabulary; the model sees each as the unknown token (⁇)")
+    ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
+    if len(ids) > window and max_new_tokens > 0:
+        log.warning(f"the prompt is {len(ids)} tokens, longer than the model's {window}-token "
+                    f"window; kept its last {restart_length(window)} of {len(ids)} tokens (see "
+                    "'modtrain generate --help')")
+    return ids

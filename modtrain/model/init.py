@@ -3,9 +3,10 @@
 Every parameter is drawn in full (TP=1 shape) from a generator seeded by the run seed and
 the parameter's name, then split like megatron-core splits it. Any tensor-parallel size
 (and, by name, any pipeline split) therefore starts from the same model. How each kind of
-parameter is drawn is its row's `init` in the parameter table. Parameters are drawn one at
-a time, so at most one full parameter exists besides the model; a ZeRO-3 partitioned
-parameter (built under `deepspeed.zero.Init`) keeps only this rank's partition of it.
+parameter is drawn is its row's `init` in the parameter table. Parameters are drawn on the
+CPU one at a time and copied into the parameter wherever it lives (the engine builds the
+model on the rank's device), so the host holds at most one full parameter; a ZeRO-3
+partitioned parameter (built under `deepspeed.zero.Init`) keeps only this rank's partition.
 """
 
 from __future__ import annotations

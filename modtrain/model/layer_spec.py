@@ -51,8 +51,9 @@ def transformer_config(model: ModelConfig, tensor_size: int = 1,
         hidden_dropout=model.dropout,
         attention_dropout=model.dropout,
         init_method_std=model.init_std,
-        # Parameters are allocated on CPU (under ZeRO-3, deepspeed.zero.Init moves each to
-        # the rank's device and keeps only its partition); their values come from
+        # Parameters are allocated with no device, so on the device of the context they are
+        # built in (the engine's: the rank's device; under ZeRO-3 deepspeed.zero.Init, which
+        # also keeps only this rank's partition); their values come from
         # modtrain.model.init, which draws layout-independent weights (any TP size starts
         # from the same model).
         use_cpu_initialization=True,

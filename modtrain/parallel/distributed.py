@@ -124,16 +124,7 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
             f"= {tensor} x {pipeline}; launch a multiple of {tensor * pipeline} processes"
         )
     local_rank = launch.local_rank
-    if accelerator == "cuda":
-        index = device_index(local_rank, torch.cuda.device_count())
-        os.environ["LOCAL_RANK"] = str(index)  # DeepSpeed binds its engine to this device
-        torch.cuda.set_device(index)
-        device = torch.device("cuda", index)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
-        skip_shm_comm_op()
+    device, backend = _bind_device(accelerator, local_rank)
     timeout = timedelta(minutes=timeout_minutes)
     if not torch.distributed.is_initialized():
         if deepspeed_comm:
@@ -149,7 +140,25 @@ def init_distributed(tensor: int = 1, pipeline: int = 1, deepspeed_comm: bool = 
             tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline,
             create_gloo_process_groups=False, distributed_timeout_minutes=timeout_minutes,
         )
-    ps = parallel_state
+    return _topology(world_size, local_rank, tensor, pipeline, device)
+
+
+def _bind_device(accelerator: str, local_rank: int) -> tuple[torch.device, str]:
+    """This rank's device and its collective backend (NCCL on a GPU, gloo on the CPU)."""
+    if accelerator == "cuda":
+        index = device_index(local_rank, torch.cuda.device_count())
+        os.environ["LOCAL_RANK"] = str(index)  # DeepSpeed binds its engine to this device
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index), "nccl"
+    skip_shm_comm_op()
+    return torch.device("cpu"), "gloo"
+
+
+def _topology(world_size: int, local_rank: int, tensor: int, pipeline: int,
+              device: torch.device) -> Topology:
+    """This rank's Topology, read once from megatron-core's initialised parallel state."""
+    from megatron.core import parallel_state as ps
+
     return Topology(
         rank=torch.distributed.get_rank(),
         world_size=world_size,

@@ -123,6 +123,12 @@ def build_pipeline(config: Config, topo: Topology, aux_scale: AuxGradScale | Non
             stage = self._topo.get_coord(self.global_rank).pipe
             self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
 
+        # PipelineModule builds its stage's layers in host memory and then moves itself to
+        # the accelerator; built on the device, a rank holds no host copy of its stage.
+        def _build(self) -> None:
+            with torch.device(topo.device):
+                super()._build()
+
     # Same rank order as megatron-core's parallel_state: tensor fastest, then data, then pipe.
     topology = PipeModelDataParallelTopology(
         num_pp=topo.pipeline_size, num_mp=topo.tensor_size, num_dp=topo.data_size

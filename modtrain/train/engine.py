@@ -62,11 +62,13 @@ def check_precision(precision: str, accelerator: Any) -> None:
 
 def layer_build_context(config: Config, topo: Topology, ds_config: dict
                         ) -> Callable[[], contextlib.AbstractContextManager]:
-    """The context GPT's layers are built in. Under ZeRO-3, `deepspeed.zero.Init`: each
-    layer's parameters are partitioned over the data-parallel group (in the training dtype,
-    on this rank's device) as soon as the layer is built, so no rank holds the whole model."""
+    """The context GPT's layers are built in: this rank's device (`topo.device`), so no rank
+    builds a host copy of its model for DeepSpeed to move. Under ZeRO-3, `deepspeed.zero.Init`:
+    it allocates on the same device (its tensor overrides) and partitions each layer's
+    parameters over the data-parallel group, in the training dtype, as soon as the layer is
+    built, so no rank holds the whole model."""
     if config.train.zero_stage != 3:
-        return contextlib.nullcontext
+        return functools.partial(torch.device, topo.device)  # a torch.device is a context
     import deepspeed
 
     # The MPU gives DeepSpeed's config check the data-parallel size (not the world size).

@@ -1,6 +1,7 @@
 """Builds GPT as the engine does (`build_model`) under ZeRO-3 and saves, per rank, the most
-tensor bytes alive at once during construction, this rank's partition, and (gathered) the
-full weights, and the sizes of the optimizer's parameter groups.
+tensor bytes alive at once during construction, this rank's partition, (gathered) this tensor
+rank's full weights, the sizes of the optimizer's parameter groups, and the loss the engine
+(`build_engine`) computes on `fixed_batch`.
 
 Run under torchrun: python -m torch.distributed.run --nproc_per_node 2 zero_init_worker.py
 OUT_PREFIX override [override ...]
@@ -13,36 +14,22 @@ import sys
 import deepspeed
 import torch
 import torch.distributed as dist
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-from modtrain.config import load_config
+from modtrain.config import Config, load_config
 from modtrain.parallel import init_distributed
 from modtrain.train.ds_config import deepspeed_config
-from modtrain.train.engine import build_model
+from modtrain.train.engine import build_engine, build_model
 from modtrain.train.optim import build_optimizer
+from tests.model.live_bytes import LiveBytes
 
 
-class LiveBytes(TorchDispatchMode):
-    """Counts the storage bytes of every tensor an operator returns while any tensor still
-    holds that storage, and keeps the largest total seen after any operator."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                ref = StorageWeakRef(storage)
-                self.live.setdefault(ref.cdata, (ref, storage.nbytes()))
-        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
-        self.peak = max(self.peak, sum(nbytes for _, nbytes in self.live.values()))
-        return out
+def fixed_batch(config: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same (tokens, labels) on every rank: tensor ranks need identical inputs, and data
+    ranks given the same rows compute one process's loss."""
+    gen = torch.Generator().manual_seed(7)
+    rows = torch.randint(config.model.vocab_size, (config.train.micro_batch_size,
+                                                   config.data.seq_length + 1), generator=gen)
+    return rows[:, :-1], rows[:, 1:]
 
 
 def main(prefix: str, overrides: list[str]) -> None:
@@ -57,10 +44,15 @@ def main(prefix: str, overrides: list[str]) -> None:
     params = list(model.parameters())
     with deepspeed.zero.GatheredParameters(params):
         weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    del model, params
+    engine, _, _ = build_engine(config, topo, ds_config)
+    tokens, labels = fixed_batch(config)
+    with torch.no_grad():
+        loss = engine(tokens, labels).loss.float()
     print(f"rank {dist.get_rank()}: peak {counter.peak / 2**20:.2f} MiB of tensors alive, "
-          f"partition {partition / 2**20:.2f} MiB", flush=True)
+          f"partition {partition / 2**20:.2f} MiB, loss {loss:.6f}", flush=True)
     torch.save({"peak": counter.peak, "partition": partition, "weights": weights,
-                "groups": groups},
+                "groups": groups, "tensor_rank": topo.tensor_rank, "loss": loss},
                f"{prefix}{dist.get_rank()}.pt")
     dist.barrier()
 
