@@ -7,6 +7,8 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from modtrain.config import Config
 from modtrain.model.flops import head_flops, layer_flops
 from modtrain.model.init import initialize_parameters
