@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from safetensors import SafetensorError
 
+from modtrain.checkpoint.format import STATE_FILE
+from modtrain.checkpoint.tags import candidate_tags, complete_tags, read_state
 from modtrain.config import config_from_dict
 from modtrain.config.load import read_yaml
 from modtrain.config.schema import ModelConfig
@@ -24,16 +26,7 @@ from modtrain.data.tokenizer import file_sha256
 from modtrain.errors import ModtrainError, shown
 from modtrain.model.flops import model_flops
 from modtrain.model.param_table import parameter_count
-from modtrain.run_dir import (
-    CHECKPOINTS,
-    CONFIG_FILE,
-    METRICS_FILE,
-    STATE_FILE,
-    candidate_tags,
-    complete_tags,
-    read_metrics,
-    read_state,
-)
+from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, METRICS_FILE, read_metrics
 
 
 def _model_facts(model: dict[str, Any], seq_length: int) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def test_an_old_checkpoint_resumes_training(tmp_path, old_run, corpus):
 
 @pytest.mark.slow
 def test_an_old_checkpoint_converts_to_the_logits_it_was_trained_to(dist, tmp_path, old_run):
-    from modtrain.inference.checkpoint_reader import read_checkpoint
+    from modtrain.checkpoint.read.reader import read_checkpoint
     from modtrain.inference.export import load_export
     from modtrain.inference.hf_layout import model_config
     from modtrain.model import GPT

@@ -3,7 +3,7 @@
 RUN/checkpoints/<tag>/ holds DeepSpeed's model states (+ ZeRO optimizer partitions) and
 modtrain.json (step, resolved config, parallel layout). Weights come back as full fp32
 tensors under the training model's names, whatever the ZeRO stage and data-parallel size,
-each built when it is asked for (inference/lazy_tensors.py) from the memory-mapped files.
+each built when it is asked for (checkpoint/read/lazy_tensors.py) from the memory-mapped files.
 """
 
 from __future__ import annotations
@@ -18,16 +18,23 @@ from typing import Any
 
 import torch
 
-from modtrain.checkpoint_files import check_tag
+from modtrain.checkpoint.files import check_tag
+from modtrain.checkpoint.format import STATE_FILE
+from modtrain.checkpoint.read.lazy_tensors import LazyTensors
+from modtrain.checkpoint.read.safe_load import load_weights_only
+from modtrain.checkpoint.read.zero_merge import (
+    OPTIMIZER_STATE,
+    add_shared,
+    merge_zero3,
+    merge_zero12,
+)
+from modtrain.checkpoint.tags import candidate_tags, complete_tags, latest_tag
 from modtrain.errors import ModtrainError
-from modtrain.inference.lazy_tensors import LazyTensors
-from modtrain.inference.safe_load import load_weights_only
-from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
 from modtrain.model.param_table import expert_index, gpt_name
 from modtrain.model.tensor_split import full_shape
 from modtrain.model.tensor_split import merge as merge_tensor_shards
 from modtrain.progress_bar import bar
-from modtrain.run_dir import CHECKPOINTS, STATE_FILE, candidate_tags, complete_tags, latest_tag
+from modtrain.run_dir import CHECKPOINTS
 
 
 @dataclass

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from modtrain.checkpoint.engine.resume import (
+    context_notes,
+    current_layout,
+    needs_universal,
+    plan_resume,
+)
 from modtrain.errors import ModtrainError
-from modtrain.train.resume import context_notes, current_layout, needs_universal, plan_resume
 
 
 def _saved(root: Path, layout: dict[str, int], model: dict | None = None) -> Path:

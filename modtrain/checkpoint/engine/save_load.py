@@ -1,14 +1,6 @@
 """Atomic, resumable checkpoints on top of DeepSpeed's sharded checkpoint format.
 
-RUN/checkpoints/
-  step_00001000/            one complete checkpoint (a DeepSpeed tag directory):
-    mp_rank_*_model_states.pt, *optim_states.pt   DeepSpeed's model and ZeRO-sharded states
-    rng_rank_00000.pt ...   torch RNG state of every rank (loaded with weights_only=True)
-    modtrain.json           step, data-loader state, resolved config, parallel layout
-  latest                    the tag of the newest complete checkpoint
-    checksums.json          size and sha256 of every other file (modtrain.checkpoint_files)
-  .universal[-pipeline]-step_00001000/   DeepSpeed universal copy, for another layout
-    checksums.json          its own checksums, over every file of the tree (train/universal.py)
+The tag layout is checkpoint/format.py's.
 Every rank writes into `.tmp-<tag>`; after a barrier the ranks hash the files, rank 0 writes
 checksums.json, renames the folder to `<tag>` and only then rewrites `latest` (write +
 rename), so a crash or kill -9 mid-save leaves the previous checkpoint intact and `latest`
@@ -37,31 +29,28 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from modtrain.checkpoint_files import (
-    DEEPSPEED_GLOBALS,
-    RECOVERY_SCRIPTS,
+from modtrain.checkpoint.files import (
     checksums,
     restricted_load,
     share,
     tag_files,
     write_manifest,
 )
+from modtrain.checkpoint.format import (
+    DEEPSPEED_GLOBALS,
+    LATEST,
+    RECOVERY_SCRIPTS,
+    STATE_FILE,
+    TMP_PREFIX,
+    original_tag,
+    step_of,
+    tag_for,
+    universal_tag,
+)
+from modtrain.checkpoint.tags import complete_tags, latest_tag, read_state
 from modtrain.errors import ModtrainError
 from modtrain.model.tensor_split import universal_checkpoint_info
 from modtrain.parallel import collectives
-from modtrain.run_dir import (
-    LATEST,
-    STATE_FILE,
-    complete_tags,
-    latest_tag,
-    read_state,
-    step_of,
-    tag_for,
-)
-
-TMP_PREFIX = ".tmp-"
-UNIVERSAL_PREFIX = ".universal-"  # parameter folders named as in GPT
-UNIVERSAL_PIPELINE_PREFIX = ".universal-pipeline-"  # named as in the pipeline module
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -217,21 +206,9 @@ def on_rank0(fn: Callable[[], T]) -> T:
     return value
 
 
-def universal_tag(tag: str, pipeline: bool) -> str:
-    """Directory of `tag`'s universal checkpoint named for a pipeline or a flat (GPT) model."""
-    return (UNIVERSAL_PIPELINE_PREFIX if pipeline else UNIVERSAL_PREFIX) + tag
-
-
 def _remove_universal_copies(root: Path, tag: str) -> None:
     for pipeline in (False, True):
         shutil.rmtree(root / universal_tag(tag, pipeline), ignore_errors=True)
-
-
-def original_tag(tag: str) -> str:
-    for prefix in (UNIVERSAL_PIPELINE_PREFIX, UNIVERSAL_PREFIX):
-        if tag.startswith(prefix):
-            return tag.removeprefix(prefix)
-    return tag
 
 
 def _check_expert_parallel_size(engine, state: dict[str, Any], tag: str) -> None:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from modtrain.checkpoint_files import Problem, check_tag
+from modtrain.checkpoint.engine.universal import convert_in_job
+from modtrain.checkpoint.files import Problem, check_tag
+from modtrain.checkpoint.format import LATEST, STATE_FILE, step_of, universal_tag
+from modtrain.checkpoint.tags import candidate_tags, read_state
 from modtrain.config.schema import ModelConfig
 from modtrain.errors import ModtrainError
 from modtrain.parallel import collectives
-from modtrain.run_dir import LATEST, STATE_FILE, candidate_tags, read_state, step_of
-from modtrain.train import checkpoint
-from modtrain.train.universal import convert_in_job
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def choose_tag(checkpoint_dir: Path, fallback: bool = True,
                log: Callable[[str], None] = lambda _: None) -> str | None:
     """The tag to resume from: `latest` if it verifies, else (with `fallback`) the newest
     older complete tag that does (every complete tag when `latest` is empty or garbage:
-    run_dir.candidate_tags). None when the directory holds no checkpoint."""
+    checkpoint.tags.candidate_tags). None when the directory holds no checkpoint."""
     candidates = candidate_tags(checkpoint_dir)
     named = _latest_text(checkpoint_dir)
     skipped: list[str] = []
@@ -189,7 +189,7 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int],
     step = step_of(tag)
     if universal:
         pipeline = layout["pipeline"] > 1
-        if not (checkpoint_dir / checkpoint.universal_tag(tag, pipeline)).is_dir():
+        if not (checkpoint_dir / universal_tag(tag, pipeline)).is_dir():
             log(f"layout changed ({_describe(saved)} -> {_describe(layout)}): converting {tag} "
                 "to a universal checkpoint on rank 0; for a large model convert before "
                 f"launching: modtrain checkpoint universal {checkpoint_dir} --tag {tag} "
