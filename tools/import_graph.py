@@ -61,7 +61,8 @@ JOBS: dict[str, str] = {
                "Slurm logs, moving a run aside",
     "checkpoint": "the checkpoint package: the units below",
     "checkpoint.format": "the checkpoint format, the contract between writer and readers: the "
-                         "tag layout, file names, tag names",
+                         "tag layout, file names, tag names, `CheckpointState` (modtrain.json "
+                         "as a typed, versioned dataclass)",
     "checkpoint.files": "what checkpoint files may unpickle (an allow-list) and their checksums",
     "checkpoint.tags": "a checkpoint directory's tags: the complete ones, `latest`, the order "
                        "resume and convert try them in, a tag's state",

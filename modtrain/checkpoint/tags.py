@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from modtrain.checkpoint.format import LATEST, STATE_FILE
+from modtrain.checkpoint.format import LATEST, STATE_FILE, CheckpointState, StateError
 
 
 def latest_tag(checkpoint_dir: str | Path) -> str | None:
@@ -15,9 +14,15 @@ def latest_tag(checkpoint_dir: str | Path) -> str | None:
     return pointer.read_text().strip() if pointer.is_file() else None
 
 
-def read_state(checkpoint_dir: str | Path, tag: str) -> dict[str, Any]:
+def read_state(checkpoint_dir: str | Path, tag: str) -> CheckpointState:
     """modtrain's own state of one checkpoint (JSON, no pickle)."""
-    return json.loads((Path(checkpoint_dir) / tag / STATE_FILE).read_text())
+    path = Path(checkpoint_dir) / tag / STATE_FILE
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as e:  # also text that is not UTF-8
+        raise StateError(f"{path} is not JSON ({str(e)[:120]}); the checkpoint is damaged, "
+                            "resume from or convert an older tag") from None
+    return CheckpointState.from_json(value, str(path))
 
 
 def complete_tags(checkpoint_dir: str | Path) -> list[str]:

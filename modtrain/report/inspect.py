@@ -65,10 +65,10 @@ def _identity(path: str, base: Path) -> dict[str, Any]:
 
 def _checkpoint(root: Path, tag: str) -> dict[str, Any]:
     state = read_state(root, tag)
-    config = state["config"]
+    config = state.config
     return {
-        "kind": "checkpoint", "path": str(root / tag), "step": state.get("step"),
-        "layout": state.get("layout"), "config": config,
+        "kind": "checkpoint", "path": str(root / tag), "step": state.step,
+        "layout": state.layout.to_json() if state.layout else None, "config": config,
         "model": _model_facts(config["model"], config["data"]["seq_length"]),
     }
 

@@ -53,8 +53,7 @@ def check_schedule(config: Config) -> None:
     found = _resumed(config)
     if found is not None:
         state = read_state(*found)
-        check_continues(config_from_dict(state["config"]).train, config.train,
-                        int(state["step"]))
+        check_continues(config_from_dict(state.config).train, config.train, state.step)
 
 
 def start_from(config: Config) -> str | None:

@@ -132,7 +132,7 @@ def _universal(args: argparse.Namespace) -> None:
         raise ModtrainError(unsafe[0] if unsafe else
                             f"{root / tag} is damaged ({problems[0].text}{more}); restore the "
                             "file, or pass --tag with an older checkpoint that verifies")
-    if read_state(root, tag)["layout"]["zero_stage"] == 0:
+    if read_state(root, tag).saved_layout(str(root / tag)).zero_stage == 0:
         raise ModtrainError(f"{root / tag} was saved with train.zero_stage=0; DeepSpeed builds "
                             "universal checkpoints from ZeRO states only (train with ZeRO 1-3)")
     from modtrain.checkpoint.engine.universal import write_universal

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from modtrain.checkpoint.engine import save_load
+from modtrain.checkpoint.format import CheckpointState
 from modtrain.checkpoint.tags import latest_tag
 from modtrain.data.read.dataset import ValidationSet
 from modtrain.errors import ModtrainError
@@ -215,12 +216,12 @@ class Checkpointing(Hook):
     def save(self, run: Run, step: int) -> str:
         run.emit("before_save", step)
         t = run.config.train
-        state = {"step": step, "data": run.loader.state_dict(), "config": run.config_dict,
-                 "layout": run.layout}
+        state = CheckpointState(step=step, data=run.loader.state_dict(),
+                                config=run.config_dict, layout=run.layout)
         # During a streak of skipped updates the weights may be ruined: prune nothing, so
         # the last good checkpoints stay.
         keep_last, keep_every = (0, 0) if self.guard.in_streak else (t.keep_last, t.keep_every)
-        tag = save_load.save(run.engine, run.ckpt_dir, step, state, keep_last, keep_every)
+        tag = save_load.save(run.engine, run.ckpt_dir, state, keep_last, keep_every)
         run.message(f"saved checkpoint {run.ckpt_dir / tag}")
         run.emit("after_save", step, tag)
         return tag

@@ -61,10 +61,10 @@ def preflight(config: Config, overwrite: bool) -> DataSources:
 def _resume(run: Run, plan: ResumePlan, optimizer: Any) -> int:
     t = run.config.train
     state = save_load.load(run.engine, run.ckpt_dir, plan.tag, plan.same_layout)
-    start_step = int(state["step"])
-    for note in context_notes(state["config"]["model"], run.config.model):
+    start_step = state.step
+    for note in context_notes(state.model, run.config.model):
         run.message(f"modtrain: warning: {note}")
-    run.loader.load_state_dict(state["data"])
+    run.loader.load_state_dict(state.data)
     restore_group_settings(optimizer, t, start_step)
     untie_step_counters(optimizer)
     how = "" if plan.same_layout else " (layout changed: " + (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def three_tags(tmp_path_factory, dist, char_store, char_tokenizer) -> Path:
     tmp = tmp_path_factory.mktemp("tags")
     engine, state = _engine(tmp, char_store, char_tokenizer)
     for step in (1, 2, 3):
-        save_load.save(engine, tmp / "ckpt", step, {**state, "step": step})
+        save_load.save(engine, tmp / "ckpt", replace(state, step=step))
     return tmp / "ckpt"
 
 

@@ -38,7 +38,7 @@ def test_signal_on_one_rank_saves_on_all_and_exits_for_requeue(
     assert launcher.returncode == EXIT_REQUEUE, stderr[-3000:]
     root = tmp_path / "pre" / "checkpoints"
     tag = latest_tag(root)
-    saved_step = read_state(root, tag)["step"]
+    saved_step = read_state(root, tag).step
     assert saved_step == max(step_losses(tmp_path / "pre")) < 10_000
     # Both ranks wrote their part of the same step.
     assert {p.name for p in (root / tag).glob("rng_rank_*.pt")} == {

@@ -42,6 +42,7 @@ from modtrain.checkpoint.format import (
     RECOVERY_SCRIPTS,
     STATE_FILE,
     TMP_PREFIX,
+    CheckpointState,
     original_tag,
     step_of,
     tag_for,
@@ -102,14 +103,13 @@ def prune(checkpoint_dir: str | Path, keep_last: int, keep_every: int) -> list[s
 def save(
     engine,
     checkpoint_dir: str | Path,
-    step: int,
-    state: dict[str, Any],
+    state: CheckpointState,
     keep_last: int = 0,
     keep_every: int = 0,
 ) -> str:
     """Collective: every rank must call it. Returns the tag once `latest` points to it."""
     root = Path(checkpoint_dir)
-    tag = tag_for(step)
+    tag = tag_for(state.step)
     tmp = root / (TMP_PREFIX + tag)
     rank = dist.get_rank()
     if rank == 0:
@@ -121,14 +121,14 @@ def save(
     # describe the parameters of every pipeline stage.
     stage_names = collectives.gather_objects([n for n, _ in engine.module.named_parameters()])
     names = sorted({n for names in stage_names for n in names})
-    client = {"modtrain": state}
+    client: dict[str, Any] = {"modtrain": state.to_json()}
     if not getattr(engine, "has_moe_layers", False):
         # DeepSpeed reserves this key in MoE checkpoints; those resume on their own layout.
         client["universal_checkpoint_info"] = universal_checkpoint_info(names)
     engine.save_checkpoint(str(root), tag=tmp.name, client_state=client, save_latest=False)
     torch.save(_rng_state(), tmp / f"rng_rank_{rank:05d}.pt")
     if rank == 0:
-        _write_atomic(tmp / STATE_FILE, json.dumps(state, indent=1))
+        _write_atomic(tmp / STATE_FILE, json.dumps(state.to_json(), indent=1))
     collectives.barrier()  # every rank's shards are on disk
     files = _hash_together(tmp)
     if rank == 0:
@@ -211,10 +211,10 @@ def _remove_universal_copies(root: Path, tag: str) -> None:
         shutil.rmtree(root / universal_tag(tag, pipeline), ignore_errors=True)
 
 
-def _check_expert_parallel_size(engine, state: dict[str, Any], tag: str) -> None:
+def _check_expert_parallel_size(engine, state: CheckpointState, tag: str) -> None:
     """Experts' optimizer state is partitioned over their expert data-parallel group, whose
     size follows parallel.expert: a checkpoint loads only with the size it was saved with."""
-    saved = state["config"].get("parallel", {}).get("expert", 1)
+    saved = state.config.get("parallel", {}).get("expert", 1)
     sizes = {m.ep_size for m in engine.module.modules() if hasattr(m, "deepspeed_moe")}
     current = sizes.pop() if sizes else 1
     if saved != current:
@@ -246,7 +246,7 @@ def state_dict_mismatch(message: str, tag_dir: Path, shown: int = 3) -> str:
             "the model.* settings of that run (its config.yaml) or train into a new run.dir")
 
 
-def load(engine, checkpoint_dir: str | Path, tag: str, same_layout: bool) -> dict[str, Any]:
+def load(engine, checkpoint_dir: str | Path, tag: str, same_layout: bool) -> CheckpointState:
     """Load `tag` into `engine`; restore this rank's RNG when the layout is unchanged."""
     root = Path(checkpoint_dir)
     _check_expert_parallel_size(engine, read_state(root, original_tag(tag)), tag)

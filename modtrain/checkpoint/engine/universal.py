@@ -87,8 +87,8 @@ def write_universal(checkpoint_dir: str | Path, tag: str, pipeline: bool,
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     state = read_state(root, tag)
-    model = state["config"]["model"]
-    saved_pipeline = state["layout"]["pipeline"] > 1
+    model = state.model
+    saved_pipeline = state.saved_layout(str(root / tag)).pipeline > 1
     tmp = root / (TMP_PREFIX + target.name)
     shutil.rmtree(tmp, ignore_errors=True)
     workers = _workers()

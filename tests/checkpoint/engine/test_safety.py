@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,7 @@ def test_allow_list_covers_what_deepspeed_pickles(tmp_path, dist, char_store, ch
     recovery scripts DeepSpeed copies in are left out."""
     engine, state = _engine(tmp_path, char_store, char_tokenizer, f"train.zero_stage={stage}")
     root = tmp_path / "ckpt"
-    tag = save_load.save(engine, root, 1, {**state, "step": 1})
+    tag = save_load.save(engine, root, replace(state, step=1))
     assert _globals((root / tag).glob("*.pt")) <= set(DEEPSPEED_GLOBALS)
     assert not any((root / tag / script).exists() for script in RECOVERY_SCRIPTS)
 
