@@ -1,13 +1,12 @@
 """The run directory's layout: what training writes and what conversion, inspection and
-job status read.
+job status read (a checkpoint's own layout: checkpoint/format.py).
 
 RUN_DIR/
   config.yaml              the resolved config
   metrics.jsonl            one JSON object per logged step (and per evaluation)
   tensorboard/             TensorBoard event files
   checkpoints/
-    step_00001000/         one complete checkpoint (DeepSpeed's files + modtrain.json)
-    latest                 the tag of the newest complete checkpoint
+    step_00001000/         one complete checkpoint, `latest`: checkpoint/format.py
   logs/                    Slurm jobs: their scripts, slurm-JOBID.out, KIND-JOBID.RESTART.log
     jobs.jsonl             one line per submitted job
 """
@@ -23,29 +22,8 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
-LATEST = "latest"
-STATE_FILE = "modtrain.json"  # in each tag: step, data-loader state, config, layout (JSON)
 LOG_DIR = "logs"
 JOBS_FILE = "jobs.jsonl"  # in LOG_DIR
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def step_of(tag: str) -> int:
-    return int(tag.removeprefix("step_"))
-
-
-def latest_tag(checkpoint_dir: str | Path) -> str | None:
-    """The tag `latest` names, or None before the first save."""
-    pointer = Path(checkpoint_dir) / LATEST
-    return pointer.read_text().strip() if pointer.is_file() else None
-
-
-def read_state(checkpoint_dir: str | Path, tag: str) -> dict[str, Any]:
-    """modtrain's own state of one checkpoint (JSON, no pickle)."""
-    return json.loads((Path(checkpoint_dir) / tag / STATE_FILE).read_text())
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -63,28 +41,6 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         if isinstance(record, dict) and "step" in record:
             records.append(record)
     return records
-
-
-def complete_tags(checkpoint_dir: str | Path) -> list[str]:
-    """Tags of complete checkpoints (their state file written last), oldest first."""
-    root = Path(checkpoint_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.glob("step_*") if (p / STATE_FILE).is_file())
-
-
-def candidate_tags(checkpoint_dir: str | Path) -> list[str]:
-    """The complete tags to try, best first: the one `latest` names, then the older ones
-    newest first. An empty, garbage or dangling `latest` hides none: then every complete tag,
-    newest first. The one order resume and convert choose from (callers verify)."""
-    complete = complete_tags(checkpoint_dir)
-    try:
-        latest = latest_tag(checkpoint_dir)
-    except (OSError, UnicodeDecodeError):
-        latest = None
-    if latest not in complete:
-        return complete[::-1]
-    return [latest, *(t for t in reversed(complete) if t < latest)]
 
 
 def move_aside(path: Path) -> Path:

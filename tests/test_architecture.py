@@ -44,12 +44,12 @@ def direct_collective_calls(source: str) -> list[str]:
 
 def test_only_the_collectives_module_calls_collectives_in_train_and_parallel():
     """Tensors handed to NCCL must be on the GPU: one module builds them (on the topology's
-    device); elsewhere in train/ and parallel/ a direct call would bypass it."""
+    device); elsewhere in train/, parallel/ and checkpoint/ a direct call would bypass it."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "modtrain"
     found = {}
-    for package in ("train", "parallel"):
+    for package in ("train", "parallel", "checkpoint"):
         for path in sorted((root / package).rglob("*.py")):
             if path.name != "collectives.py":
                 calls = direct_collective_calls(path.read_text())

@@ -21,38 +21,55 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "modtrain"
 
 # Lower numbers sit lower: a unit may import only from its own unit or a lower layer.
-# Units are top-level packages/modules of modtrain, or data's sub-packages. Each has one
+# Units are top-level packages/modules of modtrain, or data's and checkpoint's sub-packages
+# and modules (SPLIT). Each has one
 # job (docs/architecture.md's package table is generated from these two tables).
 LAYERS: dict[str, int] = {
     "errors": 0,
     "log": 0,
     "config": 1,
     "run_dir": 1,
-    "checkpoint_files": 1,
+    "checkpoint": 1,
+    "checkpoint.format": 1,
     "launcher": 1,
     "progress_bar": 1,
     "resources": 1,
     "model": 2,
+    "checkpoint.files": 2,
+    "checkpoint.tags": 2,
     "data.format": 2,
     "data.tokenizer": 2,
     "data.read": 3,
+    "checkpoint.read": 3,
     "data.write": 3,
     "data": 4,
     "parallel": 5,
-    "train": 6,
+    "checkpoint.engine": 6,
     "inference": 6,
-    "cluster": 6,
-    "report": 7,
-    "cli": 8,
-    "__main__": 9,
+    "train": 7,
+    "cluster": 7,
+    "report": 8,
+    "cli": 9,
+    "__main__": 10,
 }
+SPLIT = ("data", "checkpoint")  # packages whose sub-packages and modules are units
 JOBS: dict[str, str] = {
     "errors": "the one error type a user sees (`modtrain: error: ...`): `ModtrainError`",
     "log": "messages on stderr, once per job (rank 0) or from every rank for errors",
     "config": "YAML -> typed, validated dataclasses and overrides: `Config` and its sections",
-    "run_dir": "the run directory's layout: `config.yaml`, `metrics.jsonl`, checkpoint tags, "
-               "`latest`, moving a run aside",
-    "checkpoint_files": "what checkpoint files may unpickle (an allow-list) and their checksums",
+    "run_dir": "the run directory's layout: `config.yaml`, `metrics.jsonl`, TensorBoard and "
+               "Slurm logs, moving a run aside",
+    "checkpoint": "the checkpoint package: the units below",
+    "checkpoint.format": "the checkpoint format, the contract between writer and readers: the "
+                         "tag layout, file names, tag names, `CheckpointState` (modtrain.json "
+                         "as a typed, versioned dataclass)",
+    "checkpoint.files": "what checkpoint files may unpickle (an allow-list) and their checksums",
+    "checkpoint.tags": "a checkpoint directory's tags: the complete ones, `latest`, the order "
+                       "resume and convert try them in, a tag's state",
+    "checkpoint.read": "a checkpoint read without DeepSpeed: full fp32 weights (ZeRO merge, "
+                       "tensor-parallel shards), every file loaded weights-only",
+    "checkpoint.engine": "checkpoints through the DeepSpeed engine: atomic save, load, resume "
+                         "plans, universal copies for another layout",
     "launcher": "who launched us (torchrun, deepspeed, Slurm, Open MPI, MPICH): rank, world, "
                 "master address",
     "progress_bar": "tqdm bars for the long steps users wait on, on a terminal only",
@@ -70,7 +87,7 @@ JOBS: dict[str, str] = {
     "parallel": "how processes are arranged: `Topology`, DeepSpeed's `mpu`, pipeline stages, "
                 "the collectives on training metadata",
     "train": "the training loop and what it writes: DeepSpeed engine, step runners, hooks, "
-             "checkpoints, resume, universal copies, schedules, signals",
+             "schedules, signals",
     "inference": "a checkpoint -> an export -> samples and evaluations, on plain torch",
     "cluster": "Slurm job scripts and their submission: `modtrain submit`, `modtrain status`",
     "report": "what users look at, read from what train and inference wrote: curves, routing "
@@ -80,7 +97,8 @@ JOBS: dict[str, str] = {
 }
 # Pairs the layers alone would allow but the design rules out: inference runs on plain
 # torch and safetensors, without megatron-core or DeepSpeed (which `parallel` wraps).
-FORBIDDEN: set[tuple[str, str]] = {("inference", "parallel")}
+FORBIDDEN: set[tuple[str, str]] = {("inference", "parallel"), ("inference", "checkpoint.engine"),
+                                   ("report", "checkpoint.engine")}
 
 
 def module_name(path: Path) -> str:
@@ -91,12 +109,12 @@ def module_name(path: Path) -> str:
 
 
 def unit(module: str) -> str:
-    """The layer unit a module belongs to (data splits into its sub-packages)."""
+    """The layer unit a module belongs to (data and checkpoint split into their parts)."""
     parts = module.split(".")[1:]
     if not parts:
         return PACKAGE
-    if parts[0] == "data" and len(parts) > 1:
-        sub = "data." + parts[1]
+    if parts[0] in SPLIT and len(parts) > 1:
+        sub = f"{parts[0]}.{parts[1]}"
         if sub in LAYERS:
             return sub
     return parts[0]

@@ -6,17 +6,16 @@ import json
 import subprocess
 from pathlib import Path
 
+from modtrain.checkpoint.format import LATEST
+from modtrain.checkpoint.tags import candidate_tags, latest_tag
 from modtrain.config.load import read_yaml
 from modtrain.errors import ModtrainError, shown
 from modtrain.run_dir import (
     CHECKPOINTS,
     CONFIG_FILE,
     JOBS_FILE,
-    LATEST,
     LOG_DIR,
     METRICS_FILE,
-    candidate_tags,
-    latest_tag,
     read_metrics,
 )
 
@@ -72,7 +71,7 @@ def planned_steps(config: Path) -> tuple[int | None, str | None]:
 
 
 def checkpoint_line(checkpoint_dir: Path) -> str:
-    """The tag a resume would try first (run_dir.candidate_tags: an empty or garbage
+    """The tag a resume would try first (checkpoint.tags.candidate_tags: an empty or garbage
     `latest` hides no checkpoint), and what is odd about `latest`."""
     tags = candidate_tags(checkpoint_dir)
     try:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from modtrain import log
-
 import argparse
 import json
 import sys
+
+from modtrain import log
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
@@ -97,8 +97,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "optionally .gz or .zst")
     p.add_argument("--out", required=True, help="output STORE.zarr")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing store, moving it aside to OUT.old-<time> (and discard a "
-                        "partial build of other inputs); anything else at OUT is refused")
+                   help="replace an existing store, moving it aside to OUT.old-<time> (and discard "
+                        "a partial build of other inputs); anything else at OUT is refused")
     p.add_argument("--workers", type=int, default=1, help="local encoding processes (default 1)")
     p.add_argument("--format", default=sources.AUTO, choices=list(sources.format_choices()),
                    help=f"input format; {sources.AUTO}: {sources.describe_detection()}")

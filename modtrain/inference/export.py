@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from modtrain.checkpoint.read.lazy_tensors import LazyTensors
+from modtrain.checkpoint.read.reader import read_checkpoint
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError, shown
-from modtrain.inference.checkpoint_reader import read_checkpoint
 from modtrain.inference.hf_layout import EXPORT_FORMAT, hf_config, hf_shapes, iter_hf_tensors
 from modtrain.inference.hf_template import REMOTE_CODE_FILES
 from modtrain.inference.hf_template.modtrain_core import CoreConfig, ModtrainLM
-from modtrain.inference.lazy_tensors import LazyTensors
 from modtrain.inference.safetensors_stream import SafetensorsWriter
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from safetensors import SafetensorError
 
+from modtrain.checkpoint.format import STATE_FILE
+from modtrain.checkpoint.tags import candidate_tags, complete_tags, read_state
 from modtrain.config import config_from_dict
 from modtrain.config.load import read_yaml
 from modtrain.config.schema import ModelConfig
@@ -24,16 +26,7 @@ from modtrain.data.tokenizer import file_sha256
 from modtrain.errors import ModtrainError, shown
 from modtrain.model.flops import model_flops
 from modtrain.model.param_table import parameter_count
-from modtrain.run_dir import (
-    CHECKPOINTS,
-    CONFIG_FILE,
-    METRICS_FILE,
-    STATE_FILE,
-    candidate_tags,
-    complete_tags,
-    read_metrics,
-    read_state,
-)
+from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, METRICS_FILE, read_metrics
 
 
 def _model_facts(model: dict[str, Any], seq_length: int) -> dict[str, Any]:
@@ -72,10 +65,10 @@ def _identity(path: str, base: Path) -> dict[str, Any]:
 
 def _checkpoint(root: Path, tag: str) -> dict[str, Any]:
     state = read_state(root, tag)
-    config = state["config"]
+    config = state.config
     return {
-        "kind": "checkpoint", "path": str(root / tag), "step": state.get("step"),
-        "layout": state.get("layout"), "config": config,
+        "kind": "checkpoint", "path": str(root / tag), "step": state.step,
+        "layout": state.layout.to_json() if state.layout else None, "config": config,
         "model": _model_facts(config["model"], config["data"]["seq_length"]),
     }
 

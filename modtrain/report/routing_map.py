@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modtrain.checkpoint.read.reader import read_checkpoint
 from modtrain.data.read.dataset import ValidationSequences
 from modtrain.data.read.index import train_val_split
 from modtrain.data.read.store import TokenStore
 from modtrain.data.tokenizer import Tokenizer
 from modtrain.errors import ModtrainError
-from modtrain.inference.checkpoint_reader import read_checkpoint
 from modtrain.inference.export import load_export, read_export_config
 from modtrain.inference.hf_layout import hf_config, to_hf_tensors
 from modtrain.inference.hf_template.modtrain_core import (

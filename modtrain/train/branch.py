@@ -8,9 +8,11 @@ import shutil
 import uuid
 from pathlib import Path
 
+from modtrain.checkpoint.format import LATEST, STATE_FILE
+from modtrain.checkpoint.tags import complete_tags, latest_tag, read_state
 from modtrain.config import Config, config_from_dict
 from modtrain.errors import ModtrainError
-from modtrain.run_dir import CHECKPOINTS, LATEST, STATE_FILE, complete_tags, latest_tag, read_state
+from modtrain.run_dir import CHECKPOINTS
 from modtrain.train.schedule import check_continues
 
 
@@ -51,8 +53,7 @@ def check_schedule(config: Config) -> None:
     found = _resumed(config)
     if found is not None:
         state = read_state(*found)
-        check_continues(config_from_dict(state["config"]).train, config.train,
-                        int(state["step"]))
+        check_continues(config_from_dict(state.config).train, config.train, state.step)
 
 
 def start_from(config: Config) -> str | None:

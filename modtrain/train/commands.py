@@ -112,17 +112,18 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _universal(args: argparse.Namespace) -> None:
+    from modtrain.checkpoint.format import STATE_FILE
+    from modtrain.checkpoint.tags import complete_tags, latest_tag, read_state
     from modtrain.errors import ModtrainError
-    from modtrain.train import checkpoint
 
     root = Path(args.checkpoint_dir)
-    tag = args.tag or checkpoint.latest_tag(root)
+    tag = args.tag or latest_tag(root)
     if tag is None:
         raise ModtrainError(f"{root} has no 'latest' checkpoint; pass --tag step_NNNNNNNN")
-    if not (root / tag / checkpoint.STATE_FILE).is_file():
+    if not (root / tag / STATE_FILE).is_file():
         raise ModtrainError(f"{root / tag} is not a complete modtrain checkpoint; pick one of: "
-                            + (", ".join(checkpoint.complete_tags(root)) or "(none)"))
-    from modtrain.checkpoint_files import check_tag
+                            + (", ".join(complete_tags(root)) or "(none)"))
+    from modtrain.checkpoint.files import check_tag
 
     problems, _ = check_tag(root / tag)  # a damaged tag would convert into a damaged copy
     if problems:
@@ -131,10 +132,10 @@ def _universal(args: argparse.Namespace) -> None:
         raise ModtrainError(unsafe[0] if unsafe else
                             f"{root / tag} is damaged ({problems[0].text}{more}); restore the "
                             "file, or pass --tag with an older checkpoint that verifies")
-    if checkpoint.read_state(root, tag)["layout"]["zero_stage"] == 0:
+    if read_state(root, tag).saved_layout(str(root / tag)).zero_stage == 0:
         raise ModtrainError(f"{root / tag} was saved with train.zero_stage=0; DeepSpeed builds "
                             "universal checkpoints from ZeRO states only (train with ZeRO 1-3)")
-    from modtrain.train.universal import write_universal
+    from modtrain.checkpoint.engine.universal import write_universal
 
     print(write_universal(root, tag, args.pipeline > 1, log=log.note))
 

@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 
+from modtrain.checkpoint.engine import save_load
+from modtrain.checkpoint.format import CheckpointState
+from modtrain.checkpoint.tags import latest_tag
 from modtrain.data.read.dataset import ValidationSet
 from modtrain.errors import ModtrainError
 from modtrain.parallel import collectives
-from modtrain.train import checkpoint
 from modtrain.train.hook_base import Hook, StepEnd
 from modtrain.train.routing_watch import routing_watch
 from modtrain.train.signals import RequeueRequested
@@ -134,7 +136,7 @@ class SpikeGuard(Hook):
             f"(samples {last - t.global_batch_size}-{last - 1}, epoch {position['epoch']})")
         self.recent = [s for s in self.recent if s > end.step - t.spike_window] + [end.step]
         if len(self.recent) >= t.spike_max_skips:
-            tag = checkpoint.latest_tag(run.ckpt_dir)
+            tag = latest_tag(run.ckpt_dir)
             good = f"{run.ckpt_dir / tag} is the last checkpoint" if tag else "no checkpoint yet"
             raise ModtrainError(
                 f"training stopped: {len(self.recent)} loss spikes within {t.spike_window} "
@@ -214,12 +216,12 @@ class Checkpointing(Hook):
     def save(self, run: Run, step: int) -> str:
         run.emit("before_save", step)
         t = run.config.train
-        state = {"step": step, "data": run.loader.state_dict(), "config": run.config_dict,
-                 "layout": run.layout}
+        state = CheckpointState(step=step, data=run.loader.state_dict(),
+                                config=run.config_dict, layout=run.layout)
         # During a streak of skipped updates the weights may be ruined: prune nothing, so
         # the last good checkpoints stay.
         keep_last, keep_every = (0, 0) if self.guard.in_streak else (t.keep_last, t.keep_every)
-        tag = checkpoint.save(run.engine, run.ckpt_dir, step, state, keep_last, keep_every)
+        tag = save_load.save(run.engine, run.ckpt_dir, state, keep_last, keep_every)
         run.message(f"saved checkpoint {run.ckpt_dir / tag}")
         run.emit("after_save", step, tag)
         return tag

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from modtrain import log
 from modtrain import run_dir as run_dir_files
+from modtrain.checkpoint.tags import complete_tags
 from modtrain.errors import ModtrainError
-from modtrain.run_dir import CHECKPOINTS, LOG_DIR, METRICS_FILE, TENSORBOARD_DIR, complete_tags
+from modtrain.run_dir import CHECKPOINTS, LOG_DIR, METRICS_FILE, TENSORBOARD_DIR
 
 WRITTEN_DIRS = (CHECKPOINTS, TENSORBOARD_DIR, LOG_DIR)  # inside the run dir
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modtrain.checkpoint.format import CheckpointLayout
 from modtrain.config import Config
 from modtrain.data.read.dataset import BatchLoader, ValidationSequences, ValidationSet
 from modtrain.parallel import Topology
@@ -30,7 +31,7 @@ class Run:
     progress: Progress
     sinks: list[MetricSink]
     ckpt_dir: Path
-    layout: dict[str, int]
+    layout: CheckpointLayout
     start_step: int
     micro_batch: int
     flops_per_token: float

@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 
+from modtrain.checkpoint.engine import save_load
+from modtrain.checkpoint.engine.resume import ResumePlan, context_notes, current_layout, plan_resume
 from modtrain.config import Config, config_to_dict, save_config
 from modtrain.data.read.dataset import BatchLoader
 from modtrain.data.read.loading import DataSources, build_training_data
 from modtrain.model.flops import training_flops_per_token
 from modtrain.parallel import collectives, init_distributed
 from modtrain.run_dir import CHECKPOINTS, CONFIG_FILE, METRICS_FILE
-from modtrain.train import checkpoint
 from modtrain.train.branch import check_schedule, start_from
 from modtrain.train.compile import check_compile, compile_blocks
 from modtrain.train.ds_config import deepspeed_config
@@ -30,7 +31,6 @@ from modtrain.train.inputs import check_inputs
 from modtrain.train.metrics import Progress
 from modtrain.train.optim import restore_group_settings, untie_step_counters
 from modtrain.train.prefetch import PrefetchLoader
-from modtrain.train.resume import ResumePlan, context_notes, current_layout, plan_resume
 from modtrain.train.run_guard import check_run_dir, move_aside, previous_run
 from modtrain.train.signals import StopFlag
 from modtrain.train.sinks import build_sinks
@@ -60,11 +60,11 @@ def preflight(config: Config, overwrite: bool) -> DataSources:
 
 def _resume(run: Run, plan: ResumePlan, optimizer: Any) -> int:
     t = run.config.train
-    state = checkpoint.load(run.engine, run.ckpt_dir, plan.tag, plan.same_layout)
-    start_step = int(state["step"])
-    for note in context_notes(state["config"]["model"], run.config.model):
+    state = save_load.load(run.engine, run.ckpt_dir, plan.tag, plan.same_layout)
+    start_step = state.step
+    for note in context_notes(state.model, run.config.model):
         run.message(f"modtrain: warning: {note}")
-    run.loader.load_state_dict(state["data"])
+    run.loader.load_state_dict(state.data)
     restore_group_settings(optimizer, t, start_step)
     untie_step_counters(optimizer)
     how = "" if plan.same_layout else " (layout changed: " + (

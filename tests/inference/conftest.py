@@ -77,7 +77,7 @@ def dense_export(tmp_path_factory, dense_run) -> Path:
 
 def training_model(run: Path):
     """The run's megatron-core GPT with the checkpoint's weights (needs the `dist` fixture)."""
-    from modtrain.inference.checkpoint_reader import read_checkpoint
+    from modtrain.checkpoint.read.reader import read_checkpoint
     from modtrain.inference.hf_layout import model_config
     from modtrain.model import GPT
 

@@ -10,11 +10,11 @@ import pytest
 from safetensors.torch import save_file
 from torch.profiler import ProfilerActivity, profile
 
-from modtrain.inference import checkpoint_reader
-from modtrain.inference.checkpoint_reader import read_checkpoint
+from modtrain.checkpoint.read import reader as checkpoint_reader
+from modtrain.checkpoint.read.reader import read_checkpoint
+from modtrain.checkpoint.read.safe_load import load_weights_only
 from modtrain.inference.export import DTYPES, convert_checkpoint
 from modtrain.inference.hf_layout import to_hf_tensors
-from modtrain.inference.safe_load import load_weights_only
 from tests.inference.conftest import train_run
 from tests.train.helpers import deepspeed_launcher
 

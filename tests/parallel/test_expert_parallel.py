@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from modtrain.inference.checkpoint_reader import read_checkpoint
+from modtrain.checkpoint.read.reader import read_checkpoint
 from tests.conftest import cli_env
 from tests.train.helpers import deepspeed_command, run, single_command, step_losses, tiny_config
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zarr
 
-from modtrain.train import checkpoint
+from modtrain.checkpoint.tags import latest_tag, read_state
 from tests.slurm.test_launchers import launcher_env
 from tests.train.helpers import step_losses, tiny_config
 
@@ -75,7 +75,7 @@ def test_two_node_training_job(slurm, two_node_run):
     assert "world size 2 (slurm)" in log and "2 node(s)" in log
     assert sorted(step_losses(run_dir)) == list(range(1, STEPS + 1))
     root = run_dir / "checkpoints"
-    assert checkpoint.read_state(root, checkpoint.latest_tag(root))["step"] == STEPS
+    assert read_state(root, latest_tag(root)).step == STEPS
     text = status(slurm, run_dir)
     assert f"job {job} train: COMPLETED, 0 restart(s)" in text
     assert f"training: step {STEPS}/{STEPS}, loss " in text

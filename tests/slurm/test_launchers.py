@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modtrain.train import checkpoint
+from modtrain.checkpoint.tags import latest_tag, read_state
 from tests.conftest import cli_env
 from tests.train.helpers import single_command, step_losses, tiny_config
 from tests.train.test_data_parallel_equivalence import LOSS_TOLERANCE
@@ -50,7 +50,7 @@ def reference(tmp_path_factory, char_store, char_tokenizer) -> dict[int, float]:
 def assert_two_ranks_match(run_dir: Path, stdout: str, launcher: str, reference) -> None:
     assert f"world size 2 ({launcher})" in stdout, stdout[-2000:]
     root = run_dir / "checkpoints"
-    assert checkpoint.read_state(root, checkpoint.latest_tag(root))["layout"]["data"] == 2
+    assert read_state(root, latest_tag(root)).layout.data == 2
     losses = step_losses(run_dir)
     assert sorted(losses) == sorted(reference) == list(range(1, STEPS + 1))
     diffs = [abs(losses[s] - reference[s]) for s in reference]

@@ -10,15 +10,15 @@ import psutil
 import pytest
 import torch
 
+from modtrain.checkpoint.tags import complete_tags, latest_tag, read_state
 from modtrain.config import load_config
 from modtrain.errors import ModtrainError
 from modtrain.model import GPT
-from modtrain.train import checkpoint
 from modtrain.train.signals import EXIT_REQUEUE
 from modtrain.train.trainer import train
+from tests.checkpoint.engine.test_save_load import _wait_for_step
 from tests.conftest import cli_env
 from tests.train.helpers import deepspeed_command, step_losses, tiny_config
-from tests.train.test_checkpoint import _wait_for_step
 
 
 @pytest.mark.slow
@@ -37,8 +37,8 @@ def test_signal_on_one_rank_saves_on_all_and_exits_for_requeue(
     _, stderr = launcher.communicate(timeout=300)
     assert launcher.returncode == EXIT_REQUEUE, stderr[-3000:]
     root = tmp_path / "pre" / "checkpoints"
-    tag = checkpoint.latest_tag(root)
-    saved_step = checkpoint.read_state(root, tag)["step"]
+    tag = latest_tag(root)
+    saved_step = read_state(root, tag).step
     assert saved_step == max(step_losses(tmp_path / "pre")) < 10_000
     # Both ranks wrote their part of the same step.
     assert {p.name for p in (root / tag).glob("rng_rank_*.pt")} == {
@@ -85,7 +85,7 @@ def test_nonfinite_loss_skips_the_step_then_stops(
     assert by_step[3]["skipped"] and by_step[3]["loss"] is None
     assert not by_step[4].get("skipped") and by_step[4]["loss"] is not None
     root = tmp_path / "nan" / "checkpoints"
-    assert checkpoint.latest_tag(root) == "step_00000008"
+    assert latest_tag(root) == "step_00000008"
     # Skipped steps changed nothing: the stop checkpoint holds the weights of step 5.
     at_8, at_5 = _module_weights(root, "step_00000008"), _module_weights(root, "step_00000005")
     assert at_8.keys() == at_5.keys()
@@ -140,7 +140,7 @@ def test_updates_the_optimizer_skipped_are_counted_and_keep_the_good_checkpoints
     root = tmp_path / "ovf" / "checkpoints"
     # keep_last 1 pruned up to step 4; the saves during the streak (6, and 7 at the stop)
     # pruned nothing, so step 4, the last good one, is still there.
-    assert checkpoint.complete_tags(root) == ["step_00000004", "step_00000006",
+    assert complete_tags(root) == ["step_00000004", "step_00000006",
                                               "step_00000007"]
     at_7, at_4 = _module_weights(root, "step_00000007"), _module_weights(root, "step_00000004")
     assert all(torch.equal(at_7[k], at_4[k]) for k in at_4)

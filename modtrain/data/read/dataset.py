@@ -11,9 +11,8 @@ same or another data-parallel size, continues at exactly the next batch.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 import json
-import sys
+from collections.abc import Sequence
 from typing import Protocol, Self, TypeVar
 
 import numpy as np

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,11 @@ import numpy as np
 from modtrain.data.read.store import TokenStore
 
 INDEX_VERSION = 1
+# One thread at a time opens an epoch's index: numpy parses the .npy header with
+# ast.literal_eval, which on CPython 3.11 can fail with "SystemError: AST constructor
+# recursion depth mismatch" when two threads parse at once (python/cpython#106905). The
+# prefetching thread and the main thread (validation, evaluation) may open one together.
+_LOAD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,11 @@ class SampleIndex:
     def starts(self, epoch: int) -> np.ndarray:
         current = self._current
         if current[0] != epoch:
-            current = (epoch, self._load(epoch))
-            self._current = current
+            with _LOAD_LOCK:
+                current = self._current  # another thread may have loaded it meanwhile
+                if current[0] != epoch:
+                    current = (epoch, self._load(epoch))
+                    self._current = current
         return current[1]
 
     def _load(self, epoch: int) -> np.ndarray:

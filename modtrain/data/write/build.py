@@ -12,7 +12,6 @@ process from the memory-mapped parts, so processes never share a shard file.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +85,8 @@ def check_destination(out: Path, overwrite: bool) -> None:
         raise ModtrainError(f"store {out} already exists; pass --overwrite or choose another --out")
     if not (is_store(out) or (out.is_dir() and not any(out.iterdir()))):
         raise ModtrainError(f"--out {out} exists and is not a modtrain token store; --overwrite "
-                            "replaces only a token store or an empty directory: choose another --out")
+                            "replaces only a token store or an empty directory: choose another "
+                            "--out")
 
 
 

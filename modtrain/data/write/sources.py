@@ -20,12 +20,10 @@ import gzip
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, cast
-
-from modtrain.errors import ModtrainError
 
 from modtrain.data.write.filters import Filter
 from modtrain.data.write.registry import (  # noqa: F401 - the registry's names, used here too
@@ -36,6 +34,7 @@ from modtrain.data.write.registry import (  # noqa: F401 - the registry's names,
     Piece,
     register,
 )
+from modtrain.errors import ModtrainError
 
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 BLOCK_BYTES = 1 << 20  # read and encode in line-aligned blocks of about this size

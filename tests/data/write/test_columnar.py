@@ -55,10 +55,10 @@ def test_parquet_arrow_and_saved_dataset_give_the_json_lines_tokens(tmp_path, ch
 
     expected = prepare_store(char_tokenizer, [_jsonl(tmp_path, records)], tmp_path / "j.zarr")
     pq.write_table(_table(records), tmp_path / "docs.parquet", row_group_size=17)
-    with pa.OSFile(str(tmp_path / "docs.arrow"), "wb") as sink:  # the IPC file format
-        with pa.ipc.new_file(sink, _table(records).schema) as w:
-            for batch in _table(records).to_batches(max_chunksize=25):
-                w.write_batch(batch)
+    with (pa.OSFile(str(tmp_path / "docs.arrow"), "wb") as sink,  # the IPC file format
+          pa.ipc.new_file(sink, _table(records).schema) as w):
+        for batch in _table(records).to_batches(max_chunksize=25):
+            w.write_batch(batch)
     saved = tmp_path / "saved"
     datasets.Dataset.from_list(records).save_to_disk(str(saved), max_shard_size="100KB")
     assert len(list(saved.glob("data-*.arrow"))) > 1  # several shards, read in state.json order

@@ -1,14 +1,6 @@
 """Atomic, resumable checkpoints on top of DeepSpeed's sharded checkpoint format.
 
-RUN/checkpoints/
-  step_00001000/            one complete checkpoint (a DeepSpeed tag directory):
-    mp_rank_*_model_states.pt, *optim_states.pt   DeepSpeed's model and ZeRO-sharded states
-    rng_rank_00000.pt ...   torch RNG state of every rank (loaded with weights_only=True)
-    modtrain.json           step, data-loader state, resolved config, parallel layout
-  latest                    the tag of the newest complete checkpoint
-    checksums.json          size and sha256 of every other file (modtrain.checkpoint_files)
-  .universal[-pipeline]-step_00001000/   DeepSpeed universal copy, for another layout
-    checksums.json          its own checksums, over every file of the tree (train/universal.py)
+The tag layout is checkpoint/format.py's.
 Every rank writes into `.tmp-<tag>`; after a barrier the ranks hash the files, rank 0 writes
 checksums.json, renames the folder to `<tag>` and only then rewrites `latest` (write +
 rename), so a crash or kill -9 mid-save leaves the previous checkpoint intact and `latest`
@@ -37,31 +29,29 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from modtrain.checkpoint_files import (
-    DEEPSPEED_GLOBALS,
-    RECOVERY_SCRIPTS,
+from modtrain.checkpoint.files import (
     checksums,
     restricted_load,
     share,
     tag_files,
     write_manifest,
 )
+from modtrain.checkpoint.format import (
+    DEEPSPEED_GLOBALS,
+    LATEST,
+    RECOVERY_SCRIPTS,
+    STATE_FILE,
+    TMP_PREFIX,
+    CheckpointState,
+    original_tag,
+    step_of,
+    tag_for,
+    universal_tag,
+)
+from modtrain.checkpoint.tags import complete_tags, latest_tag, read_state
 from modtrain.errors import ModtrainError
 from modtrain.model.tensor_split import universal_checkpoint_info
 from modtrain.parallel import collectives
-from modtrain.run_dir import (
-    LATEST,
-    STATE_FILE,
-    complete_tags,
-    latest_tag,
-    read_state,
-    step_of,
-    tag_for,
-)
-
-TMP_PREFIX = ".tmp-"
-UNIVERSAL_PREFIX = ".universal-"  # parameter folders named as in GPT
-UNIVERSAL_PIPELINE_PREFIX = ".universal-pipeline-"  # named as in the pipeline module
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -113,14 +103,13 @@ def prune(checkpoint_dir: str | Path, keep_last: int, keep_every: int) -> list[s
 def save(
     engine,
     checkpoint_dir: str | Path,
-    step: int,
-    state: dict[str, Any],
+    state: CheckpointState,
     keep_last: int = 0,
     keep_every: int = 0,
 ) -> str:
     """Collective: every rank must call it. Returns the tag once `latest` points to it."""
     root = Path(checkpoint_dir)
-    tag = tag_for(step)
+    tag = tag_for(state.step)
     tmp = root / (TMP_PREFIX + tag)
     rank = dist.get_rank()
     if rank == 0:
@@ -132,14 +121,14 @@ def save(
     # describe the parameters of every pipeline stage.
     stage_names = collectives.gather_objects([n for n, _ in engine.module.named_parameters()])
     names = sorted({n for names in stage_names for n in names})
-    client = {"modtrain": state}
+    client: dict[str, Any] = {"modtrain": state.to_json()}
     if not getattr(engine, "has_moe_layers", False):
         # DeepSpeed reserves this key in MoE checkpoints; those resume on their own layout.
         client["universal_checkpoint_info"] = universal_checkpoint_info(names)
     engine.save_checkpoint(str(root), tag=tmp.name, client_state=client, save_latest=False)
     torch.save(_rng_state(), tmp / f"rng_rank_{rank:05d}.pt")
     if rank == 0:
-        _write_atomic(tmp / STATE_FILE, json.dumps(state, indent=1))
+        _write_atomic(tmp / STATE_FILE, json.dumps(state.to_json(), indent=1))
     collectives.barrier()  # every rank's shards are on disk
     files = _hash_together(tmp)
     if rank == 0:
@@ -217,27 +206,15 @@ def on_rank0(fn: Callable[[], T]) -> T:
     return value
 
 
-def universal_tag(tag: str, pipeline: bool) -> str:
-    """Directory of `tag`'s universal checkpoint named for a pipeline or a flat (GPT) model."""
-    return (UNIVERSAL_PIPELINE_PREFIX if pipeline else UNIVERSAL_PREFIX) + tag
-
-
 def _remove_universal_copies(root: Path, tag: str) -> None:
     for pipeline in (False, True):
         shutil.rmtree(root / universal_tag(tag, pipeline), ignore_errors=True)
 
 
-def original_tag(tag: str) -> str:
-    for prefix in (UNIVERSAL_PIPELINE_PREFIX, UNIVERSAL_PREFIX):
-        if tag.startswith(prefix):
-            return tag.removeprefix(prefix)
-    return tag
-
-
-def _check_expert_parallel_size(engine, state: dict[str, Any], tag: str) -> None:
+def _check_expert_parallel_size(engine, state: CheckpointState, tag: str) -> None:
     """Experts' optimizer state is partitioned over their expert data-parallel group, whose
     size follows parallel.expert: a checkpoint loads only with the size it was saved with."""
-    saved = state["config"].get("parallel", {}).get("expert", 1)
+    saved = state.config.get("parallel", {}).get("expert", 1)
     sizes = {m.ep_size for m in engine.module.modules() if hasattr(m, "deepspeed_moe")}
     current = sizes.pop() if sizes else 1
     if saved != current:
@@ -269,7 +246,7 @@ def state_dict_mismatch(message: str, tag_dir: Path, shown: int = 3) -> str:
             "the model.* settings of that run (its config.yaml) or train into a new run.dir")
 
 
-def load(engine, checkpoint_dir: str | Path, tag: str, same_layout: bool) -> dict[str, Any]:
+def load(engine, checkpoint_dir: str | Path, tag: str, same_layout: bool) -> CheckpointState:
     """Load `tag` into `engine`; restore this rank's RNG when the layout is unchanged."""
     root = Path(checkpoint_dir)
     _check_expert_parallel_size(engine, read_state(root, original_tag(tag)), tag)

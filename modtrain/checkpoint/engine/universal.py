@@ -16,24 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modtrain.checkpoint_files import (
-    MANIFEST,
+from modtrain.checkpoint.engine.save_load import fsync_dir, on_rank0, weights_only_loads
+from modtrain.checkpoint.files import (
     Problem,
     check_files,
     checksums,
     read_manifest,
     write_manifest,
 )
+from modtrain.checkpoint.format import MANIFEST, TMP_PREFIX, universal_tag
+from modtrain.checkpoint.tags import read_state
 from modtrain.errors import ModtrainError
 from modtrain.model.param_table import gpt_name, pipeline_name
-from modtrain.run_dir import read_state
-from modtrain.train.checkpoint import (
-    TMP_PREFIX,
-    fsync_dir,
-    on_rank0,
-    universal_tag,
-    weights_only_loads,
-)
 
 # Above this size on disk a tag is not converted inside a training job: the other ranks
 # would wait for rank 0 under the process-group timeout, and a requeued job would start
@@ -93,8 +87,8 @@ def write_universal(checkpoint_dir: str | Path, tag: str, pipeline: bool,
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     state = read_state(root, tag)
-    model = state["config"]["model"]
-    saved_pipeline = state["layout"]["pipeline"] > 1
+    model = state.model
+    saved_pipeline = state.saved_layout(str(root / tag)).pipeline > 1
     tmp = root / (TMP_PREFIX + target.name)
     shutil.rmtree(tmp, ignore_errors=True)
     workers = _workers()

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from modtrain.checkpoint.engine.resume import (
+    context_notes,
+    current_layout,
+    needs_universal,
+    plan_resume,
+)
+from modtrain.checkpoint.format import CheckpointLayout
 from modtrain.errors import ModtrainError
-from modtrain.train.resume import context_notes, current_layout, needs_universal, plan_resume
 
 
-def _saved(root: Path, layout: dict[str, int], model: dict | None = None) -> Path:
+def _saved(root: Path, layout: CheckpointLayout, model: dict | None = None) -> Path:
     """A checkpoint directory as far as resume planning reads it: `latest` + modtrain.json."""
     (root / "step_00000004").mkdir(parents=True)
-    state = {"step": 4, "layout": layout, "config": {"model": model or {}}}
+    state = {"step": 4, "layout": layout.to_json(), "config": {"model": model or {}}}
     (root / "step_00000004" / "modtrain.json").write_text(json.dumps(state))
     (root / "latest").write_text("step_00000004")
     return root

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from modtrain.checkpoint_files import MANIFEST, read_manifest
+from modtrain.checkpoint.engine import universal
+from modtrain.checkpoint.files import read_manifest
+from modtrain.checkpoint.format import MANIFEST
 from modtrain.errors import ModtrainError
-from modtrain.train import universal
-from tests.train.test_checkpoint_safety import TAG, _copy, saved_run  # noqa: F401 - fixture
+from tests.checkpoint.engine.test_safety import TAG, _copy, saved_run  # noqa: F401 - fixture
 
 
 def test_a_universal_copy_records_checksums_of_every_file(tmp_path, saved_run):  # noqa: F811

@@ -6,22 +6,18 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from modtrain.checkpoint_files import (
-    DEEPSPEED_GLOBALS,
-    RECOVERY_SCRIPTS,
-    checksums,
-    tag_files,
-    write_manifest,
-)
+from modtrain.checkpoint.engine import save_load, universal
+from modtrain.checkpoint.files import checksums, tag_files, write_manifest
+from modtrain.checkpoint.format import DEEPSPEED_GLOBALS, RECOVERY_SCRIPTS
 from modtrain.errors import ModtrainError
-from modtrain.train import checkpoint, universal
+from tests.checkpoint.engine.test_save_load import _engine
 from tests.train.helpers import run, single_command, tiny_config
-from tests.train.test_checkpoint import _engine
 
 TAG = "step_00000002"
 
@@ -90,7 +86,7 @@ def test_pickled_code_never_runs_in_checkpoint_universal(tmp_path, saved_run):
     proc = run([sys.executable, "-m", "modtrain", "checkpoint", "universal",
                 str(tag_dir.parent)], expect=2)
     assert_refused(proc, target, marker)
-    assert not (tag_dir.parent / checkpoint.universal_tag(TAG, False)).exists()
+    assert not (tag_dir.parent / save_load.universal_tag(TAG, False)).exists()
 
 
 def test_pickled_code_in_a_universal_copy_never_runs_on_a_layout_changing_resume(
@@ -122,7 +118,7 @@ def test_weights_only_loads_refuse_deepspeed_engine_loads(tmp_path):
     marker = tmp_path / "ran.txt"
     torch.save({"w": torch.ones(2), "extra": Payload(marker)}, tmp_path / "bad.pt")
     torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
-    with checkpoint.weights_only_loads():
+    with save_load.weights_only_loads():
         assert torch.equal(TorchCheckpointEngine().load(str(tmp_path / "good.pt"))["w"],
                            torch.ones(2))
         with pytest.raises(ModtrainError, match="will not unpickle"):
@@ -142,7 +138,7 @@ def test_allow_list_covers_what_deepspeed_pickles(tmp_path, dist, char_store, ch
     recovery scripts DeepSpeed copies in are left out."""
     engine, state = _engine(tmp_path, char_store, char_tokenizer, f"train.zero_stage={stage}")
     root = tmp_path / "ckpt"
-    tag = checkpoint.save(engine, root, 1, {**state, "step": 1})
+    tag = save_load.save(engine, root, replace(state, step=1))
     assert _globals((root / tag).glob("*.pt")) <= set(DEEPSPEED_GLOBALS)
     assert not any((root / tag / script).exists() for script in RECOVERY_SCRIPTS)
 
@@ -164,4 +160,4 @@ def test_checkpoint_universal_refuses_a_damaged_tag(tmp_path, saved_run):
         f"modtrain: error: {tag_dir} is damaged ({target.name} has 1000 bytes, "
         f"{(saved_run / 'run' / 'checkpoints' / TAG / target.name).stat().st_size} were saved); "
         "restore the file, or pass --tag with an older checkpoint that verifies"]
-    assert not (tag_dir.parent / checkpoint.universal_tag(TAG, False)).exists()
+    assert not (tag_dir.parent / save_load.universal_tag(TAG, False)).exists()

@@ -3,12 +3,11 @@
 RUN/checkpoints/<tag>/ holds DeepSpeed's model states (+ ZeRO optimizer partitions) and
 modtrain.json (step, resolved config, parallel layout). Weights come back as full fp32
 tensors under the training model's names, whatever the ZeRO stage and data-parallel size,
-each built when it is asked for (inference/lazy_tensors.py) from the memory-mapped files.
+each built when it is asked for (checkpoint/read/lazy_tensors.py) from the memory-mapped files.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,16 +17,23 @@ from typing import Any
 
 import torch
 
-from modtrain.checkpoint_files import check_tag
+from modtrain.checkpoint.files import check_tag
+from modtrain.checkpoint.format import STATE_FILE, CheckpointState
+from modtrain.checkpoint.read.lazy_tensors import LazyTensors
+from modtrain.checkpoint.read.safe_load import load_weights_only
+from modtrain.checkpoint.read.zero_merge import (
+    OPTIMIZER_STATE,
+    add_shared,
+    merge_zero3,
+    merge_zero12,
+)
+from modtrain.checkpoint.tags import candidate_tags, complete_tags, latest_tag, read_state
 from modtrain.errors import ModtrainError
-from modtrain.inference.lazy_tensors import LazyTensors
-from modtrain.inference.safe_load import load_weights_only
-from modtrain.inference.zero_merge import OPTIMIZER_STATE, add_shared, merge_zero3, merge_zero12
 from modtrain.model.param_table import expert_index, gpt_name
 from modtrain.model.tensor_split import full_shape
 from modtrain.model.tensor_split import merge as merge_tensor_shards
 from modtrain.progress_bar import bar
-from modtrain.run_dir import CHECKPOINTS, STATE_FILE, candidate_tags, complete_tags, latest_tag
+from modtrain.run_dir import CHECKPOINTS
 
 
 @dataclass
@@ -108,16 +114,11 @@ def _read_pipeline(tag_dir: Path, num_layers: int) -> LazyTensors:
     return out
 
 
-def _modtrain_state(tag_dir: Path, model_state: dict[str, Any]) -> dict[str, Any]:
+def _modtrain_state(tag_dir: Path, model_state: dict[str, Any]) -> CheckpointState:
     """modtrain.json; older checkpoints carried the same in DeepSpeed's client state."""
-    json_path = tag_dir / STATE_FILE
-    if json_path.is_file():
-        return json.loads(json_path.read_text())
-    state = model_state.get("modtrain", model_state)
-    if not isinstance(state, dict) or "config" not in state:
-        raise ModtrainError(f"{tag_dir} was not written by modtrain (no {STATE_FILE} and no "
-                            "config in the DeepSpeed client state)")
-    return state
+    if (tag_dir / STATE_FILE).is_file():
+        return read_state(tag_dir.parent, tag_dir.name)
+    return CheckpointState.from_client_state(model_state, str(tag_dir))
 
 
 def _module_weights(model_state: dict[str, Any]) -> LazyTensors:
@@ -203,13 +204,13 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     _verify(tag_dir)
     model_files = sorted(tag_dir.glob("*model_states.pt"), key=lambda f: _rank(f, "pp_rank"))
     state = _modtrain_state(tag_dir, load_weights_only(model_files[0]))
-    config = state["config"]
+    config = state.config
     if any(tag_dir.glob("layer_*-model_states.pt")):
         # The layer files hold the module weights in the training precision (exact for fp32).
         return TrainingCheckpoint(
-            tag_dir=tag_dir, step=int(state.get("step", 0)), config=config,
+            tag_dir=tag_dir, step=state.step, config=config,
             zero_stage=int(config["train"]["zero_stage"]),
-            data_parallel=int(state.get("layout", {}).get("data", 1)),
+            data_parallel=state.layout.data if state.layout else 1,
             tensors=_read_pipeline(tag_dir, int(config["model"]["num_layers"])),
         )
     tp_size = len({_rank(f, "mp_rank") for f in model_files})
@@ -224,7 +225,7 @@ def read_checkpoint(path: str | Path) -> TrainingCheckpoint:
     tensors = _merged([r[2] for r in ranks])
     return TrainingCheckpoint(
         tag_dir=tag_dir,
-        step=int(state.get("step", 0)),
+        step=state.step,
         config=config,
         zero_stage=stage,
         data_parallel=data_parallel,

@@ -7,7 +7,7 @@ written here so that checkpoints are read with torch.load(weights_only=True):
   group's parameters in `param_shapes` order, each followed by its alignment padding.
 - ZeRO 3: every parameter is split on its own into ceil(numel / ranks) elements per rank
   (the last rank padded); each rank's flat vector holds its parts in `param_shapes` order.
-Parameters come back lazily (inference/lazy_tensors.py): each one is read out of the
+Parameters come back lazily (checkpoint/read/lazy_tensors.py): each one is read out of the
 partitions (memory-mapped) when it is asked for, no flat vector is ever concatenated, and a
 parameter inside one partition is a view of it.
 """
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from modtrain.checkpoint.read.lazy_tensors import LazyTensors
 from modtrain.errors import ModtrainError
-from modtrain.inference.lazy_tensors import LazyTensors
 
 OPTIMIZER_STATE = "optimizer_state_dict"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from modtrain.inference.checkpoint_reader import resolve_checkpoint
-from modtrain.run_dir import candidate_tags
+from modtrain.checkpoint.read.reader import resolve_checkpoint
+from modtrain.checkpoint.tags import candidate_tags
 
 
 def _tags(root, *steps: int, incomplete: tuple[int, ...] = ()) -> None:

@@ -21,22 +21,9 @@ from typing import Any
 
 import torch
 
+from modtrain.checkpoint.format import DEEPSPEED_GLOBALS, MANIFEST, RECOVERY_SCRIPTS
 from modtrain.errors import ModtrainError
 
-MANIFEST = "checksums.json"
-# DeepSpeed copies these scripts, which unpickle freely, into every ZeRO checkpoint; modtrain
-# deletes them before a tag is complete (`modtrain convert` does what they do, safely).
-RECOVERY_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
-
-# Objects DeepSpeed pickles into its checkpoints beyond tensors and containers, found by
-# listing the globals of real checkpoints of every ZeRO stage, fp32/bf16, pipeline and
-# tensor parallelism, and universal copies (tests/train/test_checkpoint_safety.py).
-DEEPSPEED_GLOBALS = (
-    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
-    "deepspeed.runtime.zero.config.ZeroStageEnum",
-    "deepspeed.utils.tensor_fragment.fragment_address",
-)
 _CHUNK = 1 << 22
 
 

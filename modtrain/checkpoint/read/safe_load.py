@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from modtrain.checkpoint_files import DEEPSPEED_GLOBALS, restricted_load
+from modtrain.checkpoint.files import restricted_load
+from modtrain.checkpoint.format import DEEPSPEED_GLOBALS
 
 
 class PickledObject:

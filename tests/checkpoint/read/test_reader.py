@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from modtrain.checkpoint_files import MANIFEST
+from modtrain.checkpoint.format import MANIFEST
+from modtrain.checkpoint.read.reader import read_checkpoint
 from modtrain.errors import ModtrainError
-from modtrain.inference.checkpoint_reader import read_checkpoint
 from tests.inference.conftest import train_run
 from tests.train.helpers import deepspeed_launcher
 

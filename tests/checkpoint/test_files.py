@@ -6,16 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from modtrain.checkpoint_files import MANIFEST, tag_files
+from modtrain.checkpoint.engine import save_load
+from modtrain.checkpoint.engine.resume import current_layout, plan_resume
+from modtrain.checkpoint.files import tag_files
+from modtrain.checkpoint.format import MANIFEST
+from modtrain.checkpoint.tags import latest_tag
 from modtrain.errors import ModtrainError
-from modtrain.train import checkpoint
-from modtrain.train.resume import current_layout, plan_resume
+from tests.checkpoint.engine.test_save_load import _engine
 from tests.train.helpers import run, single_command, tiny_config
-from tests.train.test_checkpoint import _engine
 
 LAYOUT = current_layout(1, 1, 1, 1)
 MODEL = "mp_rank_00_model_states.pt"
@@ -27,7 +30,7 @@ def three_tags(tmp_path_factory, dist, char_store, char_tokenizer) -> Path:
     tmp = tmp_path_factory.mktemp("tags")
     engine, state = _engine(tmp, char_store, char_tokenizer)
     for step in (1, 2, 3):
-        checkpoint.save(engine, tmp / "ckpt", step, {**state, "step": step})
+        save_load.save(engine, tmp / "ckpt", replace(state, step=step))
     return tmp / "ckpt"
 
 
@@ -125,4 +128,4 @@ def test_truncated_checkpoint_resumes_from_the_older_one(tmp_path, char_store, c
     assert "resuming from step_00000002, the newest checkpoint that verifies: step_00000004 " \
            f"is damaged ({MODEL} has" in proc.stderr
     assert "resumed from step 2" in proc.stderr and "Traceback" not in proc.stderr
-    assert checkpoint.latest_tag(tmp_path / "run" / "checkpoints") == "step_00000005"
+    assert latest_tag(tmp_path / "run" / "checkpoints") == "step_00000005"

@@ -15,13 +15,19 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from modtrain.checkpoint_files import Problem, check_tag
+from modtrain.checkpoint.engine.universal import convert_in_job
+from modtrain.checkpoint.files import Problem, check_tag
+from modtrain.checkpoint.format import (
+    LATEST,
+    STATE_FILE,
+    CheckpointLayout,
+    step_of,
+    universal_tag,
+)
+from modtrain.checkpoint.tags import candidate_tags, read_state
 from modtrain.config.schema import ModelConfig
 from modtrain.errors import ModtrainError
 from modtrain.parallel import collectives
-from modtrain.run_dir import LATEST, STATE_FILE, candidate_tags, read_state, step_of
-from modtrain.train import checkpoint
-from modtrain.train.universal import convert_in_job
 
 
 @dataclass(frozen=True)
@@ -32,25 +38,26 @@ class ResumePlan:
     universal: bool
 
 
-def current_layout(tensor: int, pipeline: int, data: int, zero_stage: int) -> dict[str, int]:
-    return {"tensor": tensor, "pipeline": pipeline, "data": data, "zero_stage": zero_stage}
+def current_layout(tensor: int, pipeline: int, data: int, zero_stage: int
+                   ) -> CheckpointLayout:
+    return CheckpointLayout(tensor=tensor, pipeline=pipeline, data=data, zero_stage=zero_stage)
 
 
-def _describe(layout: dict[str, int]) -> str:
-    return (f"parallel.tensor={layout['tensor']} parallel.pipeline={layout['pipeline']} "
-            f"data-parallel={layout['data']} train.zero_stage={layout['zero_stage']}")
+def _describe(layout: CheckpointLayout) -> str:
+    return (f"parallel.tensor={layout.tensor} parallel.pipeline={layout.pipeline} "
+            f"data-parallel={layout.data} train.zero_stage={layout.zero_stage}")
 
 
-def needs_universal(saved: dict[str, int], layout: dict[str, int]) -> bool:
+def needs_universal(saved: CheckpointLayout, layout: CheckpointLayout) -> bool:
     """Whether `saved` loads into `layout` only through a universal checkpoint."""
     # ZeRO partitions optimizer state by data-parallel rank, tensor parallelism splits
     # weights, pipeline parallelism splits layers: another size of any of them loads through
     # DeepSpeed's universal checkpoint, which holds every parameter and its optimizer state
     # whole. Without ZeRO every data-parallel rank holds all of it, so DP alone may change.
     return (
-        saved["tensor"] != layout["tensor"]
-        or saved["pipeline"] != layout["pipeline"]
-        or (saved["data"] != layout["data"] and saved["zero_stage"] > 0)
+        saved.tensor != layout.tensor
+        or saved.pipeline != layout.pipeline
+        or (saved.data != layout.data and saved.zero_stage > 0)
     )
 
 
@@ -110,7 +117,7 @@ def choose_tag(checkpoint_dir: Path, fallback: bool = True,
                log: Callable[[str], None] = lambda _: None) -> str | None:
     """The tag to resume from: `latest` if it verifies, else (with `fallback`) the newest
     older complete tag that does (every complete tag when `latest` is empty or garbage:
-    run_dir.candidate_tags). None when the directory holds no checkpoint."""
+    checkpoint.tags.candidate_tags). None when the directory holds no checkpoint."""
     candidates = candidate_tags(checkpoint_dir)
     named = _latest_text(checkpoint_dir)
     skipped: list[str] = []
@@ -144,7 +151,7 @@ def choose_tag(checkpoint_dir: Path, fallback: bool = True,
     )
 
 
-def plan_resume(checkpoint_dir: Path, layout: dict[str, int],
+def plan_resume(checkpoint_dir: Path, layout: CheckpointLayout,
                 log: Callable[[str], None] = lambda _: None,
                 fallback: bool = True) -> ResumePlan | None:
     """None when there is nothing to resume; raises on a layout that cannot be loaded or
@@ -154,45 +161,45 @@ def plan_resume(checkpoint_dir: Path, layout: dict[str, int],
     if tag is None:
         return None
     saved_state = read_state(checkpoint_dir, tag)
-    saved = saved_state["layout"]
+    saved = saved_state.saved_layout(str(checkpoint_dir / tag))
     universal = needs_universal(saved, layout)
-    if universal and saved_state["config"]["model"].get("moe", {}).get("enabled"):
+    if universal and saved_state.model.get("moe", {}).get("enabled"):
         raise ModtrainError(
             f"checkpoint {tag} of an expert model (model.moe) was saved with {_describe(saved)} "
             f"and this run has {_describe(layout)}: expert checkpoints resume only on the "
             "layout they were saved with (DeepSpeed's universal checkpoints do not hold "
             "experts); relaunch with the saved layout")
-    if universal and min(saved["zero_stage"], layout["zero_stage"]) == 0:
+    if universal and min(saved.zero_stage, layout.zero_stage) == 0:
         # DeepSpeed writes and loads universal checkpoints through its ZeRO optimizer only.
-        stage = "saved with" if saved["zero_stage"] == 0 else "resumed with"
+        stage = "saved with" if saved.zero_stage == 0 else "resumed with"
         raise ModtrainError(
             f"{checkpoint_dir / tag} ({_describe(saved)}) cannot be loaded by this run "
             f"({_describe(layout)}): a layout change goes through a universal checkpoint, "
             f"which needs ZeRO, and this checkpoint is {stage} train.zero_stage=0; "
-            + ("resume on the saved layout" if saved["zero_stage"] == 0
+            + ("resume on the saved layout" if saved.zero_stage == 0
                else "resume with train.zero_stage=1")
         )
-    if universal and (saved["zero_stage"] == 3) != (layout["zero_stage"] == 3):
+    if universal and (saved.zero_stage == 3) != (layout.zero_stage == 3):
         # ZeRO-3 universal checkpoints carry per-rank model files that ZeRO 1/2 engines do
         # not read, and the other way round (DeepSpeed fails deep inside its loader).
         raise ModtrainError(
             f"{checkpoint_dir / tag} ({_describe(saved)}) cannot be loaded by this run "
             f"({_describe(layout)}): DeepSpeed's universal checkpoints do not cross between "
-            f"ZeRO-3 and ZeRO-1/2; resume with train.zero_stage={saved['zero_stage']}"
+            f"ZeRO-3 and ZeRO-1/2; resume with train.zero_stage={saved.zero_stage}"
         )
-    if saved["zero_stage"] != layout["zero_stage"] and not universal:
+    if saved.zero_stage != layout.zero_stage and not universal:
         raise ModtrainError(
-            f"{checkpoint_dir / tag} was written with train.zero_stage={saved['zero_stage']}; "
-            f"resume with train.zero_stage={saved['zero_stage']}"
+            f"{checkpoint_dir / tag} was written with train.zero_stage={saved.zero_stage}; "
+            f"resume with train.zero_stage={saved.zero_stage}"
         )
     same = saved == layout
     step = step_of(tag)
     if universal:
-        pipeline = layout["pipeline"] > 1
-        if not (checkpoint_dir / checkpoint.universal_tag(tag, pipeline)).is_dir():
+        pipeline = layout.pipeline > 1
+        if not (checkpoint_dir / universal_tag(tag, pipeline)).is_dir():
             log(f"layout changed ({_describe(saved)} -> {_describe(layout)}): converting {tag} "
                 "to a universal checkpoint on rank 0; for a large model convert before "
                 f"launching: modtrain checkpoint universal {checkpoint_dir} --tag {tag} "
-                f"--pipeline {layout['pipeline']}")
-        tag = convert_in_job(checkpoint_dir, tag, pipeline, layout["pipeline"], log)
+                f"--pipeline {layout.pipeline}")
+        tag = convert_in_job(checkpoint_dir, tag, pipeline, layout.pipeline, log)
     return ResumePlan(tag=tag, step=step, same_layout=same, universal=universal)

@@ -7,18 +7,21 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from modtrain.checkpoint.engine import save_load
+from modtrain.checkpoint.engine.resume import current_layout, plan_resume
+from modtrain.checkpoint.format import CheckpointState
+from modtrain.checkpoint.tags import complete_tags, latest_tag, read_state
 from modtrain.config import load_config
 from modtrain.errors import ModtrainError
 from modtrain.model import GPT
-from modtrain.train import checkpoint
 from modtrain.train.ds_config import deepspeed_config
 from modtrain.train.optim import build_optimizer
-from modtrain.train.resume import current_layout, plan_resume
 from tests.conftest import cli_env
 from tests.train.helpers import (
     deepspeed_command,
@@ -69,7 +72,7 @@ def _engine(tmp_path, char_store, char_tokenizer, *overrides: str):
     engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg.train),
                                       config=deepspeed_config(cfg, 1))
     layout = current_layout(1, 1, 1, cfg.train.zero_stage)
-    return engine, {"data": {"consumed_samples": 0}, "config": {}, "layout": layout}
+    return engine, CheckpointState(step=0, data={"consumed_samples": 0}, config={}, layout=layout)
 
 
 def test_crash_during_save_keeps_the_previous_checkpoint(
@@ -77,34 +80,34 @@ def test_crash_during_save_keeps_the_previous_checkpoint(
 ):
     engine, state = _engine(tmp_path, char_store, char_tokenizer)
     root = tmp_path / "ckpt"
-    checkpoint.save(engine, root, 1, {**state, "step": 1})
+    save_load.save(engine, root, replace(state, step=1))
 
     def crash(*args, **kwargs):
         raise OSError("disk full (injected)")
 
     # DeepSpeed's shards are written, then the save dies before it completes.
-    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    monkeypatch.setattr(save_load.torch, "save", crash)
     with pytest.raises(OSError, match="injected"):
-        checkpoint.save(engine, root, 2, {**state, "step": 2})
+        save_load.save(engine, root, replace(state, step=2))
     monkeypatch.undo()
-    assert checkpoint.latest_tag(root) == "step_00000001"
+    assert latest_tag(root) == "step_00000001"
     assert not (root / "step_00000002").exists()
     assert (root / ".tmp-step_00000002").is_dir()
-    plan = plan_resume(root, state["layout"])
+    plan = plan_resume(root, state.layout)
     assert plan is not None and plan.tag == "step_00000001" and plan.same_layout
     # The next save replaces the leftover and moves `latest`.
-    checkpoint.save(engine, root, 2, {**state, "step": 2})
+    save_load.save(engine, root, replace(state, step=2))
     assert not (root / ".tmp-step_00000002").exists()
-    assert checkpoint.latest_tag(root) == "step_00000002"
-    assert checkpoint.read_state(root, "step_00000002")["step"] == 2
+    assert latest_tag(root) == "step_00000002"
+    assert read_state(root, "step_00000002").step == 2
 
 
 def test_retention_keeps_last_n_and_every_m(tmp_path, dist, char_store, char_tokenizer):
     engine, state = _engine(tmp_path, char_store, char_tokenizer)
     root = tmp_path / "ckpt"
     for step in range(1, 8):
-        checkpoint.save(engine, root, step, {**state, "step": step}, keep_last=2, keep_every=3)
-    assert checkpoint.complete_tags(root) == [
+        save_load.save(engine, root, replace(state, step=step), keep_last=2, keep_every=3)
+    assert complete_tags(root) == [
         "step_00000003", "step_00000006", "step_00000007"
     ]
     rng = torch.load(root / "step_00000007" / "rng_rank_00000.pt", weights_only=True)
@@ -116,10 +119,10 @@ def test_saving_a_step_again_drops_its_stale_universal_copies(
 ):
     engine, state = _engine(tmp_path, char_store, char_tokenizer)
     root = tmp_path / "ckpt"
-    checkpoint.save(engine, root, 1, {**state, "step": 1})
+    save_load.save(engine, root, replace(state, step=1))
     for pipeline in (False, True):  # as a resume on another layout would have left them
-        (root / checkpoint.universal_tag("step_00000001", pipeline) / "zero").mkdir(parents=True)
-    checkpoint.save(engine, root, 1, {**state, "step": 1})  # e.g. re-reached after a rewind
+        (root / save_load.universal_tag("step_00000001", pipeline) / "zero").mkdir(parents=True)
+    save_load.save(engine, root, replace(state, step=1))  # e.g. re-reached after a rewind
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step_00000001"]
 
 
@@ -191,7 +194,7 @@ def test_resume_on_another_layout(tmp_path, char_store, char_tokenizer, referenc
     assert max(diffs) < 1e-4
     checkpoints = tmp_path / "moved" / "checkpoints"
     assert not (checkpoints / "latest_universal").exists()
-    assert checkpoint.latest_tag(checkpoints) == "step_00000008"
+    assert latest_tag(checkpoints) == "step_00000008"
 
 
 @pytest.mark.slow
@@ -218,10 +221,10 @@ def test_resuming_into_another_model_shape_is_one_line(tmp_path, dist, char_stor
                                                        char_tokenizer):
     engine, state = _engine(tmp_path, char_store, char_tokenizer)
     root = tmp_path / "ckpt"
-    tag = checkpoint.save(engine, root, 1, {"step": 1, **state}, 3, 0)
+    tag = save_load.save(engine, root, replace(state, step=1), 3, 0)
     wider, _ = _engine(tmp_path, char_store, char_tokenizer, "model.hidden_size=48")
     with pytest.raises(ModtrainError) as info:
-        checkpoint.load(wider, root, tag, True)
+        save_load.load(wider, root, tag, True)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{root / tag} was saved from another model shape: ")

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modtrain.checkpoint_files import MANIFEST
-from modtrain.inference.checkpoint_reader import read_checkpoint
+from modtrain.checkpoint.format import MANIFEST
+from modtrain.checkpoint.read.reader import read_checkpoint
 from tests.conftest import cli_env
 
 MODEL = "mp_rank_00_model_states.pt"

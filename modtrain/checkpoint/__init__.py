@@ -1,0 +1,1 @@
+"""Checkpoints: their format, writing them through DeepSpeed, reading them without it."""

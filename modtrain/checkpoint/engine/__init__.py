@@ -1,0 +1,1 @@
+"""Checkpoints through the DeepSpeed engine: save, load, resume, universal copies."""
