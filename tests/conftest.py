@@ -21,16 +21,21 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 
 # Under pytest-xdist (`-n 2 --dist loadgroup`, the README's test command) each folder here
 # runs on one worker: its session fixtures (a Slurm cluster, trained runs and their exports)
-# are built once rather than once per worker.
+# are built once rather than once per worker. The groups are handed out first,
+# first, so that the other worker's many short tests fill in around them instead of one
+# group running alone at the end.
 _SHARED_FIXTURE_FOLDERS = ("slurm", "inference", "report")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tests = Path(__file__).parent
+    rank = {folder: i for i, folder in enumerate(_SHARED_FIXTURE_FOLDERS)}
     for item in items:
         folder = item.path.relative_to(tests).parts[0]
-        if folder in _SHARED_FIXTURE_FOLDERS:
+        if folder in rank:
             item.add_marker(pytest.mark.xdist_group(folder))
+    if config.getoption("dist", "no") != "no" or hasattr(config, "workerinput"):
+        items.sort(key=lambda item: rank.get(item.path.relative_to(tests).parts[0], len(rank)))
 
 
 @pytest.fixture(scope="session")
