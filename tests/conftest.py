@@ -21,9 +21,9 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 
 # Under pytest-xdist (`-n 2 --dist loadgroup`, the README's test command) each folder here
 # runs on one worker: its session fixtures (a Slurm cluster, trained runs and their exports)
-# are built once rather than once per worker. The groups are handed out first,
-# first, so that the other worker's many short tests fill in around them instead of one
-# group running alone at the end.
+# are built once rather than once per worker. The groups are handed out first, so that
+# the other worker's many short tests fill in around them instead of one group running
+# alone at the end.
 _SHARED_FIXTURE_FOLDERS = ("slurm", "inference", "report")
 
 
